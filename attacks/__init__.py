@@ -1,0 +1,18 @@
+"""Framework-agnostic adversarial attacks on EagerPy.
+
+This package knows nothing of pytest: it is the attack library that
+``pytest_attacktest`` runs, usable on its own. Tensors go in and come out in
+the caller's framework (NumPy, PyTorch, TensorFlow, JAX).
+"""
+
+from attacks.norms import norm_name, parse_p
+from attacks.rescaling import clipping_aware_rescaling, rescale_and_clip
+
+__all__ = [
+    "clipping_aware_rescaling",
+    "norm_name",
+    "parse_p",
+    "rescale_and_clip",
+]
+
+__version__ = "0.1.0"
