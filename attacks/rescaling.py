@@ -39,6 +39,7 @@ from typing import Any, Literal, TypeVar, overload
 import eagerpy as ep
 import numpy as np
 
+from attacks import eagerpy_fixes
 from attacks.norms import parse_p
 
 T = TypeVar("T")
@@ -114,7 +115,7 @@ def clipping_aware_rescaling(
     eta, reachable = _rescale(x_, delta_, epsilon, parse_p(p), bounds)
     if return_reachable:
         return restore(eta), restore(reachable)
-    return restore(eta)  # type: ignore[no-any-return]
+    return restore(eta)
 
 
 def rescale_and_clip(
@@ -135,7 +136,7 @@ def rescale_and_clip(
     eta, _ = _rescale(x_, delta_, epsilon, p_, bounds)
     lo, hi = _bounds_as_tensors(x_, bounds)
     eta_b = eta.reshape((-1,) + (1,) * (x_.ndim - 1))
-    return restore(clip_to_bounds(x_ + eta_b * delta_, lo, hi))  # type: ignore[no-any-return]
+    return restore(clip_to_bounds(x_ + eta_b * delta_, lo, hi))
 
 
 def clip_to_bounds(x: ep.Tensor, lo: ep.Tensor | float, hi: ep.Tensor | float) -> ep.Tensor:
@@ -261,7 +262,7 @@ def _bounds_as_tensors(x: ep.Tensor, bounds: BoundsLike) -> tuple[Any, Any]:
         lo, hi = bounds
     except (TypeError, ValueError):
         raise ValueError(f"bounds must be a pair (lo, hi), got {bounds!r}") from None
-    out = []
+    out: list[Any] = []
     for value in (lo, hi):
         if isinstance(value, int | float | np.floating | np.integer):
             out.append(float(value))
@@ -286,7 +287,7 @@ def _epsilon_as_column(x: ep.Tensor, epsilon: Any) -> ep.Tensor:
         eps_f = float(epsilon)
         if not math.isfinite(eps_f) or eps_f <= 0:
             raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
-        return ep.full(x, (n, 1), eps_f)
+        return eagerpy_fixes.full(x, (n, 1), eps_f)
     t = _as_tensor_like(x, epsilon)
     if t.ndim == 0:
         t = t.reshape((1,))
