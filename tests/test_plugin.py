@@ -1,0 +1,623 @@
+"""Tests of the pytest plugin (``pytest_attacktest.plugin``) through pytester.
+
+Runs go through ``runpytest_subprocess`` so the plugin is loaded the way users
+get it, through the ``pytest11`` entry point, in a fresh process: that also
+keeps numpy (imported when a marker names a norm) out of pytester's in-process
+module snapshots, which numpy does not survive. Hypothesis' own pytest plugin is
+turned off in those runs only because importing it costs seconds here and the
+inner test files do not use it.
+
+Every test asserts exact outcomes, so a plugin that silently passed, ran or
+skipped the wrong tests fails them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pytest_attacktest.options import (
+    DEFAULT_SAMPLES,
+    DEFAULT_THRESHOLD,
+    SEED_MAX,
+    AttackTestSettings,
+    SettingsError,
+    parse_seed,
+    resolve_settings,
+)
+from pytest_attacktest.plugin import NOT_AVAILABLE, SKIP_REASON
+
+FRAMEWORKS = ("torch", "tensorflow", "jax", "eagerpy", "numpy", "attacks")
+
+# Two tests that must be skipped without the flag, one that must always run.
+MARKED_AND_FIXTURE = """
+    import pytest
+
+    @pytest.mark.attack_test(epsilon=8/255, norm="linf")
+    def test_marked():
+        pass
+
+    def test_uses_fixture(attack_test):
+        attack_test(object(), [0.0], [0], attack=object())
+
+    def test_plain():
+        pass
+"""
+
+
+@pytest.fixture(autouse=True)
+def _plugin_autoload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inner runs find the plugin through its entry point; make sure autoload is on."""
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """Run pytest in a subprocess in ``pytester.path``, plugin loaded by entry point."""
+    return pytester.runpytest_subprocess(
+        "-p", "no:hypothesispytest", "-p", "no:cacheprovider", *args
+    )
+
+
+def write(pytester: pytest.Pytester, source: str, name: str = "test_attack") -> None:
+    pytester.makepyfile(**{name: textwrap.dedent(source)})
+
+
+# --------------------------------------------------------------------------- skip / run
+
+
+def test_without_flag_marked_and_fixture_tests_are_skipped_naming_the_flag(
+    pytester: pytest.Pytester,
+) -> None:
+    write(pytester, MARKED_AND_FIXTURE)
+    result = run(pytester, "-rs", "-v")
+    result.assert_outcomes(passed=1, skipped=2)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_marked SKIPPED*",
+            "*::test_uses_fixture SKIPPED*",
+            "*::test_plain PASSED*",
+        ]
+    )
+    result.stdout.fnmatch_lines([f"SKIPPED [[]1[]] *: {SKIP_REASON}"] * 2)
+    assert "--attack-test" in SKIP_REASON
+
+
+def test_fixture_requested_dynamically_is_skipped_without_flag(pytester: pytest.Pytester) -> None:
+    write(
+        pytester,
+        """
+        def test_dynamic(request):
+            request.getfixturevalue("attack_test")
+            raise AssertionError("must not get here without --attack-test")
+        """,
+    )
+    result = run(pytester, "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines([f"*{SKIP_REASON}"])
+
+
+def test_with_flag_marked_test_runs_and_fixture_call_fails(pytester: pytest.Pytester) -> None:
+    write(pytester, MARKED_AND_FIXTURE)
+    result = run(pytester, "--attack-test", "-v")
+    result.assert_outcomes(passed=2, failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_marked PASSED*",
+            "*::test_uses_fixture FAILED*",
+            "*::test_plain PASSED*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*binarization engine is not available*NOT tested*"])
+
+
+def test_fixture_failure_cannot_be_swallowed_by_except_exception(
+    pytester: pytest.Pytester,
+) -> None:
+    """A test that wraps the call in ``except Exception`` must still not pass."""
+    write(
+        pytester,
+        """
+        def test_swallow(attack_test):
+            try:
+                attack_test(object(), [0.0], [0], attack=object())
+            except Exception:
+                pass
+        """,
+    )
+    result = run(pytester, "--attack-test")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*binarization engine is not available*"])
+
+
+def test_ini_enables_attack_tests(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nattack_test = true\n")
+    write(pytester, MARKED_AND_FIXTURE)
+    result = run(pytester)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["attacktest: enabled, seed=0"])
+
+
+def test_pyproject_ini_options_enable_attack_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml(
+        '[tool.pytest.ini_options]\nattack_test = true\nattack_test_seed = "11"\n'
+    )
+    write(pytester, MARKED_AND_FIXTURE)
+    result = run(pytester)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["attacktest: enabled, seed=11"])
+
+
+def test_cli_flag_overrides_ini_false(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nattack_test = false\n")
+    write(pytester, MARKED_AND_FIXTURE)
+    result = run(pytester, "--attack-test")
+    result.assert_outcomes(passed=2, failed=1)
+
+
+def test_ini_false_keeps_attack_tests_skipped(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nattack_test = false\n")
+    write(pytester, MARKED_AND_FIXTURE)
+    result = run(pytester)
+    result.assert_outcomes(passed=1, skipped=2)
+
+
+def test_invalid_ini_bool_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nattack_test = maybe\n")
+    write(pytester, MARKED_AND_FIXTURE)
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*maybe*"])
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_fixture_exposes_merged_settings_closest_marker_wins(pytester: pytest.Pytester) -> None:
+    write(
+        pytester,
+        f"""
+        import math
+        import pytest
+
+        pytestmark = pytest.mark.attack_test(epsilon=0.5, threshold=0.9)
+
+        @pytest.mark.attack_test(epsilon=0.25)
+        class TestGroup:
+            @pytest.mark.attack_test(norm="L2", samples=8)
+            def test_settings(self, attack_test):
+                assert attack_test.epsilon == 0.25
+                assert attack_test.norm == "l2"
+                assert attack_test.p == 2.0
+                assert attack_test.threshold == 0.9
+                assert attack_test.samples == 8
+                assert attack_test.seed == 3
+                assert attack_test.settings.seed == 3
+
+        def test_defaults(attack_test):
+            assert attack_test.epsilon == 0.5
+            assert attack_test.norm == "linf"
+            assert math.isinf(attack_test.p)
+            assert attack_test.threshold == 0.9
+            assert attack_test.samples == {DEFAULT_SAMPLES}
+        """,
+    )
+    result = run(pytester, "--attack-test", "--attack-test-seed", "3")
+    result.assert_outcomes(passed=2)
+
+
+def test_fixture_without_marker_gets_defaults(pytester: pytest.Pytester) -> None:
+    write(
+        pytester,
+        f"""
+        import math
+
+        def test_defaults(attack_test):
+            assert attack_test.epsilon is None
+            assert attack_test.norm == "linf" and math.isinf(attack_test.p)
+            assert attack_test.threshold == {DEFAULT_THRESHOLD}
+            assert attack_test.samples == {DEFAULT_SAMPLES}
+            assert attack_test.seed == 0
+        """,
+    )
+    result = run(pytester, "--attack-test")
+    result.assert_outcomes(passed=1)
+
+
+def test_invalid_call_override_is_reported_before_not_available(
+    pytester: pytest.Pytester,
+) -> None:
+    write(
+        pytester,
+        """
+        def test_bad_override(attack_test):
+            attack_test(object(), [0.0], [0], attack=object(), epsilon=-1.0)
+        """,
+    )
+    result = run(pytester, "--attack-test")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*SettingsError: epsilon must be a positive finite number*"])
+    result.stdout.no_fnmatch_line("*binarization engine is not available*")
+
+
+# --------------------------------------------------------------------------- bad markers
+
+
+BAD_MARKERS = [
+    pytest.param(
+        "eps=0.1",
+        "unknown keyword argument(s) 'eps'; allowed: epsilon, norm, threshold, samples",
+        id="unknown-key",
+    ),
+    pytest.param("0.1", "positional argument(s) (0.1,) are not accepted*", id="positional"),
+    pytest.param("epsilon=0", "epsilon must be a positive finite number, got 0", id="eps-zero"),
+    pytest.param(
+        "epsilon=-0.1", "epsilon must be a positive finite number, got -0.1", id="eps-negative"
+    ),
+    pytest.param(
+        "epsilon=float('inf')", "epsilon must be a positive finite number, got inf", id="eps-inf"
+    ),
+    pytest.param(
+        "epsilon=float('nan')", "epsilon must be a positive finite number, got nan", id="eps-nan"
+    ),
+    pytest.param(
+        "epsilon='8/255'", "epsilon must be a positive finite number, got '8/255'", id="eps-str"
+    ),
+    pytest.param(
+        "epsilon=True", "epsilon must be a positive finite number, got True", id="eps-bool"
+    ),
+    pytest.param(
+        "norm='l7x'",
+        "norm must be 'l1', 'l2', 'linf' or a number p >= 1, got 'l7x'*",
+        id="norm-garbled",
+    ),
+    pytest.param(
+        "norm='hamming'",
+        "norm must be 'l1', 'l2', 'linf' or a number p >= 1, got 'hamming'*",
+        id="norm-unknown",
+    ),
+    pytest.param(
+        "norm=0.5", "norm must be 'l1', 'l2', 'linf' or a number p >= 1, got 0.5*", id="norm-p<1"
+    ),
+    pytest.param("threshold=0", "threshold must be a number in (0, 1], got 0", id="thr-zero"),
+    pytest.param("threshold=1.5", "threshold must be a number in (0, 1], got 1.5", id="thr>1"),
+    pytest.param("samples=0", "samples must be a positive integer, got 0", id="samples-zero"),
+    pytest.param("samples=2.5", "samples must be a positive integer, got 2.5", id="samples-float"),
+]
+
+
+def _check_bad_marker(
+    pytester: pytest.Pytester, marker_args: str, message: str, *flag: str
+) -> None:
+    write(
+        pytester,
+        f"""
+        import pytest
+
+        @pytest.mark.attack_test({marker_args})
+        def test_bad():
+            pass
+
+        def test_good():
+            pass
+        """,
+    )
+    result = run(pytester, *flag)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR collecting test_attack.py*",
+            f"test_attack.py::test_bad: invalid attack_test marker: {message}",
+        ]
+    )
+
+
+@pytest.mark.parametrize(("marker_args", "message"), BAD_MARKERS)
+def test_bad_marker_is_a_collection_error_naming_test_and_key(
+    pytester: pytest.Pytester, marker_args: str, message: str
+) -> None:
+    """Checked without the flag too: a typo must surface in the everyday run."""
+    _check_bad_marker(pytester, marker_args, message)
+
+
+@pytest.mark.parametrize(("marker_args", "message"), [BAD_MARKERS[0], BAD_MARKERS[2]])
+def test_bad_marker_is_a_collection_error_with_flag(
+    pytester: pytest.Pytester, marker_args: str, message: str
+) -> None:
+    _check_bad_marker(pytester, marker_args, message, "--attack-test")
+
+
+def test_bad_markers_in_several_tests_and_files_are_all_reported(
+    pytester: pytest.Pytester,
+) -> None:
+    """Every bad test of a module is listed, and every module with one is reported.
+
+    (A class inside a module whose own tests are bad is not collected, so its
+    tests are checked once the module is fixed: pytest collects nothing below a
+    failed collector.)
+    """
+    write(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.attack_test(epsilon=0)
+        def test_one():
+            pass
+
+        @pytest.mark.attack_test(nrom="l2")
+        def test_two(attack_test):
+            pass
+
+        def test_fine():
+            pass
+        """,
+    )
+    write(
+        pytester,
+        """
+        import pytest
+
+        class TestThree:
+            @pytest.mark.attack_test(samples=-3)
+            def test_three(self, attack_test):
+                pass
+        """,
+        name="test_other",
+    )
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "test_attack.py::test_one: invalid attack_test marker: epsilon must be*",
+            "test_attack.py::test_two: invalid attack_test marker: *'nrom'*",
+        ],
+        consecutive=True,
+    )
+    result.stdout.fnmatch_lines(
+        ["test_other.py::TestThree::test_three: invalid attack_test marker: samples must be*"]
+    )
+
+
+def test_bad_marker_under_xdist_reaches_the_controller(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    write(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.attack_test(epsilon=0)
+        def test_bad():
+            pass
+        """,
+    )
+    result = run(pytester, "-n", "2")
+    assert result.ret != pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        ["test_attack.py::test_bad: invalid attack_test marker: epsilon must be*"]
+    )
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
+
+
+def test_marker_added_after_collection_is_validated_at_setup(pytester: pytest.Pytester) -> None:
+    """A conftest that adds the marker in its own modifyitems hook is checked too."""
+    pytester.makeconftest(
+        """
+        import pytest
+
+        def pytest_collection_modifyitems(items):
+            for item in items:
+                item.add_marker(pytest.mark.attack_test(epsilon=-1))
+        """
+    )
+    write(pytester, "def test_late():\n    pass\n")
+    for flag in ((), ("--attack-test",)):
+        result = run(pytester, *flag)
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines(
+            ["*test_attack.py::test_late: invalid attack_test marker: epsilon must be*"]
+        )
+
+
+def test_xdist_runs_and_skips_like_a_plain_run(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    write(pytester, MARKED_AND_FIXTURE)
+    run(pytester, "-n", "2").assert_outcomes(passed=1, skipped=2)
+    run(pytester, "-n", "2", "--attack-test").assert_outcomes(passed=2, failed=1)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_help_lists_options_in_attacktest_group(pytester: pytest.Pytester) -> None:
+    result = run(pytester, "--help")
+    assert result.ret == pytest.ExitCode.OK
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if line.startswith("attacktest"))
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].strip())
+    group = "\n".join(lines[start:end])
+    assert "  --attack-test " in group
+    assert "--attack-test-seed=SEED" in group
+    result.stdout.fnmatch_lines(
+        [
+            "  attack_test (bool):*Run attack tests*",
+            "  attack_test_seed (string):*",
+            "*Seed for attack tests*",
+        ],
+        consecutive=True,
+    )
+    result.stdout.fnmatch_lines(["*--markers*"])  # sanity: full help, not an error
+
+
+def test_marker_is_registered(pytester: pytest.Pytester) -> None:
+    result = run(pytester, "--markers")
+    result.stdout.fnmatch_lines(
+        ["@pytest.mark.attack_test(epsilon=None, norm='linf', threshold=*, samples=*)*"]
+    )
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", str(SEED_MAX + 1)])
+def test_bad_seed_on_command_line_is_a_usage_error(pytester: pytest.Pytester, value: str) -> None:
+    write(pytester, MARKED_AND_FIXTURE)
+    result = run(pytester, f"--attack-test-seed={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*argument --attack-test-seed: invalid seed '{value}'*"])
+
+
+def test_bad_seed_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nattack_test_seed = seven\n")
+    write(pytester, MARKED_AND_FIXTURE)
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini option attack_test_seed: invalid seed 'seven'*"])
+
+
+def test_cli_seed_overrides_ini_seed(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nattack_test = true\nattack_test_seed = 7\n")
+    write(pytester, "def test_ok():\n    pass\n")
+    run(pytester).stdout.fnmatch_lines(["attacktest: enabled, seed=7"])
+    run(pytester, "--attack-test-seed", "9").stdout.fnmatch_lines(["attacktest: enabled, seed=9"])
+
+
+def test_report_header_only_when_enabled(pytester: pytest.Pytester) -> None:
+    write(pytester, "def test_ok():\n    pass\n")
+    enabled = run(pytester, "--attack-test", "--attack-test-seed=42")
+    enabled.stdout.fnmatch_lines(["attacktest: enabled, seed=42"])
+    disabled = run(pytester)
+    disabled.assert_outcomes(passed=1)
+    disabled.stdout.no_fnmatch_line("attacktest:*")
+
+
+# --------------------------------------------------------------------------- isolation
+
+
+def test_plugin_import_loads_no_ml_framework() -> None:
+    code = (
+        "import pytest_attacktest.plugin, sys; "
+        f"print(sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_pytest_run_without_norm_markers_loads_no_ml_framework(
+    pytester: pytest.Pytester,
+) -> None:
+    """Loaded by entry point in every run, the plugin must not slow unrelated suites down."""
+    pytester.makeconftest(
+        f"""
+        import sys
+
+        def pytest_unconfigure(config):
+            loaded = sorted(m for m in {FRAMEWORKS!r} if m in sys.modules)
+            print("LOADED=" + ",".join(loaded) + "!")
+        """
+    )
+    write(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.attack_test(epsilon=0.1, samples=4)
+        def test_marked():
+            pass
+
+        def test_plain():
+            pass
+        """,
+    )
+    for flag in ((), ("--attack-test",)):
+        result = run(pytester, "-s", *flag)
+        result.stdout.fnmatch_lines(["LOADED=!"])
+
+
+def test_norm_marker_loads_no_deep_learning_framework(pytester: pytest.Pytester) -> None:
+    """Validating ``norm=`` imports ``attacks.norms`` (so eagerpy and numpy), but no
+    torch, TensorFlow or JAX: collection must stay cheap in every environment."""
+    pytester.makeconftest(
+        """
+        import sys
+
+        def pytest_unconfigure(config):
+            loaded = sorted(m for m in ("torch", "tensorflow", "jax") if m in sys.modules)
+            print("LOADED=" + ",".join(loaded) + "!")
+        """
+    )
+    write(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.attack_test(epsilon=0.5, norm="l2")
+        def test_marked():
+            pass
+        """,
+    )
+    result = run(pytester, "-s")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["LOADED=!"])
+
+
+def test_disabled_plugin_leaves_marker_unknown(pytester: pytest.Pytester) -> None:
+    write(pytester, MARKED_AND_FIXTURE)
+    result = run(pytester, "-p", "no:attacktest", "--strict-markers")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*'attack_test' not found in `markers` configuration option*"])
+
+
+def test_disabled_plugin_has_no_flag(pytester: pytest.Pytester) -> None:
+    result = run(pytester, "-p", "no:attacktest", "--attack-test")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unrecognized arguments: --attack-test*"])
+
+
+# --------------------------------------------------------------------------- options.py units
+
+
+def test_parse_seed_accepts_range_ends() -> None:
+    assert parse_seed("0") == 0
+    assert parse_seed(" 12 ") == 12
+    assert parse_seed(str(SEED_MAX)) == SEED_MAX
+    assert parse_seed(5) == 5
+
+
+@pytest.mark.parametrize("value", ["", "x", "-1", "0x10", str(SEED_MAX + 1), True])
+def test_parse_seed_rejects(value: str | bool) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid seed"):
+        parse_seed(value)
+
+
+def test_resolve_settings_later_layers_win_and_defaults_fill() -> None:
+    settings = resolve_settings([{"epsilon": 0.5, "threshold": 0.9}, {"epsilon": 1}], seed=4)
+    assert settings == AttackTestSettings(
+        epsilon=1.0, norm="linf", p=math.inf, threshold=0.9, samples=DEFAULT_SAMPLES, seed=4
+    )
+    assert isinstance(settings.epsilon, float)
+
+
+def test_resolve_settings_parses_norm_spellings() -> None:
+    assert resolve_settings([{"norm": "Linf"}], seed=0).p == math.inf
+    assert resolve_settings([{"norm": 2}], seed=0).norm == "l2"
+    assert resolve_settings([{"norm": 3.5}], seed=0).norm == "l3.5"
+    assert resolve_settings([{"norm": "l1"}], seed=0).p == 1.0
+
+
+def test_resolve_settings_rejects_unknown_key_listing_allowed() -> None:
+    with pytest.raises(SettingsError, match=r"'budget'.*allowed: epsilon, norm, threshold"):
+        resolve_settings([{"budget": 3}], seed=0)
+
+
+def test_not_available_message_says_nothing_was_tested() -> None:
+    assert "not available" in NOT_AVAILABLE
+    assert "NOT tested" in NOT_AVAILABLE
