@@ -5,11 +5,21 @@ This package knows nothing of pytest: it is the attack library that
 the caller's framework (NumPy, PyTorch, TensorFlow, JAX).
 """
 
+from attacks import losses
+from attacks.base import Attack
+from attacks.gradient import FGSM, PGD
+from attacks.models import Bounds, Model
 from attacks.norms import norm_name, parse_p
 from attacks.rescaling import clipping_aware_rescaling, rescale_and_clip
 
 __all__ = [
+    "FGSM",
+    "PGD",
+    "Attack",
+    "Bounds",
+    "Model",
     "clipping_aware_rescaling",
+    "losses",
     "norm_name",
     "parse_p",
     "rescale_and_clip",

@@ -1,0 +1,200 @@
+"""Per-framework plumbing that EagerPy does not cover: detection, conversion, autodiff, RNG.
+
+Why a module of its own: EagerPy abstracts tensor arithmetic well, but models,
+devices, gradients and random number generators differ per framework, and
+EagerPy 0.30.0 gets some of them wrong (its PyTorch gradient calls
+``loss.backward()`` and leaves gradients in the model's parameters; its JAX
+RNG is one global key). Everything framework-specific that the attacks need
+sits here, imported lazily so that NumPy users never import torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import eagerpy as ep
+import numpy as np
+
+FRAMEWORKS = ("numpy", "torch", "tensorflow", "jax")
+
+LossFn = Callable[[ep.Tensor], tuple[ep.Tensor, ep.Tensor]]
+
+
+def tensor_framework(t: Any) -> str:
+    """'numpy', 'torch', 'tensorflow' or 'jax' for a native tensor (or an EagerPy one)."""
+    if isinstance(t, ep.Tensor):
+        t = t.raw
+    module = type(t).__module__.split(".")[0]
+    if module in ("jax", "jaxlib"):
+        return "jax"
+    if module in ("torch", "tensorflow", "numpy"):
+        return module
+    raise TypeError(
+        f"expected a NumPy array or a PyTorch, TensorFlow or JAX tensor, got {type(t).__name__}"
+    )
+
+
+def model_framework(model: Any) -> str | None:
+    """The framework a native model belongs to, or None for a plain callable.
+
+    A plain Python function could be NumPy, JAX or anything else; its framework
+    is then taken from the inputs it is called with, or given explicitly.
+    """
+    if "torch" in sys.modules:
+        import torch
+
+        if isinstance(model, torch.nn.Module):
+            return "torch"
+    module = type(model).__module__.split(".")[0]
+    if module in ("keras", "tf_keras") or (module == "tensorflow" and hasattr(model, "layers")):
+        return "tensorflow"
+    if module == "flax":
+        return "jax"
+    return None
+
+
+def torch_device(model: Any) -> Any:
+    """The device of a torch module's first parameter or buffer (CPU when it has none)."""
+    import torch
+
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def from_numpy(framework: str, array: np.ndarray, device: Any = None) -> Any:
+    """A NumPy array as a native tensor of ``framework`` (on ``device`` for torch)."""
+    if framework == "numpy":
+        return array
+    if framework == "torch":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device or "cpu")
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(array)
+    if framework == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(array)
+    raise ValueError(f"unknown framework {framework!r}")
+
+
+def to_numpy(t: Any) -> np.ndarray:
+    """A native or EagerPy tensor as a NumPy array on the host (a device-to-host copy)."""
+    if isinstance(t, ep.Tensor):
+        t = t.raw
+    if hasattr(t, "detach"):
+        return np.asarray(t.detach().cpu().numpy())
+    if hasattr(t, "numpy"):
+        return np.asarray(t.numpy())
+    return np.asarray(t)
+
+
+def value_and_grad(loss_fn: LossFn, x: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor, ep.Tensor]:
+    """Return ``(loss, aux, d loss / d x)`` for ``loss_fn(x) -> (scalar loss, aux)``.
+
+    PyTorch uses ``torch.autograd.grad`` so no gradient lands in the model's
+    parameters (EagerPy 0.30.0 calls ``backward()``, which accumulates there);
+    TensorFlow and JAX use EagerPy's own implementation, which is correct.
+    """
+    framework = tensor_framework(x)
+    if framework == "numpy":
+        raise TypeError("NumPy has no autodiff: gradients need a PyTorch, TensorFlow or JAX model")
+    if framework == "torch":
+        import torch
+
+        with torch.enable_grad():
+            x_ = x.raw.detach().requires_grad_(True)
+            loss, aux = loss_fn(ep.astensor(x_))
+            (grad,) = torch.autograd.grad(loss.raw, x_)
+        return wrap(loss.raw.detach()), _detach(aux), wrap(grad)
+    loss, aux, grad = ep.value_aux_and_grad(loss_fn, x)
+    return loss, aux, grad
+
+
+def _detach(t: ep.Tensor) -> ep.Tensor:
+    raw = t.raw
+    return wrap(raw.detach()) if hasattr(raw, "detach") else t
+
+
+def wrap(raw: Any) -> ep.Tensor:
+    """``ep.astensor`` with a precise type for mypy."""
+    t: ep.Tensor = ep.astensor(raw)
+    return t
+
+
+class RandomSource:
+    """Seeded random numbers on the device of a reference tensor, per framework.
+
+    Why not ``ep.uniform``: it draws from each framework's global RNG (for JAX,
+    one class-level key that every run starts from), so two attacks with the
+    same seed would not reproduce, and seeding the global state would change
+    the user's own randomness. Each attack run owns one of these instead.
+    """
+
+    def __init__(self, seed: int | None, like: ep.Tensor) -> None:
+        self.framework = tensor_framework(like)
+        self._like = like
+        seed_ = int(np.random.SeedSequence(seed).generate_state(1)[0])
+        if self.framework == "torch":
+            import torch
+
+            device = like.raw.device
+            self._gen: Any = torch.Generator(device=device)
+            self._gen.manual_seed(seed_)
+        elif self.framework == "tensorflow":
+            import tensorflow as tf
+
+            self._gen = tf.random.Generator.from_seed(seed_)
+        elif self.framework == "jax":
+            import jax
+
+            self._gen = jax.random.PRNGKey(seed_)
+        else:
+            self._gen = np.random.default_rng(seed_)
+
+    def _next_jax_key(self) -> Any:
+        import jax
+
+        self._gen, key = jax.random.split(self._gen)
+        return key
+
+    def uniform(self, shape: tuple[int, ...], low: float = 0.0, high: float = 1.0) -> ep.Tensor:
+        """Uniform samples in ``[low, high)`` with the reference tensor's dtype and device."""
+        raw = self._like.raw
+        if self.framework == "torch":
+            import torch
+
+            out = torch.rand(shape, generator=self._gen, device=raw.device, dtype=raw.dtype)
+            return wrap(out * (high - low) + low)
+        if self.framework == "tensorflow":
+            return wrap(self._gen.uniform(shape, low, high, dtype=raw.dtype))
+        if self.framework == "jax":
+            import jax
+
+            key = self._next_jax_key()
+            return wrap(jax.random.uniform(key, shape, raw.dtype, low, high))
+        return wrap(self._gen.uniform(low, high, shape).astype(raw.dtype))
+
+    def normal(self, shape: tuple[int, ...]) -> ep.Tensor:
+        """Standard normal samples with the reference tensor's dtype and device."""
+        raw = self._like.raw
+        if self.framework == "torch":
+            import torch
+
+            return wrap(torch.randn(shape, generator=self._gen, device=raw.device, dtype=raw.dtype))
+        if self.framework == "tensorflow":
+            return wrap(self._gen.normal(shape, dtype=raw.dtype))
+        if self.framework == "jax":
+            import jax
+
+            return wrap(jax.random.normal(self._next_jax_key(), shape, raw.dtype))
+        return wrap(self._gen.standard_normal(shape).astype(raw.dtype))
+
+    def sign(self, shape: tuple[int, ...]) -> ep.Tensor:
+        """Independent random signs (+1 or -1; 0 with negligible probability)."""
+        return self.uniform(shape, -1.0, 1.0).sign()
