@@ -6,7 +6,7 @@ the caller's framework (NumPy, PyTorch, TensorFlow, JAX).
 """
 
 from attacks import losses
-from attacks.base import Attack
+from attacks.base import Attack, distances
 from attacks.gradient import FGSM, PGD
 from attacks.models import Bounds, Model
 from attacks.norms import norm_name, parse_p
@@ -19,6 +19,7 @@ __all__ = [
     "Bounds",
     "Model",
     "clipping_aware_rescaling",
+    "distances",
     "losses",
     "norm_name",
     "parse_p",

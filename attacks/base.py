@@ -215,6 +215,16 @@ def project(
     return ep.clip(x + delta * atleast_kd(factor, x.ndim), lo, hi)
 
 
+def distances(x: Any, x_adv: Any, norm: float | str) -> Any:
+    """Per-sample ``||x_adv - x||`` in ``norm``, as a native ``(N,)`` tensor of x's type.
+
+    Minimum-norm attacks report their result this way: run them without
+    epsilon, then measure.
+    """
+    (x_, x_adv_), restore = ep.astensors_(x, x_adv)
+    return restore(lp_norms(x_adv_ - x_, parse_p(norm)))
+
+
 def success(model: Model, x_adv: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None) -> ep.Tensor:
     """Boolean ``(N,)``: whether the model is fooled at ``x_adv`` (one fresh forward pass)."""
     return is_adversarial(model.logits(x_adv), y, target)
