@@ -21,7 +21,7 @@ import numpy as np
 from attacks import backend
 from attacks.losses import is_adversarial
 from attacks.models import Model, as_model
-from attacks.norms import norm_name
+from attacks.norms import norm_name, parse_p
 from attacks.rescaling import clip_to_bounds
 
 #: Relative slack of the final projection: points end strictly inside the
