@@ -98,9 +98,9 @@ class Attack(ABC):
                 "gradient-free attack (attacks.Square, attacks.HopSkipJump) or a PyTorch, "
                 "TensorFlow or JAX model"
             )
+        _check_inputs(x_, model_)
         y_ = _labels_like(x_, y, "y")
         target_ = None if target is None else _labels_like(x_, target, "target")
-        _check_inputs(x_, model_)
         epsilon_ = self._epsilon(x_, epsilon)
         ctx = RunContext(model_, epsilon_, self.p, backend.RandomSource(self.seed, x_))
         x_adv = self.run(ctx, x_, y_, target_)
