@@ -1,0 +1,108 @@
+"""Property tests for every attack of the library: the threat-model contract.
+
+For random batches, budgets and seeds (hypothesis), on PyTorch and on a second
+framework: results keep shape, dtype and type; lie inside the bounds and the
+epsilon ball; inputs are not mutated; the same seed gives the same result.
+Each registry entry uses a small step budget: these are contract tests, the
+strength tests live beside each attack.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from digits_models import digits, native_mlp
+from framework_support import to_native, to_numpy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import attacks
+
+#: (id, factory(seed) -> attack, budgets to draw epsilon from, frameworks)
+Entry = tuple[str, Callable[[int], Any], tuple[float, float], tuple[str, ...]]
+
+GRADIENT = ("torch", "tensorflow")
+ALL = ("numpy", "torch", "jax")
+
+REGISTRY: list[Entry] = [
+    ("FGSM", lambda s: attacks.FGSM(seed=s), (0.01, 0.3), GRADIENT),
+    ("PGD-linf", lambda s: attacks.PGD("linf", steps=3, seed=s), (0.01, 0.3), GRADIENT),
+    ("PGD-l2", lambda s: attacks.PGD("l2", steps=3, seed=s), (0.1, 3.0), GRADIENT),
+    ("PGD-l1", lambda s: attacks.PGD("l1", steps=3, seed=s), (0.5, 10.0), GRADIENT),
+]
+
+FLOAT32_ROUNDING = 1.2e-7
+
+
+def _installed() -> set[str]:
+    import importlib.util
+
+    return {"numpy"} | {f for f in ("torch", "tensorflow", "jax") if importlib.util.find_spec(f)}
+
+
+INSTALLED = _installed()
+
+
+def _cases() -> list[Any]:
+    cases = []
+    for name, factory, budget, frameworks in REGISTRY:
+        for framework in frameworks:
+            marks = [] if framework in INSTALLED else [pytest.mark.skip(f"{framework} missing")]
+            cases.append(
+                pytest.param(factory, budget, framework, id=f"{name}-{framework}", marks=marks)
+            )
+    return cases
+
+
+@pytest.mark.parametrize(("factory", "budget", "framework"), _cases())
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 6),
+    start=st.integers(0, 1700),
+    fraction=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+    per_sample=st.booleans(),
+)
+def test_attack_contract(
+    factory: Callable[[int], Any],
+    budget: tuple[float, float],
+    framework: str,
+    n: int,
+    start: int,
+    fraction: float,
+    seed: int,
+    per_sample: bool,
+) -> None:
+    x_all, y_all = digits()
+    x, y = x_all[start : start + n], y_all[start : start + n]
+    low, high = budget
+    eps_value = low + fraction * (high - low)
+    epsilon: Any = eps_value
+    if per_sample:
+        epsilon = np.linspace(low, eps_value, len(x))
+        epsilon[0] = max(epsilon[0], low)
+    model = native_mlp(framework)
+    xn, yn = to_native(framework, x), to_native(framework, y)
+    attack = factory(seed)
+
+    result = attack(model, xn, yn, epsilon=epsilon)
+
+    assert type(result) is type(xn)
+    adv = to_numpy(result)
+    assert adv.shape == x.shape
+    assert adv.dtype == x.dtype
+    assert adv.min() >= 0.0
+    assert adv.max() <= 1.0
+    moved = np.abs(adv.astype(np.float64) - x).reshape(len(x), -1)
+    p = attack.p
+    norms = moved.max(axis=1) if math.isinf(p) else (moved**p).sum(axis=1) ** (1 / p)
+    slack = FLOAT32_ROUNDING * (1 if math.isinf(p) else moved.shape[1] ** (1 / p))
+    assert (norms <= np.broadcast_to(epsilon, (len(x),)) + slack).all(), (norms, epsilon)
+    np.testing.assert_array_equal(to_numpy(xn), x)
+    np.testing.assert_array_equal(to_numpy(yn), y)
+    again = to_numpy(factory(seed)(model, xn, yn, epsilon=epsilon))
+    np.testing.assert_array_equal(again, adv)
