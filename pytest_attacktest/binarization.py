@@ -1,0 +1,529 @@
+"""The binarization test (Zimmermann, Brendel, Tramer, Carlini, 2022), batched.
+
+Why: an attack that reports high robust accuracy may simply be too weak. This
+test replaces the defended model's readout, per test sample, by a linear
+classifier fitted so that a point *inside the epsilon ball* (a boundary
+training point) is classified adversarial while the clean point and random
+inner points are not. An adversarial example provably exists; a correct
+attack must find it. The phases run for a whole chunk of samples at once:
+
+1. sample inner and boundary points (:mod:`pytest_attacktest.sampling`);
+2. extract features in large batches (:mod:`pytest_attacktest.features`);
+3. fit one readout per sample at once (:mod:`pytest_attacktest.readout`);
+4. build the routed binarized model (:mod:`pytest_attacktest.routing`);
+5. run the attack under test on the chunk;
+6. verify every returned point ourselves, never trusting the attack;
+7. report per sample and per test (:mod:`pytest_attacktest.report`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import eagerpy as ep
+import numpy as np
+
+from attacks import backend
+from attacks.base import Attack, atleast_kd, lp_norms
+from attacks.models import Model, as_model
+from attacks.norms import norm_name, parse_p
+from pytest_attacktest.features import FeatureFn, feature_extractor
+from pytest_attacktest.readout import Readouts, fit_readouts
+from pytest_attacktest.report import Report, SampleResult
+from pytest_attacktest.routing import BinarizedModel
+from pytest_attacktest.sampling import boundary_points, inner_points
+
+#: Defaults, after the reference's case studies unless noted.
+DEFAULT_THRESHOLD = 0.95  #: the paper's pass threshold on ASR
+DEFAULT_MAX_INCONCLUSIVE = 0.1
+DEFAULT_GAP = 0.05  #: inner points within (1 - gap) * epsilon
+DEFAULT_CLOSENESS = 0.999
+MAX_INNER = 999  #: the reference's usual count; capped by the feature dimension
+#: Relative tolerance when checking that an attack stayed inside the ball.
+BALL_TOLERANCE = 1e-5
+#: Absolute slack for float32 rounding of x + delta (half an ulp near 1, doubled).
+ROUNDING = 2.4e-7
+
+UserAttack = Callable[[Any, Any, Any, float], Any]
+
+
+def default_inner_points(feature_dim: int, n_boundary: int) -> int:
+    """Inner points per sample, respecting the feature dimension.
+
+    A linear readout separates n points in general position in d dimensions
+    only if n <= d + 1; with more, setups fail (the reference's 999 inner
+    points on 512-d ResNet features failed for every sample). Half the
+    dimension leaves room for randomized defenses' repeated passes.
+    """
+    return int(max(1, min(MAX_INNER, feature_dim // 2 - n_boundary)))
+
+
+def binarization_test(
+    model: Any,
+    x: Any,
+    y: Any = None,
+    *,
+    attack: Attack | UserAttack,
+    epsilon: float,
+    norm: str | float = "linf",
+    features: str | FeatureFn | None = None,
+    n_inner: int | None = None,
+    n_boundary: int = 1,
+    corners: bool = False,
+    gap: float = DEFAULT_GAP,
+    closeness: float = DEFAULT_CLOSENESS,
+    threshold: float = DEFAULT_THRESHOLD,
+    max_inconclusive: float = DEFAULT_MAX_INCONCLUSIVE,
+    feature_passes: int = 1,
+    verify_passes: int = 1,
+    n_validation: int = 32,
+    valid_input: Callable[[Any], Any] | None = None,
+    chunk_size: int = 256,
+    seed: int = 0,
+) -> Report:
+    """Run the binarization test of ``attack`` on ``model`` at the samples ``x``.
+
+    Args:
+        model: the defended model: a native model or an :class:`attacks.Model`
+            (its bounds are the input domain).
+        x: clean test inputs ``(S, ...)`` inside the bounds.
+        y: their labels (optional; only the original model's clean accuracy
+            is reported from them, the binarized task does not use them).
+        attack: an :class:`attacks.Attack`, or a function
+            ``fn(native_binarized_model, x, y, epsilon) -> x_adv`` for the
+            user's own or a third-party attack (``y`` is all zeros: the clean
+            class of the binarized model).
+        epsilon: the threat model's radius (> 0).
+        norm: ``"linf"``, ``"l2"``, ``"l1"`` or p.
+        features: feature layer (see :func:`~pytest_attacktest.features.feature_extractor`).
+        n_inner: random inner points per sample (the clean point is added);
+            default from the feature dimension (:func:`default_inner_points`).
+        n_boundary: boundary points per sample (class 1).
+        corners: Linf boundary points on the cube's corners.
+        gap: inner points lie within ``(1 - gap) * epsilon``.
+        closeness: decision-boundary closeness in ``[0, 1)``.
+        threshold: minimum ASR over conclusive samples to pass.
+        max_inconclusive: largest share of inconclusive samples for a verdict.
+        feature_passes: forward passes per training point (randomized defenses).
+        verify_passes: the attack's point must be adversarial in each of these
+            fresh forward passes (randomized defenses).
+        n_validation: fresh random inner and boundary points per sample for the
+            validation accuracies and the random-attack check.
+        valid_input: detector ``fn(x) -> bool mask``: training points it
+            rejects are redrawn, and a rejected adversarial counts as a miss.
+        chunk_size: samples processed together (bounds peak memory).
+        seed: makes the run reproducible.
+
+    Raises:
+        ValueError: bad epsilon, norm, sizes or inputs; FeatureError when no
+            feature layer is usable (with how to pass one).
+    """
+    p = parse_p(norm)
+    _check_settings(epsilon, gap, threshold, max_inconclusive, n_boundary, chunk_size)
+    wrapped = as_model(model)
+    x_, _ = wrapped.adopt(x)
+    _check_inputs(x_, wrapped)
+    if isinstance(attack, Attack) and not math.isclose(attack.p, p):
+        raise ValueError(
+            f"the attack's norm ({attack.norm}) differs from the test's ({norm_name(p)}): "
+            "a test at one norm says nothing about an attack at another"
+        )
+    extractor = feature_extractor(wrapped.native, features)
+    name = repr(attack) if isinstance(attack, Attack) else getattr(attack, "__name__", repr(attack))
+    settings = {
+        "n_inner": n_inner,
+        "n_boundary": n_boundary,
+        "corners": corners,
+        "gap": gap,
+        "closeness": closeness,
+        "feature_passes": feature_passes,
+        "verify_passes": verify_passes,
+        "n_validation": n_validation,
+        "chunk_size": chunk_size,
+        "detector": valid_input is not None,
+    }
+    report = Report(
+        attack=name,
+        norm=norm_name(p),
+        epsilon=float(epsilon),
+        threshold=threshold,
+        max_inconclusive=max_inconclusive,
+        seed=seed,
+        settings=settings,
+    )
+    if y is not None:
+        labels = np.asarray(backend.to_numpy(y)).reshape(-1)
+        predicted = backend.to_numpy(wrapped.logits(x_)).argmax(axis=1)
+        settings["clean_accuracy"] = float((predicted == labels).mean())
+    engine = _Engine(wrapped, extractor, attack, p, float(epsilon), report, seed)
+    engine.n_inner = n_inner
+    engine.options = settings
+    engine.valid_input = valid_input
+    for start in range(0, x_.shape[0], chunk_size):
+        engine.run_chunk(x_[start : start + chunk_size], start)
+    settings["n_inner"] = engine.n_inner
+    for warning in report.warnings:
+        warnings.warn(warning, stacklevel=2)
+    return report
+
+
+class _Engine:
+    """State shared by the chunks of one test (timings, RNG, resolved sizes)."""
+
+    def __init__(
+        self,
+        model: Model,
+        extractor: FeatureFn,
+        attack: Attack | UserAttack,
+        p: float,
+        epsilon: float,
+        report: Report,
+        seed: int,
+    ) -> None:
+        self.model = model
+        self.extractor = extractor
+        self.attack = attack
+        self.p = p
+        self.epsilon = epsilon
+        self.report = report
+        self.seed = seed
+        self.n_inner: int | None = None
+        self.options: dict[str, Any] = {}
+        self.valid_input: Callable[[Any], Any] | None = None
+        for phase in ("sampling", "features", "fit", "attack", "verification"):
+            report.timings[phase] = 0.0
+
+    def _timed(self, phase: str, start: float) -> float:
+        now = time.perf_counter()
+        self.report.timings[phase] += now - start
+        return now
+
+    def features(self, points: ep.Tensor, passes: int = 1) -> ep.Tensor:
+        """Features of ``(M, ...)`` points, ``passes`` times: ``(passes, M, d)``."""
+        out = []
+        with _no_grad(points):
+            for _ in range(passes):
+                chunks = [
+                    backend.wrap(self.extractor(points[i : i + 4096].raw))
+                    for i in range(0, points.shape[0], 4096)
+                ]
+                out.append(ep.concatenate(chunks, axis=0) if len(chunks) > 1 else chunks[0])
+        return ep.stack(out, axis=0)
+
+    def run_chunk(self, x: ep.Tensor, offset: int) -> None:
+        opts = self.options
+        s = x.shape[0]
+        shape = tuple(x.shape[1:])
+        random = backend.RandomSource(self.seed + offset, x)
+        bounds = (self.model.bounds.lower, self.model.bounds.upper)
+        eps = ep.ones(x, (s,)) * self.epsilon
+        t = time.perf_counter()
+
+        if self.n_inner is None:
+            dim = self.features(x[:1]).shape[-1]
+            self.n_inner = default_inner_points(dim, opts["n_boundary"])
+        n_in, n_b = self.n_inner, opts["n_boundary"]
+        inner = inner_points(x, n_in, eps, self.p, bounds, random, 1 - opts["gap"])
+        boundary = boundary_points(x, n_b, eps, self.p, bounds, random, opts["corners"])
+        invalid_setup = self._redraw_invalid(x, inner, boundary, eps, random, bounds)
+        inner, boundary, rejected_training = invalid_setup
+        train = ep.concatenate([x.expand_dims(1), inner, boundary], axis=1)  # (S, n, ...)
+        n = train.shape[1]
+        labels = np.array([0] * (1 + n_in) + [1] * n_b)
+        t = self._timed("sampling", t)
+
+        passes = opts["feature_passes"]
+        feats = self.features(train.reshape((s * n, *shape)), passes)  # (passes, S*n, d)
+        d = feats.shape[-1]
+        feats = feats.reshape((passes, s, n, d)).transpose((1, 0, 2, 3)).reshape((s, passes * n, d))
+        labels = np.tile(labels, passes)
+        if passes * n > d + 1:
+            self.report.warnings.append(
+                f"{passes * n} training points per sample for {d} feature dimensions: a linear "
+                "readout rarely separates more points than dimensions, expect inconclusive samples"
+            )
+        t = self._timed("features", t)
+
+        readouts = fit_readouts(feats, labels, opts["closeness"])
+        binarized = BinarizedModel(self.model, self.extractor, x, eps, self.p, readouts)
+        guaranteed = self._guarantee(binarized, x, boundary, readouts)
+        t = self._timed("fit", t)
+
+        zeros = _zeros_labels(x)
+        x_adv = self._run_attack(binarized, x, zeros, eps)
+        t = self._timed("attack", t)
+
+        self._verify(binarized, x, x_adv, eps, readouts, guaranteed, rejected_training, random)
+        self._timed("verification", t)
+        for i in range(s):
+            self.report.samples[-s + i].index = offset + i
+
+    def _redraw_invalid(
+        self,
+        x: ep.Tensor,
+        inner: ep.Tensor,
+        boundary: ep.Tensor,
+        eps: ep.Tensor,
+        random: backend.RandomSource,
+        bounds: tuple[float, float],
+    ) -> tuple[ep.Tensor, ep.Tensor, np.ndarray]:
+        """Redraw training points the detector rejects (10 rounds); flag samples still invalid."""
+        s = x.shape[0]
+        failed = np.zeros(s, dtype=bool)
+        if self.valid_input is None:
+            return inner, boundary, failed
+        opts = self.options
+        for kind in ("inner", "boundary"):
+            points = inner if kind == "inner" else boundary
+            k = points.shape[1]
+            for _ in range(10):
+                flat = points.reshape((s * k, *tuple(x.shape[1:])))
+                ok = self._valid(flat).reshape((s, k))
+                if backend.to_numpy(ok).all():
+                    break
+                if kind == "inner":
+                    fresh = inner_points(x, k, eps, self.p, bounds, random, 1 - opts["gap"])
+                else:
+                    fresh = boundary_points(x, k, eps, self.p, bounds, random, opts["corners"])
+                points = ep.where(atleast_kd(ok, points.ndim), points, fresh)
+            ok_np = backend.to_numpy(self._valid(points.reshape((s * k, *tuple(x.shape[1:])))))
+            failed |= ~ok_np.reshape(s, k).all(axis=1)
+            if kind == "inner":
+                inner = points
+            else:
+                boundary = points
+        return inner, boundary, failed
+
+    def _valid(self, points: ep.Tensor) -> ep.Tensor:
+        assert self.valid_input is not None
+        mask = backend.wrap(self.valid_input(points.raw))
+        if tuple(mask.shape) != (points.shape[0],):
+            raise ValueError(
+                f"valid_input must return a boolean mask of shape ({points.shape[0]},), "
+                f"got shape {tuple(mask.shape)}"
+            )
+        return mask.astype(bool) if backend.tensor_framework(mask) == "numpy" else mask
+
+    def _guarantee(
+        self, binarized: BinarizedModel, x: ep.Tensor, boundary: ep.Tensor, readouts: Readouts
+    ) -> np.ndarray:
+        """Per sample: the fitted readout works in the final model, as evaluated there.
+
+        The best boundary training point must be class 1 and the clean point
+        class 0 in fresh forward passes of the model the attack will see
+        (float32, after the closeness shift).
+        """
+        s = x.shape[0]
+        index = ep.arange(x, s).astype(_index_dtype(x))
+        ok = readouts.fitted.copy()
+        with _no_grad(x):
+            for _ in range(self.options["verify_passes"]):
+                clean_z = backend.to_numpy(binarized.readout_logit(x, index))
+                z_b = np.stack(
+                    [
+                        backend.to_numpy(binarized.readout_logit(boundary[:, j], index))
+                        for j in range(boundary.shape[1])
+                    ],
+                    axis=1,
+                )
+                ok &= (clean_z < 0) & (z_b.max(axis=1) > 0)
+        best = z_b.argmax(axis=1)
+        binarized.guaranteed = ep.stack([boundary[i, int(best[i])] for i in range(s)], axis=0)
+        return np.asarray(ok)
+
+    def _run_attack(
+        self, binarized: BinarizedModel, x: ep.Tensor, zeros: ep.Tensor, eps: ep.Tensor
+    ) -> ep.Tensor:
+        if isinstance(self.attack, Attack):
+            return backend.wrap(self.attack(binarized, x.raw, zeros.raw, epsilon=self.epsilon))
+        native = binarized.as_native()
+        out = self.attack(native, x.raw, zeros.raw, self.epsilon)
+        adv, _ = binarized.adopt(out)
+        if tuple(adv.shape) != tuple(x.shape):
+            raise ValueError(
+                f"the attack returned shape {tuple(adv.shape)} for inputs of shape {tuple(x.shape)}"
+            )
+        return adv.astype(x.dtype)
+
+    def _verify(
+        self,
+        binarized: BinarizedModel,
+        x: ep.Tensor,
+        x_adv: ep.Tensor,
+        eps: ep.Tensor,
+        readouts: Readouts,
+        guaranteed: np.ndarray,
+        rejected_training: np.ndarray,
+        random: backend.RandomSource,
+    ) -> None:
+        """Check every returned point ourselves and fill the per-sample results."""
+        s = x.shape[0]
+        lo, hi = self.model.bounds
+        index = ep.arange(x, s).astype(_index_dtype(x))
+        distance = backend.to_numpy(lp_norms(x_adv - x, self.p)).astype(np.float64)
+        flat = x_adv.flatten(start=1)
+        slack = ROUNDING * (1 if math.isinf(self.p) else flat.shape[1] ** (1 / self.p))
+        outside_ball = distance > self.epsilon * (1 + BALL_TOLERANCE) + slack
+        outside_bounds = backend.to_numpy(
+            ep.logical_or(flat.min(axis=1) < lo, flat.max(axis=1) > hi)
+        )
+        nan = ~np.isfinite(distance)
+        adversarial = np.ones(s, dtype=bool)
+        z_adv = np.full(s, np.inf)
+        with _no_grad(x):
+            for _ in range(self.options["verify_passes"]):
+                z = backend.to_numpy(binarized.readout_logit(x_adv, index)).astype(np.float64)
+                adversarial &= z > 0
+                z_adv = np.minimum(z_adv, z)
+            rejected = np.zeros(s, dtype=bool)
+            if self.valid_input is not None:
+                rejected = ~backend.to_numpy(self._valid(x_adv)).astype(bool)
+            inner_acc, boundary_acc, random_hit = self._validation(binarized, x, eps, random)
+        success = adversarial & ~outside_ball & ~outside_bounds & ~rejected & ~nan
+        if outside_ball.any():
+            self.report.warnings.append(
+                f"the attack returned {int(outside_ball.sum())} points outside the "
+                f"{norm_name(self.p)} ball of radius {self.epsilon:g}: they get no credit"
+            )
+        if outside_bounds.any():
+            self.report.warnings.append(
+                f"the attack returned {int(outside_bounds.sum())} points outside the bounds "
+                f"{tuple(self.model.bounds)}: they get no credit"
+            )
+        for i in range(s):
+            if rejected_training[i]:
+                reason = "the detector (valid_input) rejected the training points in 10 redraws"
+            elif not readouts.fitted[i]:
+                reason = (
+                    "the linear readout could not separate the inner from the boundary points "
+                    f"(min training margin {readouts.train_margin[i]:.3g}); fewer inner points "
+                    "or a richer feature layer help"
+                )
+            elif not guaranteed[i]:
+                reason = (
+                    "the guaranteed adversarial is not adversarial in the final model (or the "
+                    "clean point is); a randomized defense may need more feature_passes"
+                )
+            else:
+                reason = ""
+            self.report.samples.append(
+                SampleResult(
+                    index=i,
+                    conclusive=not reason,
+                    reason=reason,
+                    success=bool(success[i]) and not reason,
+                    distance=float(distance[i]),
+                    logit_difference=float(z_adv[i] - readouts.boundary_logit[i]),
+                    inner_accuracy=float(inner_acc[i]),
+                    boundary_accuracy=float(boundary_acc[i]),
+                    random_success=bool(random_hit[i]),
+                    outside_ball=bool(outside_ball[i]),
+                    outside_bounds=bool(outside_bounds[i]),
+                    rejected=bool(rejected[i]),
+                )
+            )
+
+    def _validation(
+        self, binarized: BinarizedModel, x: ep.Tensor, eps: ep.Tensor, random: backend.RandomSource
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fresh random points: inner anywhere in the ball, boundary on the sphere."""
+        k = self.options["n_validation"]
+        s = x.shape[0]
+        if k <= 0:
+            nan = np.full(s, np.nan)
+            return nan, nan, np.zeros(s, dtype=bool)
+        bounds = (self.model.bounds.lower, self.model.bounds.upper)
+        inner = inner_points(x, k, eps, self.p, bounds, random, 1.0)
+        boundary = boundary_points(x, k, eps, self.p, bounds, random, self.options["corners"])
+        index = ep.arange(x, s).astype(_index_dtype(x))
+        z_in = np.stack(
+            [backend.to_numpy(binarized.readout_logit(inner[:, j], index)) for j in range(k)], 1
+        )
+        z_b = np.stack(
+            [backend.to_numpy(binarized.readout_logit(boundary[:, j], index)) for j in range(k)], 1
+        )
+        inner_acc = (z_in <= 0).mean(axis=1)
+        boundary_acc = (z_b > 0).mean(axis=1)
+        random_hit = np.asarray((z_in > 0).any(axis=1) | (z_b > 0).any(axis=1))
+        return np.asarray(inner_acc), np.asarray(boundary_acc), random_hit
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_settings(
+    epsilon: float,
+    gap: float,
+    threshold: float,
+    max_inconclusive: float,
+    n_boundary: int,
+    chunk_size: int,
+) -> None:
+    if not isinstance(epsilon, int | float) or not math.isfinite(epsilon) or epsilon <= 0:
+        raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
+    if not 0 < gap < 1:
+        raise ValueError(f"gap must be in (0, 1), got {gap}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if not 0 <= max_inconclusive < 1:
+        raise ValueError(f"max_inconclusive must be in [0, 1), got {max_inconclusive}")
+    if n_boundary < 1 or chunk_size < 1:
+        raise ValueError("n_boundary and chunk_size must be >= 1")
+
+
+def _check_inputs(x: ep.Tensor, model: Model) -> None:
+    if x.ndim < 2 or x.shape[0] < 1:
+        raise ValueError(f"x must be a batch (S, ...) of test inputs, got shape {tuple(x.shape)}")
+    lo, hi = model.bounds
+    x_min, x_max = float(x.min().item()), float(x.max().item())
+    if math.isnan(x_min) or math.isnan(x_max):
+        raise ValueError("x contains NaN")
+    if x_min < lo or x_max > hi:
+        raise ValueError(
+            f"x lies outside the model's bounds {tuple(model.bounds)} (min {x_min:.4g}, max "
+            f"{x_max:.4g}): put normalisation inside the model and pass inputs in the bounds"
+        )
+
+
+def _index_dtype(x: ep.Tensor) -> Any:
+    framework = backend.tensor_framework(x)
+    if framework == "torch":
+        import torch
+
+        return torch.int64
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        return tf.int64
+    if framework == "jax":
+        import jax.numpy as jnp
+
+        return jnp.int32
+    return np.int64
+
+
+def _zeros_labels(x: ep.Tensor) -> ep.Tensor:
+    return ep.zeros(x, (x.shape[0],)).astype(_index_dtype(x))
+
+
+class _no_grad:
+    """``torch.no_grad()`` for torch tensors, nothing for other frameworks."""
+
+    def __init__(self, like: ep.Tensor) -> None:
+        self._ctx: Any = None
+        if backend.tensor_framework(like) == "torch":
+            import torch
+
+            self._ctx = torch.no_grad()
+
+    def __enter__(self) -> None:
+        if self._ctx is not None:
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)

@@ -1,0 +1,162 @@
+"""Batched linear readouts: one per test sample, all fitted at once on the device.
+
+Why a closed form: each sample's training set is tiny next to the feature
+dimension (tens to hundreds of points, hundreds of features), so the
+minimum-norm interpolating solution of ``F w + b = t`` with targets -1 (inner)
+and +1 (boundary) exists whenever the points' features are linearly
+independent, and it is one batched ``n x n`` solve for all samples; the
+reference fits an unregularised scikit-learn logistic regression per sample on
+the CPU instead. In the regime n < d the minimum-norm interpolator is close to
+the max-margin separator (most points are support vectors), which is what the
+logistic regression converges to.
+
+Nothing is assumed: every training point must be classified correctly by the
+fitted readout, otherwise the sample is *inconclusive*, never a pass.
+After the fit the bias is shifted towards the boundary points (the
+reference's "decision-boundary closeness" c): the most confident boundary point
+keeps a logit of ``(1 - c)`` times its fitted value, so the adversarial region
+inside the ball is small and a random perturbation rarely hits it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import eagerpy as ep
+import numpy as np
+
+from attacks import backend
+
+
+@dataclass
+class Readouts:
+    """Linear readouts ``z = w . f + b`` (class 1 iff z > 0) for S samples."""
+
+    weight: ep.Tensor  # (S, d)
+    bias: ep.Tensor  # (S,)
+    fitted: np.ndarray  # (S,) bool: every training point classified correctly
+    train_margin: np.ndarray  # (S,) smallest signed margin over training points
+    boundary_logit: np.ndarray  # (S,) best (largest) z over boundary training points
+
+    def logits(self, features: ep.Tensor, index: ep.Tensor | None = None) -> ep.Tensor:
+        """``z`` for features ``(N, d)`` of samples ``index`` (default: 0..S-1 in order)."""
+        w = self.weight if index is None else self.weight[index]
+        b = self.bias if index is None else self.bias[index]
+        return (features * w).sum(axis=-1) + b
+
+
+def fit_readouts(features: ep.Tensor, labels: np.ndarray, closeness: float) -> Readouts:
+    """Fit one readout per sample.
+
+    Args:
+        features: ``(S, n, d)`` training features per sample.
+        labels: ``(n,)`` 0 (inner) or 1 (boundary), the same layout for every sample.
+        closeness: decision-boundary closeness ``c`` in ``[0, 1)``.
+    """
+    if not 0.0 <= closeness < 1.0:
+        raise ValueError(f"closeness must be in [0, 1), got {closeness}")
+    framework = backend.tensor_framework(features)
+    s, n, d = features.shape
+    targets_np = np.where(labels == 1, 1.0, -1.0)
+
+    f64 = _as_float64(features)
+    # A constant column absorbs the bias; scaled to the features' size so the
+    # minimum-norm solution does not favour the bias over the weights.
+    scale = ep.maximum(f64.square().sum(axis=-1).mean(axis=-1).sqrt(), 1e-12)  # (S,)
+    ones = ep.ones(f64, (s, n, 1)) * scale.reshape((s, 1, 1))
+    aug = ep.concatenate([f64, ones], axis=-1)  # (S, n, d + 1)
+    gram = _batched_gram(framework, aug)  # (S, n, n)
+    jitter = 1e-10 * _trace(gram) / n + 1e-30
+    gram = gram + _eye_like(gram, n) * jitter.reshape((s, 1, 1))
+    targets = _const(f64, np.broadcast_to(targets_np, (s, n)).copy()).expand_dims(-1)
+    alpha = _solve(framework, gram, targets)  # (S, n, 1)
+    w_aug = (aug * alpha).sum(axis=1)  # (S, d + 1)
+    weight = w_aug[:, :d]
+    bias = w_aug[:, d] * scale
+
+    z = (f64 * weight.expand_dims(1)).sum(axis=-1) + bias.expand_dims(1)  # (S, n)
+    signed = z * _const(f64, targets_np).reshape((1, n))
+    margin = signed.min(axis=1)
+    boundary_mask = _const(f64, (labels == 1).astype(np.float64)).reshape((1, n))
+    best_boundary = ep.where(boundary_mask > 0, z, ep.full_like(z, -np.inf)).max(axis=1)
+    # Shift so that the most confident boundary point keeps (1 - c) of its logit.
+    bias = bias - closeness * best_boundary
+
+    margin_np = backend.to_numpy(margin)
+    fitted = np.isfinite(margin_np) & (margin_np > 0)
+    dtype = features.dtype
+    return Readouts(
+        weight=weight.astype(dtype),
+        bias=bias.astype(dtype),
+        fitted=fitted,
+        train_margin=margin_np,
+        boundary_logit=backend.to_numpy(best_boundary) * (1 - closeness),
+    )
+
+
+# ---------------------------------------------------------------------- per framework
+
+
+def _as_float64(t: ep.Tensor) -> ep.Tensor:
+    """float64 where the framework allows it (JAX without x64 stays float32)."""
+    framework = backend.tensor_framework(t)
+    if framework == "torch":
+        import torch
+
+        return t.astype(torch.float64)
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        return t.astype(tf.float64)
+    if framework == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        x64 = bool(jax.config.read("jax_enable_x64"))  # type: ignore[no-untyped-call]
+        return t.astype(jnp.float64 if x64 else jnp.float32)
+    return t.astype(np.float64)
+
+
+def _const(like: ep.Tensor, array: np.ndarray) -> ep.Tensor:
+    """A NumPy constant on ``like``'s framework, device and dtype."""
+    framework = backend.tensor_framework(like)
+    device = getattr(like.raw, "device", None) if framework == "torch" else None
+    return backend.wrap(backend.from_numpy(framework, array, device)).astype(like.dtype)
+
+
+def _eye_like(t: ep.Tensor, n: int) -> ep.Tensor:
+    return _const(t, np.eye(n)).expand_dims(0)
+
+
+def _trace(gram: ep.Tensor) -> ep.Tensor:
+    n = gram.shape[-1]
+    return (gram * _eye_like(gram, n)).sum(axis=(1, 2))
+
+
+def _batched_gram(framework: str, a: ep.Tensor) -> ep.Tensor:
+    """``a @ a^T`` per batch entry (EagerPy's matmul is 2-D only)."""
+    raw = a.raw
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        return backend.wrap(tf.linalg.matmul(raw, raw, transpose_b=True))
+    if framework == "torch":
+        return backend.wrap(raw @ raw.transpose(1, 2))
+    return backend.wrap(raw @ raw.swapaxes(1, 2))
+
+
+def _solve(framework: str, a: ep.Tensor, b: ep.Tensor) -> ep.Tensor:
+    """Batched ``a x = b`` in the tensors' own framework (on their device)."""
+    if framework == "torch":
+        import torch
+
+        return backend.wrap(torch.linalg.solve(a.raw, b.raw))
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        return backend.wrap(tf.linalg.solve(a.raw, b.raw))
+    if framework == "jax":
+        import jax.numpy as jnp
+
+        return backend.wrap(jnp.linalg.solve(a.raw, b.raw))
+    return backend.wrap(np.linalg.solve(a.raw, b.raw))

@@ -1,0 +1,123 @@
+"""The binarized model: the defended features, then the readout of the right sample.
+
+Why routing: the binarization test gives every test sample its own readout,
+but an attack sees one model. Each input is sent to the readout of the clean
+sample whose epsilon ball contains it (the same batch position when that
+holds, else the nearest clean sample in the threat norm). So an attack may
+reorder, subset or repeat the batch, as AutoAttack does, and still attack the
+right readout. Routing is computed on the device for every forward pass, with
+no host round trip, and its cost (one distance matrix) is small next to the
+model's forward pass.
+
+``BinarizedModel`` is an ``attacks.Model``; :meth:`BinarizedModel.as_native`
+gives the same function as a native model of the user's framework (a
+``torch.nn.Module`` for PyTorch), so third-party attacks run on it unchanged.
+Logits are ``[-z, z]``: class 1 (adversarial) iff ``z > 0``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import eagerpy as ep
+
+from attacks import backend
+from attacks.base import lp_norms
+from attacks.models import Model
+from pytest_attacktest.features import FeatureFn
+from pytest_attacktest.readout import Readouts
+
+#: Points this far outside a ball (relative) still route to its sample.
+ROUTING_TOLERANCE = 1e-4
+#: Elements per block when computing L1/Linf distance matrices.
+_BLOCK = 2**24
+
+
+def _nearest(x: ep.Tensor, clean: ep.Tensor, p: float) -> ep.Tensor:
+    """Index of the nearest clean sample for every input, in the Lp norm."""
+    xf, cf = x.flatten(start=1), clean.flatten(start=1)
+    if p == 2:
+        d2 = (
+            xf.square().sum(axis=1, keepdims=True) + cf.square().sum(axis=1).expand_dims(0)
+        ) - 2 * (xf @ cf.transpose())
+        return d2.argmin(axis=1)
+    rows = []
+    per_block = max(1, _BLOCK // max(1, cf.shape[0] * cf.shape[1]))
+    for start in range(0, xf.shape[0], per_block):
+        block = xf[start : start + per_block]
+        diff = (block.expand_dims(1) - cf.expand_dims(0)).abs()
+        dist = diff.max(axis=-1) if math.isinf(p) else (diff**p).sum(axis=-1)
+        rows.append(dist.argmin(axis=1))
+    return ep.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
+
+
+class BinarizedModel(Model):
+    """Features of the defended model followed by per-sample routed readouts."""
+
+    def __init__(
+        self,
+        model: Model,
+        extractor: FeatureFn,
+        clean: ep.Tensor,
+        epsilon: ep.Tensor,
+        p: float,
+        readouts: Readouts,
+    ) -> None:
+        self.defended = model
+        self.extractor = extractor
+        self.clean = clean
+        self.epsilon = epsilon
+        self.p = p
+        self.readouts = readouts
+        #: Per sample, the boundary training point that the readout classifies
+        #: adversarial: the example whose existence the test guarantees (set by
+        #: the engine once checked in this model; for tests and diagnostics).
+        self.guaranteed: ep.Tensor | None = None
+        bounds = (model.bounds.lower, model.bounds.upper)
+        super().__init__(self._forward_native, bounds=bounds, framework=model.framework)
+
+    def route(self, x: ep.Tensor) -> ep.Tensor:
+        """Sample index for each input: same position if inside its ball, else nearest."""
+        n, s = x.shape[0], self.clean.shape[0]
+        nearest = _nearest(x, self.clean, self.p)
+        if n != s:
+            return nearest
+        same = ep.arange(nearest, s).astype(nearest.dtype)
+        inside = lp_norms(x - self.clean, self.p) <= self.epsilon * (1 + ROUTING_TOLERANCE)
+        return ep.where(inside, same, nearest)
+
+    def readout_logit(self, x: ep.Tensor, index: ep.Tensor | None = None) -> ep.Tensor:
+        """``z`` at ``x`` with the readouts of ``index`` (default: routed)."""
+        features = backend.wrap(self.extractor(x.raw))
+        if index is None:
+            index = self.route(x)
+        return self.readouts.logits(features, index)
+
+    def _forward_native(self, x: Any) -> Any:
+        z = self.readout_logit(backend.wrap(x))
+        return ep.stack([-z, z], axis=1).raw
+
+    def as_native(self) -> Any:
+        """The binarized model in the user's framework (torch: an ``nn.Module``)."""
+        if self.framework == "torch":
+            return _torch_module(self)
+        return self._forward_native
+
+
+def _torch_module(binarized: BinarizedModel) -> Any:
+    import torch
+
+    class BinarizedModule(torch.nn.Module):
+        """Defended features + routed per-sample readouts; logits [-z, z]."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            defended = binarized.defended.native
+            if isinstance(defended, torch.nn.Module):
+                self.defended = defended  # so .parameters(), .eval(), .to() behave
+
+        def forward(self, x: Any) -> Any:
+            return binarized._forward_native(x)
+
+    return BinarizedModule().eval()
