@@ -1,0 +1,279 @@
+"""The binarization engine can pass and can fail, and its guarantees hold.
+
+All on the digits MLP trained in the tests (PyTorch and NumPy), CPU only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import eagerpy as ep
+import numpy as np
+import pytest
+from digits_models import held_out, numpy_mlp, torch_mlp
+
+import attacks
+from attacks.base import Attack, RunContext
+from pytest_attacktest import Report, binarization_test
+from pytest_attacktest.features import FeatureError
+
+torch = pytest.importorskip("torch")
+
+EPS = 0.1
+
+
+def _data(n: int = 32) -> tuple[Any, Any]:
+    x, y = held_out(n)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+class Oracle(Attack):
+    """Returns the boundary training point the test guarantees: must always pass."""
+
+    def run(self, ctx: RunContext, x: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None) -> Any:
+        guaranteed = getattr(ctx.model, "guaranteed", None)
+        assert guaranteed is not None
+        return guaranteed
+
+
+class RandomNoise(Attack):
+    """One uniform random point of the Linf ball: a non-attack."""
+
+    uses_gradient = False
+
+    def run(self, ctx: RunContext, x: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None) -> Any:
+        assert ctx.epsilon is not None
+        noise = ctx.random.uniform(tuple(x.shape), -1.0, 1.0)
+        return x + noise * ctx.epsilon.reshape((-1, 1))
+
+
+def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
+    return x
+
+
+def test_pgd_passes_and_the_report_says_why() -> None:
+    x, y = _data()
+    report = binarization_test(
+        torch_mlp(), x, y, attack=attacks.PGD("linf", steps=40), epsilon=EPS, norm="linf"
+    )
+    assert report.verdict == "passed", report.summary()
+    assert report.passed
+    assert report.asr >= 0.95
+    assert report.n_inconclusive == 0
+    assert report.n_samples == 32
+    assert all(s.distance <= EPS * (1 + 1e-5) for s in report.samples)
+    assert set(report.timings) == {"sampling", "features", "fit", "attack", "verification"}
+    assert report.settings["clean_accuracy"] > 0.85
+
+
+@pytest.mark.parametrize("attack", [identity, RandomNoise()], ids=["identity", "random-noise"])
+def test_non_attacks_fail(attack: Any) -> None:
+    x, y = _data()
+    report = binarization_test(torch_mlp(), x, y, attack=attack, epsilon=EPS)
+    assert report.verdict == "failed", report.summary()
+    assert not report.passed
+    assert report.asr < 0.5
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_the_guaranteed_adversarial_exists_for_every_conclusive_sample(norm: str) -> None:
+    """The oracle returns the boundary training point: ASR 1 on conclusive samples.
+
+    The identity attack (the clean point) must score 0: the clean point is
+    never adversarial. Both are verified by the engine's own checks.
+    """
+    x, y = _data()
+    eps = {"linf": EPS, "l2": 1.0, "l1": 4.0}[norm]
+    oracle = Oracle()
+    oracle.p = attacks.parse_p(norm)
+    report = binarization_test(torch_mlp(), x, y, attack=oracle, epsilon=eps, norm=norm)
+    assert report.n_conclusive >= 30
+    assert report.asr == 1.0, report.summary()
+    for sample in report.samples:
+        assert sample.distance <= eps * (1 + 1e-5)
+    clean = binarization_test(torch_mlp(), x, y, attack=identity, epsilon=eps, norm=norm)
+    assert clean.n_success == 0
+
+
+def test_points_outside_the_ball_get_no_credit_and_a_warning() -> None:
+    def too_far(model: Any, x: Any, y: Any, epsilon: float) -> Any:
+        guaranteed_direction = torch.sign(torch.randn_like(x))
+        return (x + 3 * epsilon * guaranteed_direction).clamp(0, 1)
+
+    x, y = _data(16)
+    with pytest.warns(UserWarning, match="outside the linf ball"):
+        report = binarization_test(torch_mlp(), x, y, attack=too_far, epsilon=EPS)
+    assert report.n_success == 0
+    assert all(s.outside_ball for s in report.samples)
+    assert "outside the epsilon ball" in report.summary()
+
+
+def test_a_third_party_attack_on_the_native_module_that_reorders_and_subsets() -> None:
+    """A hand-written torch PGD that attacks the batch reversed, half at a time."""
+
+    def reversed_halves(module: Any, x: Any, y: Any, epsilon: float) -> Any:
+        assert isinstance(module, torch.nn.Module)
+        order = torch.arange(len(x) - 1, -1, -1)
+        out = torch.empty_like(x)
+        for part in (order[: len(x) // 2], order[len(x) // 2 :]):
+            xa = x[part].clone()
+            for _ in range(30):
+                xa.requires_grad_(True)
+                loss = torch.nn.functional.cross_entropy(module(xa), y[part])
+                (grad,) = torch.autograd.grad(loss, xa)
+                xa = xa.detach() + epsilon / 10 * grad.sign()
+                xa = torch.min(torch.max(xa, x[part] - epsilon), x[part] + epsilon).clamp(0, 1)
+            out[part] = xa.detach()
+        return out
+
+    x, y = _data()
+    report = binarization_test(torch_mlp(), x, y, attack=reversed_halves, epsilon=EPS)
+    assert report.passed, report.summary()
+
+
+def test_numpy_model_needs_a_features_callable_and_a_gradient_free_attack() -> None:
+    x, y = held_out(8)
+    with pytest.raises(FeatureError, match="features=callable"):
+        binarization_test(numpy_mlp(), x, y, attack=identity, epsilon=EPS)
+    from digits_models import mlp_weights
+
+    w1, b1, _, _ = mlp_weights()
+
+    def features(inputs: np.ndarray) -> np.ndarray:
+        return np.maximum(inputs @ w1 + b1, 0)
+
+    with pytest.raises(TypeError, match="Square"):
+        binarization_test(
+            numpy_mlp(), x, y, attack=attacks.PGD(steps=2), epsilon=EPS, features=features
+        )
+    report = binarization_test(numpy_mlp(), x, y, attack=identity, epsilon=EPS, features=features)
+    assert report.verdict == "failed"
+
+
+def test_model_without_a_linear_layer_gets_a_clear_error() -> None:
+    class NoLinear(torch.nn.Module):
+        def forward(self, t: Any) -> Any:
+            return t[:, :10]
+
+    x, y = _data(4)
+    with pytest.raises(FeatureError, match=r"no torch\.nn\.Linear"):
+        binarization_test(NoLinear(), x, y, attack=identity, epsilon=EPS)
+    with pytest.raises(FeatureError, match="no submodule 'nope'"):
+        binarization_test(torch_mlp(), x, y, attack=identity, epsilon=EPS, features="nope")
+
+
+def test_named_layer_features() -> None:
+    x, y = _data(16)
+    report = binarization_test(
+        torch_mlp(), x, y, attack=attacks.PGD(steps=30), epsilon=EPS, features="1"
+    )
+    assert report.passed, report.summary()
+
+
+def test_too_many_inconclusive_samples_is_an_error_not_a_pass() -> None:
+    """Constant features cannot separate anything: every sample is inconclusive."""
+    x, y = _data(8)
+    report = binarization_test(
+        torch_mlp(),
+        x,
+        y,
+        attack=identity,
+        epsilon=EPS,
+        features=lambda t: torch.ones(len(t), 4),
+    )
+    assert report.n_inconclusive == 8
+    assert report.verdict == "error"
+    assert not report.passed
+    assert math.isnan(report.asr)
+    assert "could not separate" in report.summary()
+
+
+def test_detector_rejections_count_as_misses() -> None:
+    """A detector that rejects every point far from the data: the attack's points fail."""
+    x, y = _data(16)
+    clean = x.clone()
+
+    def valid_input(points: Any) -> Any:
+        # Accept training points (they are generated near x) but reject anything
+        # the attack returns: here, points that differ from every clean point by
+        # more than 0.05 in the first coordinate are "detected".
+        return (points[:, :1] - clean[:1, :1]).abs().squeeze(1) < 10  # accepts all
+
+    accepted = binarization_test(
+        torch_mlp(), x, y, attack=attacks.PGD(steps=30), epsilon=EPS, valid_input=valid_input
+    )
+    assert accepted.passed, accepted.summary()
+
+    calls = {"n": 0}
+
+    def reject_attack_points(points: Any) -> Any:
+        calls["n"] += 1
+        keep = torch.ones(len(points), dtype=torch.bool)
+        if len(points) == len(x):  # the verification call on the attack's output
+            keep[:] = False
+        return keep
+
+    rejected = binarization_test(
+        torch_mlp(),
+        x,
+        y,
+        attack=attacks.PGD(steps=30),
+        epsilon=EPS,
+        valid_input=reject_attack_points,
+    )
+    assert calls["n"] > 0
+    assert rejected.n_success == 0
+    assert all(s.rejected for s in rejected.samples)
+
+
+def test_seeded_runs_reproduce_and_json_round_trips() -> None:
+    x, y = _data(16)
+    kwargs: dict[str, Any] = {"attack": attacks.PGD(steps=10), "epsilon": EPS, "seed": 3}
+    first = binarization_test(torch_mlp(), x, y, **kwargs)
+    second = binarization_test(torch_mlp(), x, y, **kwargs)
+    a, b = first.to_dict(), second.to_dict()
+    a.pop("timings")
+    b.pop("timings")
+    assert a == b
+    data = json.loads(first.to_json())
+    assert data["verdict"] == first.verdict
+    assert data["n_samples"] == 16
+    assert len(data["samples"]) == 16
+    assert {"success", "distance", "logit_difference", "random_success"} <= set(data["samples"][0])
+    assert isinstance(first, Report)
+
+
+def test_chunks_cover_every_sample_once() -> None:
+    x, y = _data(20)
+    report = binarization_test(
+        torch_mlp(), x, y, attack=attacks.PGD(steps=20), epsilon=EPS, chunk_size=7
+    )
+    assert [s.index for s in report.samples] == list(range(20))
+    assert report.passed, report.summary()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epsilon": 0.0}, "epsilon must be a positive"),
+        ({"epsilon": -1.0}, "epsilon must be a positive"),
+        ({"threshold": 0.0}, "threshold must be in"),
+        ({"norm": "l0"}, "p must be >= 1"),
+        ({"norm": "euclid"}, "unknown norm"),
+        ({"attack": attacks.PGD("l2")}, "differs from the test's"),
+    ],
+)
+def test_bad_settings_get_clear_errors(kwargs: dict[str, Any], message: str) -> None:
+    x, y = _data(4)
+    args: dict[str, Any] = {"attack": attacks.PGD(steps=1), "epsilon": EPS, "norm": "linf"}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        binarization_test(torch_mlp(), x, y, **args)
+
+
+def test_inputs_outside_the_bounds_are_rejected() -> None:
+    x, y = _data(4)
+    with pytest.raises(ValueError, match="outside the model's bounds"):
+        binarization_test(torch_mlp(), x * 2 - 1, y, attack=identity, epsilon=EPS)
