@@ -52,7 +52,7 @@ class Attack(ABC):
     the attack never leaves the threat model.
     """
 
-    uses_gradient: ClassVar[bool] = True
+    uses_gradient: bool = True
     minimizes_norm: ClassVar[bool] = False  #: can run without epsilon
     p: float = math.inf
     seed: int | None = 0
