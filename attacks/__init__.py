@@ -7,6 +7,7 @@ the caller's framework (NumPy, PyTorch, TensorFlow, JAX).
 
 from attacks import losses
 from attacks.base import Attack, distances
+from attacks.external import FromAutoAttack, FromFoolbox, FromFunction, FromTorchattacks
 from attacks.gradient import FGSM, PGD
 from attacks.models import Bounds, Model
 from attacks.norms import norm_name, parse_p
@@ -17,6 +18,10 @@ __all__ = [
     "PGD",
     "Attack",
     "Bounds",
+    "FromAutoAttack",
+    "FromFoolbox",
+    "FromFunction",
+    "FromTorchattacks",
     "Model",
     "clipping_aware_rescaling",
     "distances",
