@@ -137,11 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.synchronize()
     total = time.perf_counter() - start
 
+    cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     meta: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "numpy": np.__version__,
