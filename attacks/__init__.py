@@ -6,6 +6,7 @@ the caller's framework (NumPy, PyTorch, TensorFlow, JAX).
 """
 
 from attacks import losses
+from attacks.apgd import APGD
 from attacks.base import Attack, distances
 from attacks.external import FromAutoAttack, FromFoolbox, FromFunction, FromTorchattacks
 from attacks.gradient import FGSM, PGD
@@ -14,6 +15,7 @@ from attacks.norms import norm_name, parse_p
 from attacks.rescaling import clipping_aware_rescaling, rescale_and_clip
 
 __all__ = [
+    "APGD",
     "FGSM",
     "PGD",
     "Attack",
