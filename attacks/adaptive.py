@@ -160,9 +160,11 @@ class EOT(_Wrapper):
     Gradients: ``eot(x)`` is differentiable and its gradient is that of the
     mean logits of ``n`` forward passes. Averaging logits rather than losses
     keeps the wrapper a plain model, so every attack and every loss works
-    unchanged; for the smooth randomizations EOT is used against, the two
-    estimates agree to first order, and the margin loss (the one that decides
-    success) has the same zero set either way.
+    unchanged (averaging losses would need the attack's loss inside the
+    wrapper); for small randomizations the two estimates agree to first order.
+    With bound labels (below) the value is the worst pass's logits, so an
+    attack's loss gradient is ``J_mean^T grad_z loss(z_worst)``: the mean
+    Jacobian, weighted by the loss at the pass that resists most.
 
     Success: a randomized defense is broken at a point only if the point is
     adversarial in *every* pass; one lucky pass is not a success (AutoAttack
@@ -175,9 +177,9 @@ class EOT(_Wrapper):
       ``eot.logits(x)`` return, per sample, the logits of the pass that is
       least adversarial for that sample (the highest true-class margin, or the
       lowest target margin; a pass with the sample not adversarial always wins).
-      Every success check of the library (``attacks.base.success``, the
-      trackers of PGD and APGD) then means "adversarial in all ``n`` passes".
-      The gradient of ``eot(x)`` stays that of the mean logits.
+      Every success check that reads the model's logits
+      (``attacks.base.success``, PGD's tracker) then means "adversarial in
+      all ``n`` passes". The gradient of ``eot(x)`` stays that of the mean logits.
       :class:`attacks.ensemble.Ensemble` binds the labels itself.
     * Without bound labels (or when an attack calls the model on a different
       batch size than the bound labels) the value is the mean logits: the
