@@ -6,8 +6,10 @@ the caller's framework (NumPy, PyTorch, TensorFlow, JAX).
 """
 
 from attacks import losses
+from attacks.adaptive import BPDA, EOT
 from attacks.apgd import APGD
 from attacks.base import Attack, distances
+from attacks.ensemble import Ensemble
 from attacks.external import FromAutoAttack, FromFoolbox, FromFunction, FromTorchattacks
 from attacks.gradient import FGSM, PGD
 from attacks.models import Bounds, Model
@@ -16,10 +18,13 @@ from attacks.rescaling import clipping_aware_rescaling, rescale_and_clip
 
 __all__ = [
     "APGD",
+    "BPDA",
+    "EOT",
     "FGSM",
     "PGD",
     "Attack",
     "Bounds",
+    "Ensemble",
     "FromAutoAttack",
     "FromFoolbox",
     "FromFunction",

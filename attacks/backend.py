@@ -99,7 +99,8 @@ def value_and_grad(loss_fn: LossFn, x: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor,
 
     PyTorch uses ``torch.autograd.grad`` so no gradient lands in the model's
     parameters (EagerPy 0.30.0 calls ``backward()``, which accumulates there);
-    TensorFlow and JAX use EagerPy's own implementation, which is correct.
+    TensorFlow asks the tape for zeros where the loss does not depend on x
+    (EagerPy passes TF's ``None`` on and crashes); JAX uses EagerPy's own.
     """
     framework = tensor_framework(x)
     if framework == "numpy":
@@ -112,6 +113,16 @@ def value_and_grad(loss_fn: LossFn, x: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor,
             loss, aux = loss_fn(ep.astensor(x_))
             (grad,) = torch.autograd.grad(loss.raw, x_)
         return wrap(loss.raw.detach()), _detach(aux), wrap(grad)
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        x_ = x.raw
+        with tf.GradientTape() as tape:
+            tape.watch(x_)
+            loss, aux = loss_fn(wrap(x_))
+        # A non-differentiable op (tf.round) gives None; EagerPy would crash on it.
+        grad = tape.gradient(loss.raw, x_, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return loss, aux, wrap(grad)
     loss, aux, grad = ep.value_aux_and_grad(loss_fn, x)
     return loss, aux, grad
 

@@ -103,7 +103,8 @@ class Attack(ABC):
         target_ = None if target is None else _labels_like(x_, target, "target")
         epsilon_ = self._epsilon(x_, epsilon)
         ctx = RunContext(model_, epsilon_, self.p, backend.RandomSource(self.seed, x_))
-        x_adv = self.run(ctx, x_, y_, target_)
+        with model_.bind_labels(y_, target_):
+            x_adv = self.run(ctx, x_, y_, target_)
         if tuple(x_adv.shape) != tuple(x_.shape):
             raise RuntimeError(f"{self!r}.run returned shape {x_adv.shape}, expected {x_.shape}")
         x_adv = project(x_, x_adv, epsilon_, self.p, ctx.bounds)

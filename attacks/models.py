@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
 import eagerpy as ep
@@ -103,6 +104,15 @@ class Model:
             with torch.no_grad():
                 return self(x)
         return self(x)
+
+    def bind_labels(self, y: Any, target: Any = None) -> AbstractContextManager[None]:
+        """Tell the model which labels the current attack works on (a no-op here).
+
+        Models that judge success per label, such as ``attacks.EOT`` (fooled in
+        *every* random pass), override this; ``Attack.__call__`` enters it
+        around ``run`` so every success check inside an attack uses it.
+        """
+        return nullcontext()
 
     @property
     def differentiable(self) -> bool:

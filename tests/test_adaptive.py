@@ -111,12 +111,6 @@ def test_bpda_breaks_input_quantization_in_tensorflow() -> None:
 
 
 @pytest.mark.tensorflow
-@pytest.mark.xfail(
-    raises=AttributeError,
-    strict=True,
-    reason="attacks.backend.value_and_grad passes TensorFlow's None gradient (tf.round has "
-    "none) to EagerPy instead of zeros; plain PGD crashes instead of being stuck",
-)
 def test_plain_pgd_on_a_tensorflow_round_is_stuck_not_crashing() -> None:
     pytest.importorskip("tensorflow")
     x, y = held_out(32)
