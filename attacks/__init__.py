@@ -12,6 +12,7 @@ from attacks.base import Attack, distances
 from attacks.ensemble import Ensemble
 from attacks.external import FromAutoAttack, FromFoolbox, FromFunction, FromTorchattacks
 from attacks.gradient import FGSM, PGD
+from attacks.minimization import DDN, FMN, CarliniWagnerL2
 from attacks.models import Bounds, Model
 from attacks.norms import norm_name, parse_p
 from attacks.rescaling import clipping_aware_rescaling, rescale_and_clip
@@ -19,11 +20,14 @@ from attacks.rescaling import clipping_aware_rescaling, rescale_and_clip
 __all__ = [
     "APGD",
     "BPDA",
+    "DDN",
     "EOT",
     "FGSM",
+    "FMN",
     "PGD",
     "Attack",
     "Bounds",
+    "CarliniWagnerL2",
     "Ensemble",
     "FromAutoAttack",
     "FromFoolbox",
