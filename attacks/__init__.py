@@ -9,6 +9,7 @@ from attacks import losses
 from attacks.adaptive import BPDA, EOT
 from attacks.apgd import APGD
 from attacks.base import Attack, distances
+from attacks.decision import HopSkipJump
 from attacks.ensemble import Ensemble
 from attacks.external import FromAutoAttack, FromFoolbox, FromFunction, FromTorchattacks
 from attacks.gradient import FGSM, PGD
@@ -16,6 +17,7 @@ from attacks.minimization import DDN, FMN, CarliniWagnerL2
 from attacks.models import Bounds, Model
 from attacks.norms import norm_name, parse_p
 from attacks.rescaling import clipping_aware_rescaling, rescale_and_clip
+from attacks.score import Square
 
 __all__ = [
     "APGD",
@@ -33,7 +35,9 @@ __all__ = [
     "FromFoolbox",
     "FromFunction",
     "FromTorchattacks",
+    "HopSkipJump",
     "Model",
+    "Square",
     "clipping_aware_rescaling",
     "distances",
     "losses",
