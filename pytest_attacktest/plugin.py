@@ -4,52 +4,82 @@ Registered through the ``pytest11`` entry point as ``attacktest`` (so
 ``-p no:attacktest`` turns it off), which means pytest imports this module on
 *every* run in an environment where the package is installed. It therefore
 imports no ML framework (torch, tensorflow, jax, eagerpy, numpy) and not the
-``attacks`` package at module level; whatever needs them is imported inside the
-function that uses it, as Hypothesis does for its own pytest plugin.
+``attacks`` package at module level; the fixture imports the binarization
+engine when it is called, as Hypothesis does for its own pytest plugin.
 
-State lives in a :class:`AttackTestSession` kept in ``config.stash`` under
-:data:`session_key`, and per-test settings in ``item.stash`` under
-:data:`settings_key`, not in module globals: pytester runs pytest in-process
-several times, and xdist workers each build their own config.
+State lives in ``config.stash`` (the run's options under :data:`session_key`,
+the merged results under :data:`results_key`) and in ``item.stash`` (each
+test's settings and fixture), not in module globals: pytester runs pytest
+in-process several times, and xdist workers each build their own config.
 
-This version resolves options, validates markers and skips attack tests unless
-enabled. The binarization engine is not here yet, so calling the fixture fails
-the test instead of passing it: never a false pass.
+How results reach the summary and the JSON: the fixture keeps each call's
+report as a plain dict; ``pytest_runtest_makereport`` attaches them to the
+test report (pytest serialises a report's extra attributes, so under xdist
+they travel to the controller with the report); the process that logs
+reports (the controller, or the only process) merges them in
+:class:`~pytest_attacktest.session.RunResults`, prints the "attack tests"
+section and writes ``--attack-test-json``. Workers print and write nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Generator
-from dataclasses import dataclass
-from typing import NoReturn
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
 from pytest_attacktest.options import (
+    CORE_KEYS,
     DEFAULT_NORM,
     DEFAULT_SAMPLES,
     DEFAULT_THRESHOLD,
-    MARKER_KEYS,
+    ENGINE_KEYS,
     AttackTestSettings,
     SettingsError,
     apply_kwargs,
+    parse_device,
+    parse_json_path,
+    parse_samples,
     parse_seed,
+    parse_threshold,
     resolve_settings,
 )
+from pytest_attacktest.session import AttackTestSession, RunResults, phase_outcome, plain
+from pytest_attacktest.terminal import summary_rows
+
+if TYPE_CHECKING:
+    from pytest_attacktest.report import Report
 
 __all__ = [
+    "DEVICE_FLAG",
+    "ERROR_VERDICT",
     "FLAG",
+    "INI_DEVICE",
     "INI_ENABLE",
+    "INI_JSON",
+    "INI_SAMPLES",
     "INI_SEED",
+    "INI_THRESHOLD",
+    "JSON_FLAG",
     "MARKER",
-    "NOT_AVAILABLE",
+    "NEVER_CALLED",
+    "SAMPLES_FLAG",
     "SEED_FLAG",
     "SKIP_REASON",
+    "THRESHOLD_FLAG",
     "AttackTestFixture",
     "AttackTestSession",
+    "attack_test_reports",
+    "fixture_key",
     "get_session",
     "marker_error_key",
+    "results_key",
     "session_key",
     "settings_key",
 ]
@@ -57,38 +87,39 @@ __all__ = [
 MARKER = "attack_test"
 FLAG = "--attack-test"
 SEED_FLAG = "--attack-test-seed"
+SAMPLES_FLAG = "--attack-test-samples"
+THRESHOLD_FLAG = "--attack-test-threshold"
+DEVICE_FLAG = "--attack-test-device"
+JSON_FLAG = "--attack-test-json"
 INI_ENABLE = "attack_test"
 INI_SEED = "attack_test_seed"
+INI_SAMPLES = "attack_test_samples"
+INI_THRESHOLD = "attack_test_threshold"
+INI_DEVICE = "attack_test_device"
+INI_JSON = "attack_test_json"
 
 SKIP_REASON = f"attack test: run with {FLAG} (or set {INI_ENABLE} = true in the ini file) to run it"
 
-NOT_AVAILABLE = (
-    "attack_test: the binarization engine is not available in this version of "
-    "pytest-attacktest, so the attack was NOT tested; this test fails rather than "
-    "pass without evidence"
+NEVER_CALLED = (
+    "attack_test fixture was requested but never called: nothing was tested. Call "
+    "attack_test(model, x, y, attack=...) in the test, or drop the fixture"
 )
 
+ERROR_VERDICT = (
+    "attack_test: the binarization test could not be set up on this model (too many "
+    "inconclusive samples), so the attack was NOT tested; this is no verdict on the "
+    "attack's strength. Fix the setup (see the likely causes: e.g. features=, n_inner=, "
+    "feature_passes=) and rerun."
+)
 
-@dataclass(frozen=True)
-class AttackTestSession:
-    """Options of one pytest run, resolved once in ``pytest_configure``.
-
-    Later parts (engine, reports, xdist merging) add their state here rather than
-    to module globals, so two configs in one process never share it.
-
-    Attributes:
-        enabled: attack tests run (``--attack-test`` or ini ``attack_test = true``).
-        enabled_by: what enabled them: ``"--attack-test"``, ``"ini"`` or ``None``.
-        seed: the run's seed, from ``--attack-test-seed`` or ini ``attack_test_seed``.
-    """
-
-    enabled: bool
-    enabled_by: str | None
-    seed: int
-
+#: The name of the extra attribute that carries a test's results on its pytest report.
+REPORT_ATTRIBUTE = "attack_test"
 
 #: Where :class:`AttackTestSession` lives: ``config.stash[session_key]``.
 session_key = pytest.StashKey[AttackTestSession]()
+
+#: Where the merged results live, on the process that logs reports.
+results_key = pytest.StashKey[RunResults]()
 
 #: Where each attack test's resolved settings live: ``item.stash[settings_key]``,
 #: filled at collection for every item that carries the marker or uses the fixture.
@@ -104,12 +135,30 @@ def get_session(config: pytest.Config) -> AttackTestSession:
     return config.stash[session_key]
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    """Register ``--attack-test``, ``--attack-test-seed`` and their ini options.
+def _is_worker(config: pytest.Config) -> bool:
+    """True in a pytest-xdist worker (which reports to a controller)."""
+    return hasattr(config, "workerinput")
 
-    Both CLI options default to ``None`` so ``pytest_configure`` can tell "not
-    given" from "given", and let the command line override the ini file, as
-    pytest-timeout does. Defaults stay plain values: xdist serialises options.
+
+def _worker_index(config: pytest.Config) -> int | None:
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if workerinput is None:
+        return None
+    worker_id = str(workerinput.get("workerid", ""))
+    return int(worker_id[2:]) if worker_id[2:].isdigit() else None
+
+
+# --------------------------------------------------------------------------- options
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the command-line options and their ini twins (same names, ``_`` for ``-``).
+
+    The command-line options default to ``None`` so ``pytest_configure`` can
+    tell "not given" from "given", and let the command line override the ini
+    file, as pytest-timeout does. Defaults stay plain values: xdist serialises
+    options. Values go through the parsers of :mod:`pytest_attacktest.options`,
+    so a bad one is a usage error naming the option.
     """
     group = parser.getgroup("attacktest", "attacktest (binarization test of adversarial attacks)")
     group.addoption(
@@ -130,6 +179,48 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"Seed for sampling and attacks, an integer >= 0; overrides ini {INI_SEED}. "
         "Default: 0.",
     )
+    group.addoption(
+        SAMPLES_FLAG,
+        action="store",
+        type=parse_samples,
+        default=None,
+        dest="attack_test_samples",
+        metavar="N",
+        help="Clean samples per attack test (the fixture uses the first N of the inputs it "
+        f"gets); a marker's samples= wins. Overrides ini {INI_SAMPLES}. "
+        f"Default: {DEFAULT_SAMPLES}.",
+    )
+    group.addoption(
+        THRESHOLD_FLAG,
+        action="store",
+        type=parse_threshold,
+        default=None,
+        dest="attack_test_threshold",
+        metavar="T",
+        help="Minimum attack success rate in (0, 1] for an attack test to pass; a marker's "
+        f"threshold= wins. Overrides ini {INI_THRESHOLD}. Default: {DEFAULT_THRESHOLD}.",
+    )
+    group.addoption(
+        DEVICE_FLAG,
+        action="store",
+        type=parse_device,
+        default=None,
+        dest="attack_test_device",
+        metavar="DEVICE",
+        help="Move PyTorch models and tensors to DEVICE (cpu, cuda, cuda:1) before each "
+        "attack test; under xdist 'cuda' gives each worker its own GPU. Not applied to "
+        f"other frameworks yet. Overrides ini {INI_DEVICE}. Default: leave them where they are.",
+    )
+    group.addoption(
+        JSON_FLAG,
+        action="store",
+        type=parse_json_path,
+        default=None,
+        dest="attack_test_json",
+        metavar="PATH",
+        help="Write a JSON report of all attack tests (metadata, and per test its outcome "
+        f"and binarization report) to PATH. Overrides ini {INI_JSON}.",
+    )
     parser.addini(
         INI_ENABLE,
         type="bool",
@@ -137,13 +228,75 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"Run attack tests, as {FLAG} does. Default: false.",
     )
     # "string", not "int": pytest>=8 is supported and "int" arrived in 8.4; the
-    # value goes through parse_seed like the command line's.
+    # values go through the same parsers as the command line's.
     parser.addini(
         INI_SEED,
         type="string",
         default="0",
         help=f"Seed for attack tests, overridden by {SEED_FLAG}. Default: 0.",
     )
+    parser.addini(
+        INI_SAMPLES,
+        type="string",
+        default="",
+        help=f"Clean samples per attack test, overridden by {SAMPLES_FLAG}. "
+        f"Default: {DEFAULT_SAMPLES}.",
+    )
+    parser.addini(
+        INI_THRESHOLD,
+        type="string",
+        default="",
+        help=f"Minimum attack success rate, overridden by {THRESHOLD_FLAG}. "
+        f"Default: {DEFAULT_THRESHOLD}.",
+    )
+    parser.addini(
+        INI_DEVICE,
+        type="string",
+        default="",
+        help=f"Device for PyTorch models in attack tests, overridden by {DEVICE_FLAG}.",
+    )
+    parser.addini(
+        INI_JSON,
+        type="string",
+        default="",
+        help=f"JSON report path (relative to the ini file), overridden by {JSON_FLAG}.",
+    )
+
+
+T = TypeVar("T")
+
+
+def _option(config: pytest.Config, dest: str, ini: str, parse: Callable[[str], T]) -> T | None:
+    """The command line's value, else the ini file's parsed (``None`` when neither is set)."""
+    cli: T | None = config.getoption(dest)
+    if cli is not None:
+        return cli
+    raw = str(config.getini(ini))
+    if not raw.strip():
+        return None
+    try:
+        return parse(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise pytest.UsageError(f"ini option {ini}: {exc}") from None
+
+
+def _json_path(config: pytest.Config) -> Path | None:
+    """Where to write the JSON: relative to the invocation dir (CLI) or the ini file's dir."""
+    cli: str | None = config.getoption("attack_test_json")
+    if cli is not None:
+        path, base, name = Path(os.path.expanduser(cli)), config.invocation_params.dir, JSON_FLAG
+    else:
+        raw = _option(config, "attack_test_json", INI_JSON, parse_json_path)
+        if raw is None:
+            return None
+        inidir = config.inipath.parent if config.inipath else config.invocation_params.dir
+        path, base, name = Path(os.path.expanduser(raw)), inidir, f"ini option {INI_JSON}"
+    path = path if path.is_absolute() else base / path
+    if path.is_dir():
+        raise pytest.UsageError(
+            f"{name}: {path} is a directory; give a file name such as attack-tests.json"
+        )
+    return path
 
 
 def _resolve_session(config: pytest.Config) -> AttackTestSession:
@@ -154,43 +307,59 @@ def _resolve_session(config: pytest.Config) -> AttackTestSession:
     else:
         ini_enable = bool(config.getini(INI_ENABLE))
         enabled, enabled_by = ini_enable, ("ini" if ini_enable else None)
-
-    cli_seed: int | None = config.getoption("attack_test_seed")
-    if cli_seed is not None:
-        seed = cli_seed
-    else:
-        ini_seed: str = config.getini(INI_SEED)
-        try:
-            seed = parse_seed(ini_seed)
-        except argparse.ArgumentTypeError as exc:
-            raise pytest.UsageError(f"ini option {INI_SEED}: {exc}") from None
-    return AttackTestSession(enabled=enabled, enabled_by=enabled_by, seed=seed)
+    seed = _option(config, "attack_test_seed", INI_SEED, parse_seed)
+    samples = _option(config, "attack_test_samples", INI_SAMPLES, parse_samples)
+    threshold = _option(config, "attack_test_threshold", INI_THRESHOLD, parse_threshold)
+    return AttackTestSession(
+        enabled=enabled,
+        enabled_by=enabled_by,
+        seed=0 if seed is None else seed,
+        samples=DEFAULT_SAMPLES if samples is None else samples,
+        threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+        device=_option(config, "attack_test_device", INI_DEVICE, parse_device),
+        json_path=_json_path(config),
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the marker and resolve the session.
+    """Register the marker, resolve the session, and start collecting results.
 
     The marker is registered even when attack tests are off, so
-    ``--strict-markers`` accepts marked tests that are then skipped.
+    ``--strict-markers`` accepts marked tests that are then skipped. Results
+    are collected where reports are logged: not in an xdist worker, whose
+    reports go to the controller.
     """
     config.addinivalue_line(
         "markers",
         f"{MARKER}(epsilon=None, norm={DEFAULT_NORM!r}, threshold={DEFAULT_THRESHOLD}, "
-        f"samples={DEFAULT_SAMPLES}): "
+        f"samples={DEFAULT_SAMPLES}, **engine): "
         "binarization test of an adversarial attack (epsilon: threat-model radius; "
         "norm: 'l1', 'l2', 'linf' or p >= 1; threshold: minimum attack success "
-        "rate in (0, 1]; samples: number of clean samples). "
-        f"Skipped unless {FLAG} or ini {INI_ENABLE} = true.",
+        "rate in (0, 1]; samples: number of clean samples; engine keywords: "
+        f"{', '.join(ENGINE_KEYS)}). Skipped unless {FLAG} or ini {INI_ENABLE} = true.",
     )
-    config.stash[session_key] = _resolve_session(config)
+    session = _resolve_session(config)
+    config.stash[session_key] = session
+    config.stash[results_key] = RunResults()
+    if not _is_worker(config):
+        config.pluginmanager.register(_ResultsReporter(config), _ResultsReporter.name)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    """Say in the header that attack tests run, and with which seed, to reproduce a run."""
+    """Say in the header that attack tests run, and with what, to reproduce a run."""
     session = config.stash.get(session_key, None)
     if session is None or not session.enabled:
         return []
-    return [f"attacktest: enabled, seed={session.seed}"]
+    line = (
+        f"attacktest: enabled, seed={session.seed}, samples={session.samples}, "
+        f"threshold={session.threshold:g}"
+    )
+    if session.device is not None:
+        line += f", device={session.device}"
+    return [line]
+
+
+# --------------------------------------------------------------------------- collection
 
 
 def _is_attack_test(item: pytest.Item) -> bool:
@@ -198,7 +367,7 @@ def _is_attack_test(item: pytest.Item) -> bool:
     return item.get_closest_marker(MARKER) is not None or MARKER in fixturenames
 
 
-def _item_settings(item: pytest.Item, seed: int) -> AttackTestSettings:
+def _item_settings(item: pytest.Item, session: AttackTestSession | None) -> AttackTestSettings:
     """Merge the item's markers (module, class, function: closest wins) over the defaults.
 
     Raises:
@@ -210,9 +379,11 @@ def _item_settings(item: pytest.Item, seed: int) -> AttackTestSettings:
         if mark.args:
             raise SettingsError(
                 f"positional argument(s) {mark.args!r} are not accepted; "
-                f"use keywords: {', '.join(MARKER_KEYS)}"
+                f"use keywords: {', '.join(CORE_KEYS)} (and engine keywords)"
             )
-    return resolve_settings((mark.kwargs for mark in markers), seed=seed)
+    base = session.base_settings() if session is not None else None
+    seed = session.seed if session is not None else 0
+    return resolve_settings((mark.kwargs for mark in markers), seed=seed, base=base)
 
 
 def _marker_error(item: pytest.Item, exc: SettingsError) -> str:
@@ -237,7 +408,7 @@ def pytest_make_collect_report(
         for node in report.result:
             if isinstance(node, pytest.Item) and _is_attack_test(node):
                 try:
-                    _item_settings(node, seed=0)
+                    _item_settings(node, None)
                 except SettingsError as exc:
                     errors.append(_marker_error(node, exc))
         if errors:
@@ -262,7 +433,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not _is_attack_test(item):
             continue
         try:
-            item.stash[settings_key] = _item_settings(item, run.seed)
+            item.stash[settings_key] = _item_settings(item, run)
         except SettingsError as exc:
             item.stash[marker_error_key] = _marker_error(item, exc)
             continue
@@ -277,22 +448,42 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(error, pytrace=False)
 
 
+# --------------------------------------------------------------------------- fixture
+
+
 class AttackTestFixture:
     """What the ``attack_test`` fixture returns: the test's settings, and a callable.
 
-    ``attack_test(model, x, y, attack=..., **overrides)`` will run the
-    binarization test of ``attack`` and fail the test when the attack misses.
-    In this version the engine is missing and the call fails the test.
+    ``attack_test(model, x, y, attack=..., **overrides)`` runs the binarization
+    test of ``attack`` and fails the test unless the attack passes it.
 
     Attributes:
         settings: the resolved :class:`AttackTestSettings` (marker kwargs merged
-            over the defaults, plus the session seed).
+            over the run's defaults, plus the session seed).
         calls: how many times the fixture was called in this test.
+        reports: the :class:`~pytest_attacktest.report.Report` of each call that
+            finished (passed or not), for hooks and conftest code.
+        records: the same as plain dicts (``Report.to_dict()`` plus ``seconds``),
+            which travel to the xdist controller and into the JSON.
     """
 
-    def __init__(self, settings: AttackTestSettings) -> None:
+    def __init__(
+        self,
+        settings: AttackTestSettings,
+        *,
+        node: pytest.Item | None = None,
+        session: AttackTestSession | None = None,
+        results: RunResults | None = None,
+        worker_index: int | None = None,
+    ) -> None:
         self.settings = settings
         self.calls = 0
+        self.reports: list[Report] = []
+        self.records: list[dict[str, Any]] = []
+        self._node = node
+        self._session = session
+        self._results = results
+        self._worker_index = worker_index
 
     @property
     def epsilon(self) -> float | None:
@@ -316,7 +507,7 @@ class AttackTestFixture:
 
     @property
     def samples(self) -> int:
-        """Number of clean samples."""
+        """Number of clean samples (the first ones of the inputs)."""
         return self.settings.samples
 
     @property
@@ -328,21 +519,130 @@ class AttackTestFixture:
         return f"AttackTestFixture({self.settings!r})"
 
     def __call__(
-        self, model: object, x: object, y: object, *, attack: object, **overrides: object
-    ) -> NoReturn:
-        """Run the binarization test of ``attack`` on ``model`` at ``x``, ``y``.
+        self, model: Any, x: Any, y: Any = None, *, attack: Any, **overrides: object
+    ) -> Report:
+        """Run the binarization test of ``attack`` on ``model`` at the first samples of ``x``.
 
-        ``overrides`` take the marker's keys and win over the marker. They are
-        validated first, so a typo is reported as such.
+        ``overrides`` take the marker's keys (epsilon, norm, threshold,
+        samples, and the engine keywords of ``binarization_test``) and win over
+        the marker. They are validated first, so a typo is reported as such.
+
+        Returns:
+            the :class:`~pytest_attacktest.report.Report`, when the test passed.
 
         Raises:
-            SettingsError: for invalid overrides.
-            pytest.fail.Exception: always, in this version: the engine is missing.
+            SettingsError: invalid overrides, or no epsilon anywhere.
+            pytest.fail.Exception: the attack missed (verdict "failed"), or the
+                test could not be set up (verdict "error").
         """
-        del model, x, y, attack
         self.calls += 1
-        apply_kwargs(self.settings, overrides)
-        pytest.fail(NOT_AVAILABLE, pytrace=False)
+        settings = apply_kwargs(self.settings, overrides)
+        if settings.epsilon is None:
+            raise SettingsError(
+                "epsilon is missing: give it in the marker "
+                "(@pytest.mark.attack_test(epsilon=8/255)) or in the call "
+                "(attack_test(model, x, y, attack=..., epsilon=8/255))"
+            )
+        x = x[: settings.samples]
+        y = None if y is None else y[: settings.samples]
+        model, x, y = self._to_device(model, x, y)
+
+        from pytest_attacktest.binarization import binarization_test
+
+        start = time.perf_counter()
+        report = binarization_test(
+            model,
+            x,
+            y,
+            attack=attack,
+            epsilon=settings.epsilon,
+            norm=settings.norm,
+            threshold=settings.threshold,
+            seed=settings.seed,
+            **settings.engine,  # type: ignore[arg-type]
+        )
+        seconds = time.perf_counter() - start
+        self._record(report, seconds)
+        if report.verdict == "error":
+            pytest.fail(f"{ERROR_VERDICT}\n{report.summary()}", pytrace=False)
+        if not report.passed:
+            pytest.fail(report.summary(), pytrace=False)
+        return report
+
+    def _to_device(self, model: Any, x: Any, y: Any) -> tuple[Any, Any, Any]:
+        device = None if self._session is None else self._session.device
+        if device is None:
+            return model, x, y
+        from pytest_attacktest.devices import (
+            DeviceError,
+            DeviceNotAppliedWarning,
+            to_device,
+        )
+
+        try:
+            model, x, y, used = to_device(model, x, y, device, self._worker_index)
+        except DeviceError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        if used is None and self._results is not None and not self._results.device_warned:
+            self._results.device_warned = True
+            warnings.warn(
+                DeviceNotAppliedWarning(
+                    f"{DEVICE_FLAG} {device} is applied to PyTorch models only (a "
+                    f"torch.nn.Module or an attacks.Model wrapping one); this "
+                    f"{type(model).__name__} model runs where it is. Place TensorFlow and "
+                    "JAX models on the device yourself. (Shown once per run.)"
+                ),
+                stacklevel=3,
+            )
+        return model, x, y
+
+    def _record(self, report: Report, seconds: float) -> None:
+        self.reports.append(report)
+        self.records.append(plain({**report.to_dict(), "seconds": seconds}))
+        if self._node is not None:
+            asr = report.asr
+            self._node.user_properties.extend(
+                [
+                    ("attack_test_verdict", report.verdict),
+                    ("attack_test_asr", "nan" if math.isnan(asr) else round(asr, 4)),
+                    ("attack_test_n_inconclusive", report.n_inconclusive),
+                    ("attack_test_seconds", round(seconds, 3)),
+                ]
+            )
+
+    def problem(self) -> str | None:
+        """Why a test that passed must fail anyway, or ``None``.
+
+        A test passes only through a call that returned a passing report. The
+        fixture's own failures cannot be caught by ``except Exception``
+        (``pytest.fail`` raises a ``BaseException``), but an engine error can,
+        and a test that never calls the fixture tests nothing.
+        """
+        if self.calls == 0:
+            return NEVER_CALLED
+        if len(self.records) < self.calls:
+            return (
+                f"attack_test was called {self.calls} time(s) but only {len(self.records)} "
+                "call(s) finished: the test caught an exception raised by attack_test, so "
+                "the attack was NOT tested"
+            )
+        failing = [r["verdict"] for r in self.records if r["verdict"] != "passed"]
+        if failing:
+            return (
+                f"attack_test: {len(failing)} binarization test(s) did not pass "
+                f"(verdict {', '.join(failing)}) but the test caught the failure"
+            )
+        return None
+
+
+#: Where the fixture of a test lives: ``item.stash[fixture_key]``, for the report hooks.
+fixture_key = pytest.StashKey[AttackTestFixture]()
+
+
+def attack_test_reports(item: pytest.Item) -> list[Report]:
+    """The reports of ``item``'s fixture calls (empty when it made none), for conftest hooks."""
+    fixture = item.stash.get(fixture_key, None)
+    return [] if fixture is None else list(fixture.reports)
 
 
 @pytest.fixture(name=MARKER)
@@ -351,16 +651,96 @@ def attack_test_fixture(request: pytest.FixtureRequest) -> AttackTestFixture:
 
     Tests that request it are skipped at collection when attack tests are off;
     the skip here also covers ``request.getfixturevalue("attack_test")``, which
-    collection cannot see.
+    collection cannot see. A test that requests it and never calls it fails.
     """
     run = get_session(request.config)
     if not run.enabled:
         pytest.skip(SKIP_REASON)
-    settings = request.node.stash.get(settings_key, None)
+    node: pytest.Item = request.node
+    settings = node.stash.get(settings_key, None)
     if settings is None:
         # Requested dynamically, so collection did not resolve it.
         try:
-            settings = _item_settings(request.node, run.seed)
+            settings = _item_settings(node, run)
         except SettingsError as exc:
-            pytest.fail(_marker_error(request.node, exc), pytrace=False)
-    return AttackTestFixture(settings)
+            pytest.fail(_marker_error(node, exc), pytrace=False)
+    fixture = AttackTestFixture(
+        settings,
+        node=node,
+        session=run,
+        results=request.config.stash[results_key],
+        worker_index=_worker_index(request.config),
+    )
+    node.stash[fixture_key] = fixture
+    return fixture
+
+
+# --------------------------------------------------------------------------- reports
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Fail a passing test whose fixture tested nothing, and attach its results.
+
+    ``tryfirst`` makes this the outermost wrapper, so it sees the report after
+    other plugins (xfail handling included) have shaped it. The results go on
+    the report as plain data so that xdist carries them to the controller.
+    """
+    report = yield
+    fixture = item.stash.get(fixture_key, None)
+    if fixture is None and not _is_attack_test(item):
+        return report
+    if call.when == "call" and fixture is not None and report.passed:
+        problem = fixture.problem()
+        if problem is not None:
+            report.outcome = "failed"
+            report.longrepr = problem
+    payload: dict[str, Any] = {}
+    if call.when == "call" or (call.when == "setup" and not report.passed):
+        payload["reports"] = [] if fixture is None else list(fixture.records)
+    setattr(report, REPORT_ATTRIBUTE, payload)
+    return report
+
+
+class _ResultsReporter:
+    """Merges attack-test results where reports are logged; prints and writes them.
+
+    Registered in ``pytest_configure`` only outside xdist workers, so under
+    ``pytest -n`` the controller alone prints the section and writes the JSON.
+    """
+
+    name = "attacktest-results"
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.session = config.stash[session_key]
+        self.results = config.stash[results_key]
+        self.written: Path | None = None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        payload: dict[str, Any] | None = getattr(report, REPORT_ATTRIBUTE, None)
+        if payload is None:
+            return
+        outcome = phase_outcome(report.when, report.outcome, hasattr(report, "wasxfail"))
+        self.results.add(report.nodeid, report.when, outcome, payload.get("reports"))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        path = self.session.json_path
+        if path is None:
+            return
+        self.results.write_json(
+            path, self.session, pytest_version=pytest.__version__, exitstatus=int(exitstatus)
+        )
+        self.written = path
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        ran = self.results.ran()
+        if ran:
+            terminalreporter.write_sep("=", "attack tests")
+            for line in summary_rows(ran):
+                terminalreporter.write_line(line)
+        if self.written is not None:
+            terminalreporter.write_sep("-", f"attack test report written to {self.written}")

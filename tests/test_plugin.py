@@ -14,27 +14,38 @@ skipped the wrong tests fails them.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import math
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
 from pytest_attacktest.options import (
     DEFAULT_SAMPLES,
     DEFAULT_THRESHOLD,
+    ENGINE_KEYS,
     SEED_MAX,
     AttackTestSettings,
     SettingsError,
+    parse_device,
+    parse_json_path,
+    parse_samples,
     parse_seed,
+    parse_threshold,
     resolve_settings,
 )
-from pytest_attacktest.plugin import NOT_AVAILABLE, SKIP_REASON
+from pytest_attacktest.plugin import ERROR_VERDICT, NEVER_CALLED, SKIP_REASON
+from pytest_attacktest.session import RunResults, phase_outcome, plain
+from pytest_attacktest.terminal import summary_rows
 
 FRAMEWORKS = ("torch", "tensorflow", "jax", "eagerpy", "numpy", "attacks")
 
-# Two tests that must be skipped without the flag, one that must always run.
+# Two tests that must be skipped without the flag, one that must always run. With the
+# flag, the fixture's call fails before the engine (no epsilon anywhere): no ML import.
 MARKED_AND_FIXTURE = """
     import pytest
 
@@ -114,10 +125,10 @@ def test_with_flag_marked_test_runs_and_fixture_call_fails(pytester: pytest.Pyte
             "*::test_plain PASSED*",
         ]
     )
-    result.stdout.fnmatch_lines(["*binarization engine is not available*NOT tested*"])
+    result.stdout.fnmatch_lines(["*SettingsError: epsilon is missing: give it in the marker*"])
 
 
-def test_fixture_failure_cannot_be_swallowed_by_except_exception(
+def test_fixture_error_cannot_be_swallowed_by_except_exception(
     pytester: pytest.Pytester,
 ) -> None:
     """A test that wraps the call in ``except Exception`` must still not pass."""
@@ -133,7 +144,68 @@ def test_fixture_failure_cannot_be_swallowed_by_except_exception(
     )
     result = run(pytester, "--attack-test")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*binarization engine is not available*"])
+    result.stdout.fnmatch_lines(
+        ["*attack_test was called 1 time(s) but only 0 call(s) finished: the test caught*"]
+    )
+
+
+def test_fixture_failure_is_a_base_exception(pytester: pytest.Pytester) -> None:
+    """``except Exception`` cannot catch the fixture's own failure (pytest.fail)."""
+    write(
+        pytester,
+        """
+        import pytest
+
+        def test_fail_is_not_an_exception():
+            assert not issubclass(pytest.fail.Exception, Exception)
+        """,
+    )
+    run(pytester).assert_outcomes(passed=1)
+
+
+def test_fixture_requested_but_never_called_fails(pytester: pytest.Pytester) -> None:
+    write(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.attack_test(epsilon=0.1)
+        def test_forgot_to_call(attack_test):
+            assert attack_test.epsilon == 0.1
+
+        def test_through_a_fixture(checked):
+            pass
+
+        @pytest.fixture
+        def checked(attack_test):
+            return attack_test
+
+        def test_skips_itself(attack_test):
+            pytest.skip("decided at run time")
+        """,
+    )
+    runs = [run(pytester, "--attack-test")]
+    if importlib.util.find_spec("xdist") is not None:
+        runs.append(run(pytester, "--attack-test", "-n", "2"))
+    for res in runs:
+        res.assert_outcomes(failed=2, skipped=1)
+        for name in ("test_forgot_to_call", "test_through_a_fixture"):
+            res.stdout.fnmatch_lines([f"*_ {name} _*", NEVER_CALLED])
+
+
+def test_missing_epsilon_is_a_clear_error(pytester: pytest.Pytester) -> None:
+    write(
+        pytester,
+        """
+        def test_no_epsilon(attack_test):
+            attack_test(object(), [0.0], [0], attack=object(), norm="l2")
+        """,
+    )
+    result = run(pytester, "--attack-test")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["E * epsilon is missing: give it in the marker*or in the call*epsilon=8/255))"]
+    )
 
 
 def test_ini_enables_attack_tests(pytester: pytest.Pytester) -> None:
@@ -141,7 +213,7 @@ def test_ini_enables_attack_tests(pytester: pytest.Pytester) -> None:
     write(pytester, MARKED_AND_FIXTURE)
     result = run(pytester)
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(["attacktest: enabled, seed=0"])
+    result.stdout.fnmatch_lines(["attacktest: enabled, seed=0, samples=64, threshold=0.95"])
 
 
 def test_pyproject_ini_options_enable_attack_tests(pytester: pytest.Pytester) -> None:
@@ -151,7 +223,7 @@ def test_pyproject_ini_options_enable_attack_tests(pytester: pytest.Pytester) ->
     write(pytester, MARKED_AND_FIXTURE)
     result = run(pytester)
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(["attacktest: enabled, seed=11"])
+    result.stdout.fnmatch_lines(["attacktest: enabled, seed=11, *"])
 
 
 def test_cli_flag_overrides_ini_false(pytester: pytest.Pytester) -> None:
@@ -199,6 +271,7 @@ def test_fixture_exposes_merged_settings_closest_marker_wins(pytester: pytest.Py
                 assert attack_test.samples == 8
                 assert attack_test.seed == 3
                 assert attack_test.settings.seed == 3
+                pytest.skip("settings checked")
 
         def test_defaults(attack_test):
             assert attack_test.epsilon == 0.5
@@ -206,10 +279,12 @@ def test_fixture_exposes_merged_settings_closest_marker_wins(pytester: pytest.Py
             assert math.isinf(attack_test.p)
             assert attack_test.threshold == 0.9
             assert attack_test.samples == {DEFAULT_SAMPLES}
+            pytest.skip("settings checked")
         """,
     )
+    # Skipped (not passed) because they never call the fixture; an assertion error fails them.
     result = run(pytester, "--attack-test", "--attack-test-seed", "3")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(skipped=2)
 
 
 def test_fixture_without_marker_gets_defaults(pytester: pytest.Pytester) -> None:
@@ -217,6 +292,7 @@ def test_fixture_without_marker_gets_defaults(pytester: pytest.Pytester) -> None
         pytester,
         f"""
         import math
+        import pytest
 
         def test_defaults(attack_test):
             assert attack_test.epsilon is None
@@ -224,26 +300,76 @@ def test_fixture_without_marker_gets_defaults(pytester: pytest.Pytester) -> None
             assert attack_test.threshold == {DEFAULT_THRESHOLD}
             assert attack_test.samples == {DEFAULT_SAMPLES}
             assert attack_test.seed == 0
+            assert attack_test.settings.engine == {{}}
+            pytest.skip("settings checked")
         """,
     )
     result = run(pytester, "--attack-test")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(skipped=1)
 
 
-def test_invalid_call_override_is_reported_before_not_available(
-    pytester: pytest.Pytester,
-) -> None:
+def test_options_and_ini_set_defaults_that_markers_override(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nattack_test_samples = 7\nattack_test_threshold = 0.5\n")
+    write(
+        pytester,
+        """
+        import os
+        import pytest
+
+        def test_defaults(attack_test):
+            assert (attack_test.samples, attack_test.threshold) == tuple(
+                float(v) for v in os.environ["EXPECTED"].split(",")
+            )
+            pytest.skip("settings checked")
+
+        @pytest.mark.attack_test(samples=3, threshold=0.99, n_inner=5, corners=True)
+        def test_marker_wins(attack_test):
+            assert (attack_test.samples, attack_test.threshold) == (3, 0.99)
+            assert attack_test.settings.engine == {"n_inner": 5, "corners": True}
+            pytest.skip("settings checked")
+        """,
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EXPECTED", "7,0.5")
+        result = run(pytester, "--attack-test")
+        result.assert_outcomes(skipped=2)
+        result.stdout.fnmatch_lines(["attacktest: enabled, seed=0, samples=7, threshold=0.5"])
+        mp.setenv("EXPECTED", "9,0.8")
+        result = run(
+            pytester,
+            "--attack-test",
+            "--attack-test-samples=9",
+            "--attack-test-threshold",
+            "0.8",
+            "--attack-test-device=cuda:1",
+        )
+        result.assert_outcomes(skipped=2)
+        result.stdout.fnmatch_lines(
+            ["attacktest: enabled, seed=0, samples=9, threshold=0.8, device=cuda:1"]
+        )
+
+
+def test_invalid_call_overrides_are_reported_as_such(pytester: pytest.Pytester) -> None:
     write(
         pytester,
         """
         def test_bad_override(attack_test):
             attack_test(object(), [0.0], [0], attack=object(), epsilon=-1.0)
+
+        def test_unknown_override(attack_test):
+            attack_test(object(), [0.0], [0], attack=object(), epsilon=0.1, steps=10)
+
+        def test_bad_engine_override(attack_test):
+            attack_test(object(), [0.0], [0], attack=object(), epsilon=0.1, verify_passes=0)
         """,
     )
     result = run(pytester, "--attack-test")
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines(["*SettingsError: epsilon must be a positive finite number*"])
-    result.stdout.no_fnmatch_line("*binarization engine is not available*")
+    result.stdout.fnmatch_lines(
+        ["*SettingsError: unknown keyword argument(s) 'steps'; allowed: epsilon, norm,*"]
+    )
+    result.stdout.fnmatch_lines(["*SettingsError: verify_passes must be a positive integer*"])
 
 
 # --------------------------------------------------------------------------- bad markers
@@ -252,7 +378,8 @@ def test_invalid_call_override_is_reported_before_not_available(
 BAD_MARKERS = [
     pytest.param(
         "eps=0.1",
-        "unknown keyword argument(s) 'eps'; allowed: epsilon, norm, threshold, samples",
+        "unknown keyword argument(s) 'eps'; allowed: epsilon, norm, threshold, samples, "
+        "features, n_inner, *, chunk_size",
         id="unknown-key",
     ),
     pytest.param("0.1", "positional argument(s) (0.1,) are not accepted*", id="positional"),
@@ -289,6 +416,18 @@ BAD_MARKERS = [
     pytest.param("threshold=1.5", "threshold must be a number in (0, 1], got 1.5", id="thr>1"),
     pytest.param("samples=0", "samples must be a positive integer, got 0", id="samples-zero"),
     pytest.param("samples=2.5", "samples must be a positive integer, got 2.5", id="samples-float"),
+    pytest.param("n_inner=0", "n_inner must be a positive integer, got 0", id="n_inner-zero"),
+    pytest.param("corners='yes'", "corners must be True or False, got 'yes'", id="corners-str"),
+    pytest.param("gap=1.0", "gap must be a number in (0, 1), got 1.0", id="gap-one"),
+    pytest.param(
+        "n_validation=-1", "n_validation must be an integer >= 0, got -1", id="n_validation"
+    ),
+    pytest.param(
+        "features=3", "features must be None, a layer name or a function*", id="features-int"
+    ),
+    pytest.param(
+        "valid_input='x'", "valid_input must be None or a function*", id="valid_input-str"
+    ),
 ]
 
 
@@ -445,7 +584,8 @@ def test_help_lists_options_in_attacktest_group(pytester: pytest.Pytester) -> No
     end = next(i for i in range(start + 1, len(lines)) if not lines[i].strip())
     group = "\n".join(lines[start:end])
     assert "  --attack-test " in group
-    assert "--attack-test-seed=SEED" in group
+    for option in ("seed=SEED", "samples=N", "threshold=T", "device=DEVICE", "json=PATH"):
+        assert f"--attack-test-{option}" in group
     result.stdout.fnmatch_lines(
         [
             "  attack_test (bool):*Run attack tests*",
@@ -453,6 +593,14 @@ def test_help_lists_options_in_attacktest_group(pytester: pytest.Pytester) -> No
             "*Seed for attack tests*",
         ],
         consecutive=True,
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "  attack_test_samples (string):*",
+            "  attack_test_threshold (string):*",
+            "  attack_test_device (string):*",
+            "  attack_test_json (string):*",
+        ]
     )
     result.stdout.fnmatch_lines(["*--markers*"])  # sanity: full help, not an error
 
@@ -472,6 +620,84 @@ def test_bad_seed_on_command_line_is_a_usage_error(pytester: pytest.Pytester, va
     result.stderr.fnmatch_lines([f"*argument --attack-test-seed: invalid seed '{value}'*"])
 
 
+BAD_OPTIONS = [
+    pytest.param("--attack-test-samples=0", "invalid samples '0': expected a positive*", id="s0"),
+    pytest.param("--attack-test-samples=all", "invalid samples 'all'*", id="s-word"),
+    pytest.param("--attack-test-threshold=0", "invalid threshold '0': expected*(0, 1]*", id="t0"),
+    pytest.param("--attack-test-threshold=95", "invalid threshold '95'*", id="t-percent"),
+    pytest.param("--attack-test-device=gpu 0", "invalid device 'gpu 0': expected*cuda:1", id="d"),
+    pytest.param("--attack-test-json=", "invalid path '': expected a file name*", id="json"),
+]
+
+
+@pytest.mark.parametrize(("arg", "message"), BAD_OPTIONS)
+def test_bad_option_is_a_usage_error_naming_it(
+    pytester: pytest.Pytester, arg: str, message: str
+) -> None:
+    write(pytester, MARKED_AND_FIXTURE)
+    result = run(pytester, arg)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    option = arg.split("=")[0]
+    result.stderr.fnmatch_lines([f"*argument {option}: {message}"])
+
+
+@pytest.mark.parametrize(
+    ("ini", "message"),
+    [
+        ("attack_test_samples = 0", "ini option attack_test_samples: invalid samples '0'*"),
+        ("attack_test_threshold = 2", "ini option attack_test_threshold: invalid threshold*"),
+        ("attack_test_device = CUDA", "ini option attack_test_device: invalid device 'CUDA'*"),
+    ],
+)
+def test_bad_ini_option_is_a_usage_error_naming_it(
+    pytester: pytest.Pytester, ini: str, message: str
+) -> None:
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    write(pytester, MARKED_AND_FIXTURE)
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}"])
+
+
+def test_json_path_that_is_a_directory_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.mkdir("reports")
+    write(pytester, MARKED_AND_FIXTURE)
+    result = run(pytester, "--attack-test-json", "reports")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--attack-test-json: *reports is a directory; give a file name*"])
+
+
+def test_json_from_ini_is_relative_to_the_ini_file_and_cli_wins(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from a subfolder: the ini's path is relative to the ini file, the CLI's to the cwd.
+
+    Without torch: the entries of a skipped run, and of a run whose fixture test fails.
+    """
+    pytester.makeini("[pytest]\nattack_test_json = reports/from-ini.json\n")
+    write(pytester, MARKED_AND_FIXTURE)
+    monkeypatch.chdir(pytester.mkdir("sub"))
+    run(pytester, str(pytester.path)).assert_outcomes(passed=1, skipped=2)
+    document = json.loads((pytester.path / "reports" / "from-ini.json").read_text())
+    assert document["metadata"]["enabled"] is False
+    outcomes = {t["nodeid"]: t["outcome"] for t in document["tests"]}
+    assert outcomes == {
+        "test_attack.py::test_marked": "skipped",
+        "test_attack.py::test_uses_fixture": "skipped",
+    }
+    result = run(pytester, str(pytester.path), "--attack-test", "--attack-test-json", "cli.json")
+    result.assert_outcomes(passed=2, failed=1)
+    document = json.loads((pytester.path / "sub" / "cli.json").read_text())
+    outcomes = {t["nodeid"]: t["outcome"] for t in document["tests"]}
+    assert outcomes == {
+        "test_attack.py::test_marked": "passed",
+        "test_attack.py::test_uses_fixture": "failed",
+    }
+    result.stdout.fnmatch_lines(
+        ["*= attack tests =*", "test *", "test_attack.py::test_marked *no report (passed)*"]
+    )
+
+
 def test_bad_seed_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nattack_test_seed = seven\n")
     write(pytester, MARKED_AND_FIXTURE)
@@ -483,14 +709,16 @@ def test_bad_seed_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
 def test_cli_seed_overrides_ini_seed(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nattack_test = true\nattack_test_seed = 7\n")
     write(pytester, "def test_ok():\n    pass\n")
-    run(pytester).stdout.fnmatch_lines(["attacktest: enabled, seed=7"])
-    run(pytester, "--attack-test-seed", "9").stdout.fnmatch_lines(["attacktest: enabled, seed=9"])
+    run(pytester).stdout.fnmatch_lines(["attacktest: enabled, seed=7, *"])
+    run(pytester, "--attack-test-seed", "9").stdout.fnmatch_lines(
+        ["attacktest: enabled, seed=9, *"]
+    )
 
 
 def test_report_header_only_when_enabled(pytester: pytest.Pytester) -> None:
     write(pytester, "def test_ok():\n    pass\n")
     enabled = run(pytester, "--attack-test", "--attack-test-seed=42")
-    enabled.stdout.fnmatch_lines(["attacktest: enabled, seed=42"])
+    enabled.stdout.fnmatch_lines(["attacktest: enabled, seed=42, *"])
     disabled = run(pytester)
     disabled.assert_outcomes(passed=1)
     disabled.stdout.no_fnmatch_line("attacktest:*")
@@ -618,6 +846,139 @@ def test_resolve_settings_rejects_unknown_key_listing_allowed() -> None:
         resolve_settings([{"budget": 3}], seed=0)
 
 
-def test_not_available_message_says_nothing_was_tested() -> None:
-    assert "not available" in NOT_AVAILABLE
-    assert "NOT tested" in NOT_AVAILABLE
+def test_messages_say_nothing_was_tested() -> None:
+    assert "never called: nothing was tested" in NEVER_CALLED
+    assert "NOT tested" in ERROR_VERDICT
+    assert "no verdict on the attack's strength" in ERROR_VERDICT
+
+
+@pytest.mark.parametrize(
+    ("parse", "good", "expected"),
+    [
+        (parse_samples, " 8 ", 8),
+        (parse_threshold, "0.95", 0.95),
+        (parse_threshold, "1", 1.0),
+        (parse_device, "cuda:1", "cuda:1"),
+        (parse_device, " cpu ", "cpu"),
+        (parse_json_path, "out/a.json", "out/a.json"),
+    ],
+)
+def test_option_parsers_accept(parse: Any, good: str, expected: object) -> None:
+    assert parse(good) == expected
+
+
+@pytest.mark.parametrize(
+    ("parse", "bad"),
+    [
+        (parse_samples, "0"),
+        (parse_samples, "-3"),
+        (parse_samples, "2.5"),
+        (parse_samples, "many"),
+        (parse_threshold, "0"),
+        (parse_threshold, "1.01"),
+        (parse_threshold, "nan"),
+        (parse_threshold, "high"),
+        (parse_device, "CUDA"),
+        (parse_device, "cuda:x"),
+        (parse_device, "cuda 1"),
+        (parse_device, ""),
+        (parse_json_path, " "),
+    ],
+)
+def test_option_parsers_reject(parse: Any, bad: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid"):
+        parse(bad)
+
+
+def test_engine_keys_are_accepted_and_validated_in_order() -> None:
+    def feature_fn(x: object) -> object:
+        return x
+
+    settings = resolve_settings(
+        [{"n_inner": 5, "features": "layer1"}, {"features": feature_fn, "gap": 0.1}], seed=0
+    )
+    assert settings.engine == {"n_inner": 5, "features": feature_fn, "gap": 0.1}
+    assert set(settings.engine) <= set(ENGINE_KEYS)
+    with pytest.raises(SettingsError, match="closeness must be a number in"):
+        resolve_settings([{"closeness": 1.0}], seed=0)
+
+
+# --------------------------------------------------------------------------- session, terminal
+
+
+def _report_dict(verdict: str, asr: float | None, n: int, inconclusive: int) -> dict[str, Any]:
+    return {
+        "verdict": verdict,
+        "asr": asr,
+        "threshold": 0.95,
+        "n_samples": n,
+        "n_inconclusive": inconclusive,
+        "seconds": 1.5,
+    }
+
+
+def test_results_merge_phases_into_one_entry_per_test() -> None:
+    results = RunResults()
+    passing = [_report_dict("passed", 1.0, 8, 0)]
+    results.add("t.py::a", "setup", "passed", None)
+    results.add("t.py::a", "call", "passed", passing)
+    results.add("t.py::a", "teardown", "passed", None)
+    results.add("t.py::b", "setup", "skipped", [])
+    results.add("t.py::b", "teardown", "passed", None)
+    results.add("t.py::c", "setup", "passed", None)
+    results.add("t.py::c", "call", "passed", passing)
+    results.add("t.py::c", "teardown", "error", None)
+    two = [_report_dict("passed", 1.0, 8, 0), _report_dict("error", None, 4, 4)]
+    results.add("t.py::d", "call", "failed", two)
+    entries = results.entries
+    assert [entries[k]["outcome"] for k in ("t.py::a", "t.py::b", "t.py::c", "t.py::d")] == [
+        "passed",
+        "skipped",
+        "error",
+        "failed",
+    ]
+    assert entries["t.py::a"]["reports"] == passing
+    assert entries["t.py::d"]["verdict"] == "error"  # the worst call decides
+    assert entries["t.py::d"]["asr"] == 1.0  # the error call has no ASR
+    assert (entries["t.py::d"]["n_samples"], entries["t.py::d"]["n_inconclusive"]) == (12, 4)
+    assert [e["nodeid"] for e in results.ran()] == ["t.py::a", "t.py::c", "t.py::d"]
+
+
+def test_phase_outcome_names_what_pytest_counts() -> None:
+    assert phase_outcome("call", "failed", False) == "failed"
+    assert phase_outcome("setup", "failed", False) == "error"
+    assert phase_outcome("teardown", "failed", False) == "error"
+    assert phase_outcome("call", "skipped", True) == "xfailed"
+    assert phase_outcome("call", "passed", True) == "xpassed"
+
+
+def test_plain_makes_strict_json() -> None:
+    data = plain({"a": (1, float("nan")), 2: {"b": float("inf"), "c": True}, "d": object})
+    assert data == {"a": [1, None], "2": {"b": None, "c": True}, "d": repr(object)}
+    json.dumps(data, allow_nan=False)
+
+
+def test_summary_rows_align_and_show_each_call() -> None:
+    entries = [
+        {
+            "nodeid": "t.py::long_name",
+            "outcome": "failed",
+            "reports": [_report_dict("passed", 1.0, 8, 0), _report_dict("failed", 0.5, 8, 1)],
+        },
+        {"nodeid": "t.py::x", "outcome": "failed", "reports": []},
+    ]
+    lines = summary_rows(entries)
+    assert lines[0].split() == ["test", "verdict", "ASR", "threshold", "inconclusive", "time"]
+    assert lines[1].split() == [
+        "t.py::long_name",
+        "[call",
+        "1]",
+        "passed",
+        "1.000",
+        "0.950",
+        "0/8",
+        "1.50s",
+    ]
+    assert lines[2].split()[3:] == ["failed", "0.500", "0.950", "1/8", "1.50s"]
+    assert lines[3].split() == ["t.py::x", "no", "report", "(failed)", "-", "-", "-", "-"]
+    assert lines[1].index("passed") == lines[0].index("verdict")
