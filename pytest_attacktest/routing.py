@@ -34,22 +34,24 @@ ROUTING_TOLERANCE = 1e-4
 _BLOCK = 2**24
 
 
-def _nearest(x: ep.Tensor, clean: ep.Tensor, p: float) -> ep.Tensor:
-    """Index of the nearest clean sample for every input, in the Lp norm."""
+def _nearest(x: ep.Tensor, clean: ep.Tensor, p: float) -> tuple[ep.Tensor, ep.Tensor]:
+    """Index of, and Lp distance to, the nearest clean sample for every input."""
     xf, cf = x.flatten(start=1), clean.flatten(start=1)
     if p == 2:
-        d2 = (
-            xf.square().sum(axis=1, keepdims=True) + cf.square().sum(axis=1).expand_dims(0)
-        ) - 2 * (xf @ cf.transpose())
-        return d2.argmin(axis=1)
-    rows = []
+        squares = xf.square().sum(axis=1, keepdims=True) + cf.square().sum(axis=1).expand_dims(0)
+        d2 = squares - 2 * (xf @ cf.transpose())
+        return d2.argmin(axis=1), ep.maximum(d2.min(axis=1), 0.0).sqrt()
+    index, dist = [], []
     per_block = max(1, _BLOCK // max(1, cf.shape[0] * cf.shape[1]))
     for start in range(0, xf.shape[0], per_block):
         block = xf[start : start + per_block]
         diff = (block.expand_dims(1) - cf.expand_dims(0)).abs()
-        dist = diff.max(axis=-1) if math.isinf(p) else (diff**p).sum(axis=-1)
-        rows.append(dist.argmin(axis=1))
-    return ep.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
+        d = diff.max(axis=-1) if math.isinf(p) else (diff**p).sum(axis=-1) ** (1.0 / p)
+        index.append(d.argmin(axis=1))
+        dist.append(d.min(axis=1))
+    if len(index) == 1:
+        return index[0], dist[0]
+    return ep.concatenate(index, axis=0), ep.concatenate(dist, axis=0)
 
 
 class BinarizedModel(Model):
@@ -78,14 +80,29 @@ class BinarizedModel(Model):
         super().__init__(self._forward_native, bounds=bounds, framework=model.framework)
 
     def route(self, x: ep.Tensor) -> ep.Tensor:
-        """Sample index for each input: same position if inside its ball, else nearest."""
+        """Sample index for each input.
+
+        - Inside the ball of the sample at its batch position (modulo S, for
+          attacks that send several candidates per sample, as HopSkipJump
+          does): that sample.
+        - Else inside another sample's ball (a reordered or subset batch, as
+          AutoAttack sends): the nearest sample.
+        - Else, outside every ball, the position's sample when the batch is a
+          multiple of S (the per-sample model an attack expects), the nearest
+          otherwise.
+        Points outside a sample's ball never decide a verdict (verification
+        uses each sample's own readout), so this only shapes what attacks see.
+        """
         n, s = x.shape[0], self.clean.shape[0]
-        nearest = _nearest(x, self.clean, self.p)
-        if n != s:
+        nearest, distance = _nearest(x, self.clean, self.p)
+        if n % s:
             return nearest
-        same = ep.arange(nearest, s).astype(nearest.dtype)
-        inside = lp_norms(x - self.clean, self.p) <= self.epsilon * (1 + ROUTING_TOLERANCE)
-        return ep.where(inside, same, nearest)
+        position = ep.arange(nearest, n).astype(nearest.dtype) % s
+        own = lp_norms(x - ep.tile(self.clean, (n // s,) + (1,) * (x.ndim - 1)), self.p)
+        radius = self.epsilon[0] * (1 + ROUTING_TOLERANCE)
+        in_own = own <= radius
+        in_other = distance <= radius
+        return ep.where(in_own, position, ep.where(in_other, nearest, position))
 
     def readout_logit(self, x: ep.Tensor, index: ep.Tensor | None = None) -> ep.Tensor:
         """``z`` at ``x`` with the readouts of ``index`` (default: routed)."""
