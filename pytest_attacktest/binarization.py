@@ -84,6 +84,7 @@ def binarization_test(
     valid_input: Callable[[Any], Any] | None = None,
     chunk_size: int = 256,
     seed: int = 0,
+    stacklevel: int = 2,
 ) -> Report:
     """Run the binarization test of ``attack`` on ``model`` at the samples ``x``.
 
@@ -117,6 +118,8 @@ def binarization_test(
             rejects are redrawn, and a rejected adversarial counts as a miss.
         chunk_size: samples processed together (bounds peak memory).
         seed: makes the run reproducible.
+        stacklevel: of the warnings issued at the end (the report keeps them too);
+            wrappers pass a larger value so warnings point at the user's code.
 
     Raises:
         ValueError: bad epsilon, norm, sizes or inputs; FeatureError when no
@@ -167,7 +170,7 @@ def binarization_test(
         engine.run_chunk(x_[start : start + chunk_size], start)
     settings["n_inner"] = engine.n_inner
     for warning in report.warnings:
-        warnings.warn(warning, stacklevel=2)
+        warnings.warn(warning, stacklevel=stacklevel)
     return report
 
 
@@ -400,8 +403,7 @@ class _Engine:
             elif not readouts.fitted[i]:
                 reason = (
                     "the linear readout could not separate the inner from the boundary points "
-                    f"(min training margin {readouts.train_margin[i]:.3g}); fewer inner points "
-                    "or a richer feature layer help"
+                    "(see train_margin); fewer inner points or a richer feature layer help"
                 )
             elif not guaranteed[i]:
                 reason = (
@@ -424,6 +426,7 @@ class _Engine:
                     outside_ball=bool(outside_ball[i]),
                     outside_bounds=bool(outside_bounds[i]),
                     rejected=bool(rejected[i]),
+                    train_margin=float(readouts.train_margin[i]),
                 )
             )
 

@@ -559,6 +559,7 @@ class AttackTestFixture:
             norm=settings.norm,
             threshold=settings.threshold,
             seed=settings.seed,
+            stacklevel=3,  # warnings point at the test that called the fixture
             **settings.engine,  # type: ignore[arg-type]
         )
         seconds = time.perf_counter() - start

@@ -38,6 +38,8 @@ class SampleResult:
         outside_ball: the attack's point was outside the ball (no credit).
         outside_bounds: the attack's point was outside the bounds (no credit).
         rejected: the detector (``valid_input``) rejected the attack's point.
+        train_margin: smallest signed margin of the fitted readout over the
+            sample's training points (> 0 when it separates them all).
     """
 
     index: int
@@ -52,6 +54,7 @@ class SampleResult:
     outside_ball: bool = False
     outside_bounds: bool = False
     rejected: bool = False
+    train_margin: float = math.nan
 
 
 @dataclass

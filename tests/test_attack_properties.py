@@ -22,6 +22,12 @@ from hypothesis import strategies as st
 
 import attacks
 
+
+def _overshooting(model: Any, x: Any, y: Any, epsilon: Any) -> Any:
+    """A user attack that ignores the budget and the bounds: the adapter must project it."""
+    return x * 3 - 1
+
+
 #: (id, factory(seed) -> attack, budgets to draw epsilon from, frameworks)
 Entry = tuple[str, Callable[[int], Any], tuple[float, float], tuple[str, ...]]
 
@@ -33,6 +39,27 @@ REGISTRY: list[Entry] = [
     ("PGD-linf", lambda s: attacks.PGD("linf", steps=3, seed=s), (0.01, 0.3), GRADIENT),
     ("PGD-l2", lambda s: attacks.PGD("l2", steps=3, seed=s), (0.1, 3.0), GRADIENT),
     ("PGD-l1", lambda s: attacks.PGD("l1", steps=3, seed=s), (0.5, 10.0), GRADIENT),
+    ("APGD-linf", lambda s: attacks.APGD("linf", steps=4, seed=s), (0.01, 0.3), GRADIENT),
+    ("APGD-l2", lambda s: attacks.APGD("l2", steps=4, seed=s), (0.1, 3.0), GRADIENT),
+    ("APGD-l1", lambda s: attacks.APGD("l1", steps=4, seed=s), (0.5, 10.0), GRADIENT),
+    ("FMN-l2", lambda s: attacks.FMN("l2", steps=4, seed=s), (0.1, 3.0), GRADIENT),
+    ("FMN-linf", lambda s: attacks.FMN("linf", steps=4, seed=s), (0.01, 0.3), GRADIENT),
+    ("DDN", lambda s: attacks.DDN(steps=4, seed=s), (0.1, 3.0), GRADIENT),
+    (
+        "CW",
+        lambda s: attacks.CarliniWagnerL2(binary_search_steps=2, steps=4, seed=s),
+        (0.1, 3.0),
+        GRADIENT,
+    ),
+    ("Square-linf", lambda s: attacks.Square("linf", queries=20, seed=s), (0.01, 0.3), ALL),
+    ("Square-l2", lambda s: attacks.Square("l2", queries=20, seed=s), (0.1, 3.0), ALL),
+    ("HSJ-l2", lambda s: attacks.HopSkipJump("l2", steps=2, seed=s), (0.1, 3.0), ALL),
+    (
+        "FromFunction",
+        lambda s: attacks.FromFunction(_overshooting, norm="l2", uses_gradient=False),
+        (0.1, 3.0),
+        ALL,
+    ),
 ]
 
 FLOAT32_ROUNDING = 1.2e-7
