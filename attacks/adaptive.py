@@ -142,12 +142,20 @@ class BPDA(_Wrapper):
                 return self.preprocess(raw)
         return self.preprocess(raw)
 
-    def _native(self, raw: Any) -> Any:
-        """The BPDA model as a native function: what third-party attacks get."""
+    def through(self, raw: Any) -> Any:
+        """``preprocess(x)`` in value, ``surrogate(x)`` in gradient, as a native tensor.
+
+        What the inner model receives; the binarization test extracts the inner
+        model's features from it, so the binarized model keeps BPDA gradients.
+        """
         x = backend.wrap(raw)
         value = backend.wrap(self._preprocessed(raw))
         s = x if self.surrogate is None else backend.wrap(self.surrogate(raw))
-        return self.inner(straight_through(value, s)).raw
+        return straight_through(value, s).raw
+
+    def _native(self, raw: Any) -> Any:
+        """The BPDA model as a native function: what third-party attacks get."""
+        return self.inner(backend.wrap(self.through(raw))).raw
 
     def logits(self, x: ep.Tensor) -> ep.Tensor:
         """The real defended model ``model(preprocess(x))``, without a graph."""

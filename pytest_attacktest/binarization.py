@@ -135,7 +135,7 @@ def binarization_test(
             f"the attack's norm ({attack.norm}) differs from the test's ({norm_name(p)}): "
             "a test at one norm says nothing about an attack at another"
         )
-    extractor = feature_extractor(wrapped.native, features)
+    extractor = feature_extractor(wrapped, features)
     name = repr(attack) if isinstance(attack, Attack) else getattr(attack, "__name__", repr(attack))
     settings = {
         "n_inner": n_inner,

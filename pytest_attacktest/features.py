@@ -29,7 +29,9 @@ def feature_extractor(model: Any, features: str | FeatureFn | None) -> FeatureFn
     """A callable ``x -> (N, d)`` features for ``model``.
 
     Args:
-        model: the native defended model.
+        model: the defended model: native, an :class:`attacks.Model`, or an
+            :class:`attacks.BPDA` (the inner model's features at the
+            straight-through preprocessed input).
         features: ``None`` (PyTorch: the input of the final ``nn.Linear``), the
             name of a submodule (its flattened output), or a callable.
 
@@ -38,6 +40,21 @@ def feature_extractor(model: Any, features: str | FeatureFn | None) -> FeatureFn
     """
     if callable(features):
         return _flattening(features)
+    from attacks.adaptive import BPDA
+    from attacks.models import Model
+
+    if isinstance(model, BPDA):
+        # Features of the inner model at the straight-through preprocessed input:
+        # same values as the defense, BPDA gradients for the attack.
+        inner = feature_extractor(model.inner, features)
+        return lambda x: inner(model.through(x))
+    if isinstance(model, Model):
+        if type(model) is not Model:
+            raise FeatureError(
+                f"cannot find a feature layer inside {type(model).__name__}: pass "
+                "features=callable(x) -> (N, d)"
+            )
+        model = model.native
     framework = model_framework(model)
     if framework == "torch":
         return _torch_extractor(model, features)

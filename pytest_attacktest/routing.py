@@ -130,9 +130,16 @@ def _torch_module(binarized: BinarizedModel) -> Any:
 
         def __init__(self) -> None:
             super().__init__()
-            defended = binarized.defended.native
-            if isinstance(defended, torch.nn.Module):
-                self.defended = defended  # so .parameters(), .eval(), .to() behave
+            # Register the defended torch module (looking through wrappers such
+            # as BPDA) so .parameters(), .eval() and .to() behave as expected.
+            model: Any = binarized.defended
+            while model is not None and not isinstance(model, torch.nn.Module):
+                native = getattr(model, "native", None)
+                model = (
+                    native if isinstance(native, torch.nn.Module) else getattr(model, "inner", None)
+                )
+            if model is not None:
+                self.defended = model
 
         def forward(self, x: Any) -> Any:
             return binarized._forward_native(x)

@@ -277,3 +277,86 @@ def test_inputs_outside_the_bounds_are_rejected() -> None:
     x, y = _data(4)
     with pytest.raises(ValueError, match="outside the model's bounds"):
         binarization_test(torch_mlp(), x * 2 - 1, y, attack=identity, epsilon=EPS)
+
+
+# ---------------------------------------------------------------------- adaptive evaluations
+
+
+def _quantize(t: Any) -> Any:
+    return torch.round(t * 3) / 3
+
+
+def test_quantized_input_plain_pgd_fails_and_pgd_with_bpda_passes() -> None:
+    """Gradient masking by input quantization: the test catches the weak evaluation."""
+    classifier = torch_mlp()
+    defended = torch.nn.Sequential()
+    defended.forward = lambda t: classifier(_quantize(t))  # type: ignore[method-assign]
+    defended.add_module("classifier", classifier)
+    defended.eval()
+    x, y = _data()
+    plain = binarization_test(defended, x, y, attack=attacks.PGD(steps=30), epsilon=0.2)
+    assert plain.verdict == "failed", plain.summary()
+    assert plain.asr < 0.5
+    bpda = attacks.BPDA(classifier, _quantize)
+    adaptive = binarization_test(bpda, x, y, attack=attacks.PGD(steps=30), epsilon=0.2)
+    assert adaptive.passed, adaptive.summary()
+    # Same defense, same verdict machinery: the conclusive samples agree.
+    assert adaptive.n_conclusive == plain.n_conclusive
+
+
+def test_torchattacks_pgd_on_the_native_module_also_on_a_subset() -> None:
+    torchattacks = pytest.importorskip("torchattacks")
+
+    def with_torchattacks(module: Any, x: Any, y: Any, epsilon: float) -> Any:
+        assert isinstance(module, torch.nn.Module)
+        attack = torchattacks.PGD(module, eps=epsilon, alpha=epsilon / 8, steps=30)
+        out = x.clone()
+        half = torch.arange(0, len(x), 2)  # every other sample, as a subset batch
+        rest = torch.arange(1, len(x), 2)
+        out[half] = attack(x[half], y[half])
+        out[rest] = attack(x[rest], y[rest])
+        return out
+
+    x, y = _data()
+    torch.manual_seed(0)
+    report = binarization_test(torch_mlp(), x, y, attack=with_torchattacks, epsilon=EPS)
+    assert report.passed, report.summary()
+
+
+class NoisyFeatures(torch.nn.Module):
+    """A randomized defense: Gaussian noise on the input at inference time."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        self.sigma = sigma
+        self.net = torch_mlp()
+        self.eval()
+
+    def forward(self, t: Any) -> Any:
+        return self.net(t + self.sigma * torch.randn_like(t))
+
+
+def test_randomized_defense_success_must_hold_in_every_verification_pass() -> None:
+    """An oracle point fools the training draw; under fresh noise only some passes.
+
+    With many verification passes, a point counts only if every pass is fooled,
+    so the oracle's ASR can only drop as verify_passes grows, and the engine
+    reports the samples whose guarantee does not survive fresh randomness as
+    inconclusive rather than as passes.
+    """
+    x, y = _data(24)
+    oracle = Oracle()
+    torch.manual_seed(0)
+    one = binarization_test(NoisyFeatures(0.05), x, y, attack=oracle, epsilon=EPS, verify_passes=1)
+    torch.manual_seed(0)
+    many = binarization_test(
+        NoisyFeatures(0.05),
+        x,
+        y,
+        attack=oracle,
+        epsilon=EPS,
+        verify_passes=8,
+        max_inconclusive=0.99,
+    )
+    assert many.n_success <= one.n_success
+    assert many.n_inconclusive > one.n_inconclusive, (one.summary(), many.summary())
