@@ -76,13 +76,14 @@ def binarization_test(
     corners: bool = False,
     gap: float = DEFAULT_GAP,
     closeness: float = DEFAULT_CLOSENESS,
+    rescale_logits: str | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     max_inconclusive: float = DEFAULT_MAX_INCONCLUSIVE,
     feature_passes: int = 1,
     verify_passes: int = 1,
     n_validation: int = 32,
     valid_input: Callable[[Any], Any] | None = None,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
     seed: int = 0,
     stacklevel: int = 2,
 ) -> Report:
@@ -107,6 +108,11 @@ def binarization_test(
         corners: Linf boundary points on the cube's corners.
         gap: inner points lie within ``(1 - gap) * epsilon``.
         closeness: decision-boundary closeness in ``[0, 1)``.
+        rescale_logits: ``None`` (default), ``"fixed"`` (each readout's logits
+            span 1 over its training points) or ``"adaptive"`` (they span what
+            the defended model's logits span there, one extra forward pass);
+            as the reference. Decisions are unchanged; only the loss scale an
+            attack sees changes.
         threshold: minimum ASR over conclusive samples to pass.
         max_inconclusive: largest share of inconclusive samples for a verdict.
         feature_passes: forward passes per training point (randomized defenses).
@@ -116,7 +122,9 @@ def binarization_test(
             validation accuracies and the random-attack check.
         valid_input: detector ``fn(x) -> bool mask``: training points it
             rejects are redrawn, and a rejected adversarial counts as a miss.
-        chunk_size: samples processed together (bounds peak memory).
+        chunk_size: samples processed together; by default sized so the chunk's
+            sampled points use at most half the free device memory (CUDA) or
+            1 GiB (CPU), and at most 4096 samples (:func:`auto_chunk_size`).
         seed: makes the run reproducible.
         stacklevel: of the warnings issued at the end (the report keeps them too);
             wrappers pass a larger value so warnings point at the user's code.
@@ -126,6 +134,10 @@ def binarization_test(
             feature layer is usable (with how to pass one).
     """
     p = parse_p(norm)
+    if rescale_logits not in (None, "fixed", "adaptive"):
+        raise ValueError(
+            f"rescale_logits must be None, 'fixed' or 'adaptive', got {rescale_logits!r}"
+        )
     _check_settings(epsilon, gap, threshold, max_inconclusive, n_boundary, chunk_size)
     wrapped = as_model(model)
     x_, _ = wrapped.adopt(x)
@@ -143,6 +155,7 @@ def binarization_test(
         "corners": corners,
         "gap": gap,
         "closeness": closeness,
+        "rescale_logits": rescale_logits,
         "feature_passes": feature_passes,
         "verify_passes": verify_passes,
         "n_validation": n_validation,
@@ -166,12 +179,43 @@ def binarization_test(
     engine.n_inner = n_inner
     engine.options = settings
     engine.valid_input = valid_input
+    if engine.n_inner is None:
+        dim = engine.features(x_[:1]).shape[-1]
+        engine.n_inner = default_inner_points(dim, n_boundary)
+    if chunk_size is None:
+        points = 1 + engine.n_inner + n_boundary + 2 * n_validation
+        chunk_size = auto_chunk_size(x_, points * feature_passes)
+    settings["chunk_size"] = chunk_size
     for start in range(0, x_.shape[0], chunk_size):
         engine.run_chunk(x_[start : start + chunk_size], start)
     settings["n_inner"] = engine.n_inner
     for warning in report.warnings:
         warnings.warn(warning, stacklevel=stacklevel)
     return report
+
+
+#: Host memory a chunk's sampled points may take when no GPU tells us more.
+CPU_CHUNK_BYTES = 2**30
+MAX_CHUNK = 4096
+
+
+def auto_chunk_size(x: ep.Tensor, points_per_sample: int) -> int:
+    """Samples per chunk so that the chunk's points fit comfortably in memory.
+
+    Each sample carries ``points_per_sample`` inputs (training and validation
+    points, per feature pass); with temporaries about three copies are alive.
+    On CUDA the budget is half of the free memory, elsewhere 1 GiB.
+    """
+    itemsize = 8 if "64" in str(x.dtype) else 4
+    per_sample = 3 * points_per_sample * math.prod(x.shape[1:]) * itemsize
+    budget = CPU_CHUNK_BYTES
+    raw = x.raw
+    if backend.tensor_framework(x) == "torch" and raw.device.type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(raw.device)
+        budget = free // 2
+    return int(max(1, min(MAX_CHUNK, x.shape[0], budget // max(1, per_sample))))
 
 
 class _Engine:
@@ -226,9 +270,7 @@ class _Engine:
         eps = ep.ones(x, (s,)) * self.epsilon
         t = time.perf_counter()
 
-        if self.n_inner is None:
-            dim = self.features(x[:1]).shape[-1]
-            self.n_inner = default_inner_points(dim, opts["n_boundary"])
+        assert self.n_inner is not None
         n_in, n_b = self.n_inner, opts["n_boundary"]
         inner = inner_points(x, n_in, eps, self.p, bounds, random, 1 - opts["gap"])
         boundary = boundary_points(x, n_b, eps, self.p, bounds, random, opts["corners"])
@@ -251,7 +293,7 @@ class _Engine:
             )
         t = self._timed("features", t)
 
-        readouts = fit_readouts(feats, labels, opts["closeness"])
+        readouts = fit_readouts(feats, labels, opts["closeness"], self._logit_range(train))
         binarized = BinarizedModel(self.model, self.extractor, x, eps, self.p, readouts)
         guaranteed = self._guarantee(binarized, x, boundary, readouts)
         t = self._timed("fit", t)
@@ -264,6 +306,19 @@ class _Engine:
         self._timed("verification", t)
         for i in range(s):
             self.report.samples[-s + i].index = offset + i
+
+    def _logit_range(self, train: ep.Tensor) -> ep.Tensor | None:
+        """Per sample, the target span of the readout's logits (None: no rescaling)."""
+        mode = self.options["rescale_logits"]
+        s = train.shape[0]
+        if mode is None:
+            return None
+        if mode == "fixed":
+            return ep.ones(train, (s,))
+        flat = train.reshape((-1, *tuple(train.shape[2:])))
+        with _no_grad(train):
+            logits = self.model.logits(flat).reshape((s, -1))
+        return logits.max(axis=1) - logits.min(axis=1)
 
     def _redraw_invalid(
         self,
@@ -464,7 +519,7 @@ def _check_settings(
     threshold: float,
     max_inconclusive: float,
     n_boundary: int,
-    chunk_size: int,
+    chunk_size: int | None,
 ) -> None:
     if not isinstance(epsilon, int | float) or not math.isfinite(epsilon) or epsilon <= 0:
         raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
@@ -474,7 +529,7 @@ def _check_settings(
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     if not 0 <= max_inconclusive < 1:
         raise ValueError(f"max_inconclusive must be in [0, 1), got {max_inconclusive}")
-    if n_boundary < 1 or chunk_size < 1:
+    if n_boundary < 1 or (chunk_size is not None and chunk_size < 1):
         raise ValueError("n_boundary and chunk_size must be >= 1")
 
 

@@ -56,6 +56,7 @@ ENGINE_KEYS: tuple[str, ...] = (
     "corners",
     "gap",
     "closeness",
+    "rescale_logits",
     "max_inconclusive",
     "feature_passes",
     "verify_passes",
@@ -308,6 +309,12 @@ def _check_bool(name: str) -> Callable[[object], object]:
     return check
 
 
+def _check_rescale_logits(value: object) -> object:
+    if value in (None, "fixed", "adaptive"):
+        return value
+    raise SettingsError(f"rescale_logits must be None, 'fixed' or 'adaptive', got {value!r}")
+
+
 def _check_features(value: object) -> object:
     if value is None or isinstance(value, str) or callable(value):
         return value
@@ -330,6 +337,7 @@ _ENGINE_CHECKS: dict[str, Callable[[object], object]] = {
     "corners": _check_bool("corners"),
     "gap": _fraction("gap", low_open=True),
     "closeness": _fraction("closeness", low_open=False),
+    "rescale_logits": _check_rescale_logits,
     "max_inconclusive": _fraction("max_inconclusive", low_open=False),
     "feature_passes": _positive_int("feature_passes"),
     "verify_passes": _positive_int("verify_passes"),

@@ -45,13 +45,23 @@ class Readouts:
         return (features * w).sum(axis=-1) + b
 
 
-def fit_readouts(features: ep.Tensor, labels: np.ndarray, closeness: float) -> Readouts:
+def fit_readouts(
+    features: ep.Tensor,
+    labels: np.ndarray,
+    closeness: float,
+    logit_range: ep.Tensor | None = None,
+) -> Readouts:
     """Fit one readout per sample.
 
     Args:
         features: ``(S, n, d)`` training features per sample.
         labels: ``(n,)`` 0 (inner) or 1 (boundary), the same layout for every sample.
         closeness: decision-boundary closeness ``c`` in ``[0, 1)``.
+        logit_range: optional ``(S,)``: scale each readout (a positive factor,
+            decisions unchanged) so its logits span this range over the
+            training points, as the reference's logit rescaling does; attacks
+            whose step depends on the loss scale (cross-entropy) then see the
+            original model's scale.
     """
     if not 0.0 <= closeness < 1.0:
         raise ValueError(f"closeness must be in [0, 1), got {closeness}")
@@ -81,6 +91,16 @@ def fit_readouts(features: ep.Tensor, labels: np.ndarray, closeness: float) -> R
     best_boundary = ep.where(boundary_mask > 0, z, ep.full_like(z, -np.inf)).max(axis=1)
     # Shift so that the most confident boundary point keeps (1 - c) of its logit.
     bias = bias - closeness * best_boundary
+    best_boundary = best_boundary * (1 - closeness)
+    if logit_range is not None:
+        shifted = z - closeness * best_boundary.expand_dims(1) / (1 - closeness)
+        spread = ep.maximum(shifted.max(axis=1) - shifted.min(axis=1), 1e-12)
+        factor = logit_range.astype(f64.dtype) / spread
+        weight, bias, best_boundary = (
+            weight * factor.expand_dims(1),
+            bias * factor,
+            best_boundary * factor,
+        )
 
     margin_np = backend.to_numpy(margin)
     fitted = np.isfinite(margin_np) & (margin_np > 0)
@@ -90,7 +110,7 @@ def fit_readouts(features: ep.Tensor, labels: np.ndarray, closeness: float) -> R
         bias=bias.astype(dtype),
         fitted=fitted,
         train_margin=margin_np,
-        boundary_logit=backend.to_numpy(best_boundary) * (1 - closeness),
+        boundary_logit=backend.to_numpy(best_boundary),
     )
 
 

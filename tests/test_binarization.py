@@ -360,3 +360,39 @@ def test_randomized_defense_success_must_hold_in_every_verification_pass() -> No
     )
     assert many.n_success <= one.n_success
     assert many.n_inconclusive > one.n_inconclusive, (one.summary(), many.summary())
+
+
+@pytest.mark.parametrize("mode", ["fixed", "adaptive"])
+def test_logit_rescaling_keeps_decisions_and_sets_the_scale(mode: str) -> None:
+    """Rescaling multiplies each readout by a positive factor: same verdicts, new scale."""
+    x, y = _data(16)
+    base = binarization_test(torch_mlp(), x, y, attack=identity, epsilon=EPS, seed=1)
+    scaled = binarization_test(
+        torch_mlp(), x, y, attack=identity, epsilon=EPS, seed=1, rescale_logits=mode
+    )
+    assert [s.conclusive for s in scaled.samples] == [s.conclusive for s in base.samples]
+    assert [s.random_success for s in scaled.samples] == [s.random_success for s in base.samples]
+    ratio = np.array([s.logit_difference for s in scaled.samples]) / np.array(
+        [s.logit_difference for s in base.samples]
+    )
+    assert (ratio > 0).all()
+    if mode == "fixed":
+        # Clean point (the lowest inner logit) to the guaranteed point: the span, 1.
+        spans = np.abs([s.logit_difference for s in scaled.samples])
+        np.testing.assert_allclose(spans, 1.0, atol=1e-5)
+    else:
+        assert ratio.mean() > 1.5  # the digits MLP's logits span far more than the raw readout
+    with pytest.raises(ValueError, match="rescale_logits"):
+        binarization_test(torch_mlp(), x, y, attack=identity, epsilon=EPS, rescale_logits="max")
+
+
+def test_automatic_chunk_size_respects_the_memory_budget(monkeypatch: Any) -> None:
+    from pytest_attacktest import binarization as engine
+
+    x = ep.astensor(torch.zeros(100, 3, 32, 32))
+    assert engine.auto_chunk_size(x, 10) == 100
+    monkeypatch.setattr(engine, "CPU_CHUNK_BYTES", 3 * 10 * 3 * 32 * 32 * 4 * 7)
+    assert engine.auto_chunk_size(x, 10) == 7
+    xs, ys = _data(20)
+    report = binarization_test(torch_mlp(), xs, ys, attack=attacks.PGD(steps=20), epsilon=EPS)
+    assert report.settings["chunk_size"] == 20
