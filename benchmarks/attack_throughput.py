@@ -57,7 +57,7 @@ accuracy only means something on a trained model, so:
 
 Usage (from the repository root, with the project installed)::
 
-    python benchmarks/attacks.py [--device cpu|cuda] [--model resnet18|mlp] [--batch N]
+    python benchmarks/attack_throughput.py [--device cpu|cuda] [--model resnet18|mlp] [--batch N]
                                  [--steps N] [--repeats N] [--epsilon E] [--seed S]
                                  [--threads N] [--json PATH]
 
@@ -94,8 +94,8 @@ from typing import Any
 import numpy as np
 import torch
 
-# This file is called attacks.py: drop its folder from the path (Python puts it first when
-# the script runs) so that `import attacks` finds the library, not this script.
+# Run as a script, Python puts this folder first on sys.path; drop it so that a
+# benchmark module here can never shadow the `attacks` library.
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 try:
@@ -439,7 +439,7 @@ def print_report(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv if argv is None else ["benchmarks/attacks.py", *argv]
+    argv = sys.argv if argv is None else ["benchmarks/attack_throughput.py", *argv]
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", choices=["resnet18", "mlp"], default=None)
