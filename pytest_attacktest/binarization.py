@@ -35,7 +35,7 @@ from pytest_attacktest.features import FeatureFn, feature_extractor
 from pytest_attacktest.readout import Readouts, fit_readouts
 from pytest_attacktest.report import Report, SampleResult
 from pytest_attacktest.routing import BinarizedModel
-from pytest_attacktest.sampling import boundary_points, inner_points
+from pytest_attacktest.sampling import boundary_points, inner_points, repeat_each
 
 #: Defaults, after the reference's case studies unless noted.
 DEFAULT_THRESHOLD = 0.95  #: the paper's pass threshold on ASR
@@ -485,6 +485,18 @@ class _Engine:
                 )
             )
 
+    @staticmethod
+    def _blocked_logit(
+        binarized: BinarizedModel, points: ep.Tensor, index: ep.Tensor
+    ) -> np.ndarray:
+        """Readout logits of many points, in blocks of the feature pass's size."""
+        return np.concatenate(
+            [
+                backend.to_numpy(binarized.readout_logit(points[i : i + 4096], index[i : i + 4096]))
+                for i in range(0, points.shape[0], 4096)
+            ]
+        )
+
     def _validation(
         self, binarized: BinarizedModel, x: ep.Tensor, eps: ep.Tensor, random: backend.RandomSource
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -497,13 +509,11 @@ class _Engine:
         bounds = (self.model.bounds.lower, self.model.bounds.upper)
         inner = inner_points(x, k, eps, self.p, bounds, random, 1.0)
         boundary = boundary_points(x, k, eps, self.p, bounds, random, self.options["corners"])
-        index = ep.arange(x, s).astype(_index_dtype(x))
-        z_in = np.stack(
-            [backend.to_numpy(binarized.readout_logit(inner[:, j], index)) for j in range(k)], 1
-        )
-        z_b = np.stack(
-            [backend.to_numpy(binarized.readout_logit(boundary[:, j], index)) for j in range(k)], 1
-        )
+        # All validation points of the chunk in one batch: (S * k, ...), sample-major.
+        index = repeat_each(ep.arange(x, s).astype(_index_dtype(x)), k)
+        shape = tuple(x.shape[1:])
+        z_in = self._blocked_logit(binarized, inner.reshape((s * k, *shape)), index).reshape(s, k)
+        z_b = self._blocked_logit(binarized, boundary.reshape((s * k, *shape)), index).reshape(s, k)
         inner_acc = (z_in <= 0).mean(axis=1)
         boundary_acc = (z_b > 0).mean(axis=1)
         random_hit = np.asarray((z_in > 0).any(axis=1) | (z_b > 0).any(axis=1))
