@@ -84,10 +84,10 @@ import eagerpy as ep
 import numpy as np
 import torch
 
-# `python benchmarks/rescaling.py` puts benchmarks/ first on sys.path, where the sibling
-# script benchmarks/attack_throughput.py would shadow the `attacks` package: drop that folder, and
-# fall back to the repository root for a checkout without `pip install -e .`. The import
-# is by name because type checkers also resolve `attacks` to that sibling script.
+# `python benchmarks/rescaling.py` puts benchmarks/ first on sys.path, where a sibling
+# script named like the package (there was a benchmarks/attacks.py) would shadow it: drop
+# that folder, and fall back to the repository root for a checkout without
+# `pip install -e .`. The import is by name because type checkers put the folder first too.
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 try:
