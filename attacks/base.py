@@ -98,7 +98,7 @@ class Attack(ABC):
                 "gradient-free attack (attacks.Square, attacks.HopSkipJump) or a PyTorch, "
                 "TensorFlow or JAX model"
             )
-        _check_inputs(x_, model_)
+        check_inputs(x_, model_)
         y_ = _labels_like(x_, y, "y")
         target_ = None if target is None else _labels_like(x_, target, "target")
         epsilon_ = self._epsilon(x_, epsilon)
@@ -158,9 +158,16 @@ def _labels_like(x: ep.Tensor, labels: Any, name: str) -> ep.Tensor:
     return t
 
 
-def _check_inputs(x: ep.Tensor, model: Model) -> None:
-    """Shape, dtype and bounds of the clean inputs (one host read, before any loop)."""
-    if x.ndim < 2:
+def check_inputs(
+    x: ep.Tensor,
+    model: Model,
+    hint: str = "pass attacks.Model(model, bounds=(lo, hi)) or rescale x",
+) -> None:
+    """Shape, dtype and bounds of the clean inputs (one host read, before any loop).
+
+    ``hint`` ends the out-of-bounds message: what the caller should do.
+    """
+    if x.ndim < 2 or x.shape[0] < 1:
         raise ValueError(f"x must be a batch (N, ...) with N >= 1, got shape {tuple(x.shape)}")
     if "float" not in str(x.dtype):
         raise TypeError(f"x must be floating point, got {x.dtype}; scale images to the bounds")
@@ -171,7 +178,7 @@ def _check_inputs(x: ep.Tensor, model: Model) -> None:
     if x_min < lo or x_max > hi:
         raise ValueError(
             f"x lies outside the model's bounds {tuple(model.bounds)}: min {x_min:.4g}, max "
-            f"{x_max:.4g}; pass attacks.Model(model, bounds=(lo, hi)) or rescale x"
+            f"{x_max:.4g}; {hint}"
         )
 
 

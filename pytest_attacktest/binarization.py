@@ -28,7 +28,7 @@ import eagerpy as ep
 import numpy as np
 
 from attacks import backend
-from attacks.base import Attack, atleast_kd, lp_norms
+from attacks.base import Attack, atleast_kd, check_inputs, lp_norms
 from attacks.models import Model, as_model
 from attacks.norms import norm_name, parse_p
 from pytest_attacktest.features import FeatureFn, feature_extractor
@@ -141,7 +141,7 @@ def binarization_test(
     _check_settings(epsilon, gap, threshold, max_inconclusive, n_boundary, chunk_size)
     wrapped = as_model(model)
     x_, _ = wrapped.adopt(x)
-    _check_inputs(x_, wrapped)
+    check_inputs(x_, wrapped, "put normalisation inside the model and pass inputs in the bounds")
     if isinstance(attack, Attack) and not math.isclose(attack.p, p):
         raise ValueError(
             f"the attack's norm ({attack.norm}) differs from the test's ({norm_name(p)}): "
@@ -541,20 +541,6 @@ def _check_settings(
         raise ValueError(f"max_inconclusive must be in [0, 1), got {max_inconclusive}")
     if n_boundary < 1 or (chunk_size is not None and chunk_size < 1):
         raise ValueError("n_boundary and chunk_size must be >= 1")
-
-
-def _check_inputs(x: ep.Tensor, model: Model) -> None:
-    if x.ndim < 2 or x.shape[0] < 1:
-        raise ValueError(f"x must be a batch (S, ...) of test inputs, got shape {tuple(x.shape)}")
-    lo, hi = model.bounds
-    x_min, x_max = float(x.min().item()), float(x.max().item())
-    if math.isnan(x_min) or math.isnan(x_max):
-        raise ValueError("x contains NaN")
-    if x_min < lo or x_max > hi:
-        raise ValueError(
-            f"x lies outside the model's bounds {tuple(model.bounds)} (min {x_min:.4g}, max "
-            f"{x_max:.4g}): put normalisation inside the model and pass inputs in the bounds"
-        )
 
 
 def _index_dtype(x: ep.Tensor) -> Any:
