@@ -17,6 +17,7 @@ from typing import Any
 import eagerpy as ep
 
 from attacks import backend
+from attacks.backend import RandomSource
 from attacks.base import Attack, RunContext, atleast_kd, lp_norms
 from attacks.losses import Loss, get_loss, is_adversarial
 from attacks.norms import parse_p
@@ -100,21 +101,34 @@ def project_ball(
 
 
 def random_start(ctx: RunContext, x: ep.Tensor, epsilon: ep.Tensor, p: float) -> ep.Tensor:
-    """A uniform point of the Linf ball, or a point of the L1/L2 ball at a random radius.
+    """A random start for an attack run: :func:`random_point_in_ball` with its RNG and bounds."""
+    return random_point_in_ball(ctx.random, ctx.bounds, x, epsilon, p)
 
-    For L1/L2 the radius is ``epsilon * u**(1/D)`` (the radial law of a uniform
-    point in D dimensions) and is exact after clipping.
+
+def random_point_in_ball(
+    random: RandomSource,
+    bounds: tuple[float, float],
+    x: ep.Tensor,
+    epsilon: ep.Tensor,
+    p: float,
+) -> ep.Tensor:
+    """A uniform point of the Linf ball, or a point of the Lp ball at a random radius.
+
+    For finite p the direction is Gaussian (Laplace for L1, the direction law
+    of a uniform point of the L1 ball) and the radius ``epsilon * u**(1/D)``
+    (the radial law of a uniform point in D dimensions), exact after clipping.
+    Attacks start here; the binarization test draws its inner points here.
     """
-    lo, hi = ctx.bounds
+    lo, hi = bounds
     if math.isinf(p):
-        noise = ctx.random.uniform(tuple(x.shape), -1.0, 1.0)
+        noise = random.uniform(tuple(x.shape), -1.0, 1.0)
         return ep.clip(x + atleast_kd(epsilon, x.ndim) * noise, lo, hi)
-    direction = ctx.random.normal(tuple(x.shape))
+    direction = random.normal(tuple(x.shape))
     if p == 1:
-        direction = direction.sign() * ctx.random.uniform(tuple(x.shape)).log().abs()  # Laplace
+        direction = direction.sign() * random.uniform(tuple(x.shape)).log().abs()  # Laplace
     d = math.prod(x.shape[1:])
-    radius = epsilon * ctx.random.uniform((x.shape[0],)) ** (1.0 / d)
-    return rescale_and_clip(x, direction, radius, p=p, bounds=ctx.bounds)
+    radius = epsilon * random.uniform((x.shape[0],)) ** (1.0 / d)
+    return rescale_and_clip(x, direction, radius, p=p, bounds=bounds)
 
 
 def loss_and_logits(

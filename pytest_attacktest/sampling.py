@@ -21,6 +21,7 @@ import eagerpy as ep
 
 from attacks.backend import RandomSource
 from attacks.base import atleast_kd
+from attacks.gradient import random_point_in_ball
 from attacks.rescaling import rescale_and_clip
 
 
@@ -42,23 +43,13 @@ def inner_points(
 ) -> ep.Tensor:
     """``n`` random points per sample within ``radius * eps`` of it: ``(S, n, ...)``.
 
-    Linf: uniform in the cube. L1/L2: a random direction at a radius drawn
-    uniformly in the ball's radial law, exact after clipping.
+    The same law as the attacks' random starts
+    (:func:`attacks.gradient.random_point_in_ball`).
     """
-    s = x.shape[0]
     base = repeat_each(x, n)
     eps = repeat_each(epsilon, n) * radius
-    shape = tuple(base.shape)
-    lo, hi = bounds
-    if math.isinf(p):
-        noise = random.uniform(shape, -1.0, 1.0)
-        points = ep.clip(base + atleast_kd(eps, base.ndim) * noise, lo, hi)
-    else:
-        direction = random.normal(shape)
-        d = math.prod(shape[1:])
-        r = eps * random.uniform((shape[0],)) ** (1.0 / d)
-        points = rescale_and_clip(base, direction, r, p=p, bounds=bounds)
-    return points.reshape((s, n, *tuple(x.shape[1:])))
+    points = random_point_in_ball(random, bounds, base, eps, p)
+    return points.reshape((x.shape[0], n, *tuple(x.shape[1:])))
 
 
 def boundary_points(
