@@ -34,6 +34,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from pytest_attacktest.devices import (
+    WORKER_OUTPUT_KEY,
+    mapping_lines,
+    pin_xdist_worker,
+    record_xdist_worker,
+)
 from pytest_attacktest.options import (
     CORE_KEYS,
     DEFAULT_NORM,
@@ -146,6 +152,19 @@ def _worker_index(config: pytest.Config) -> int | None:
         return None
     worker_id = str(workerinput.get("workerid", ""))
     return int(worker_id[2:]) if worker_id[2:].isdigit() else None
+
+
+def _pin_gpu(config: pytest.Config) -> None:
+    """Under xdist with ``--attack-test-device cuda``: this worker takes its own GPU (once)."""
+    pin_xdist_worker(
+        config, enable=("attack_test", INI_ENABLE), device=("attack_test_device", INI_DEVICE)
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """Pin the worker's GPU before any conftest file imports a framework."""
+    _pin_gpu(early_config)
 
 
 # --------------------------------------------------------------------------- options
@@ -339,6 +358,8 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{', '.join(ENGINE_KEYS)}). Skipped unless {FLAG} or ini {INI_ENABLE} = true.",
     )
     session = _resolve_session(config)
+    _pin_gpu(config)  # when the plugin was registered too late for the early hook
+    session = record_xdist_worker(config, session, is_worker=_is_worker(config))
     config.stash[session_key] = session
     config.stash[results_key] = RunResults()
     if not _is_worker(config):
@@ -737,11 +758,22 @@ class _ResultsReporter:
         )
         self.written = path
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object | None) -> None:
+        """xdist: keep the GPU each worker took (sent in its ``workeroutput``)."""
+        assigned = (getattr(node, "workeroutput", None) or {}).get(WORKER_OUTPUT_KEY)
+        if assigned is not None:
+            self.results.workers[str(assigned["worker"])] = dict(assigned)
+
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         ran = self.results.ran()
-        if ran:
+        if ran or self.results.workers:
             terminalreporter.write_sep("=", "attack tests")
-            for line in summary_rows(ran):
-                terminalreporter.write_line(line)
+        for line in summary_rows(ran) if ran else []:
+            terminalreporter.write_line(line)
+        if self.results.workers:
+            terminalreporter.write_line(f"devices ({DEVICE_FLAG} cuda, one GPU per worker):")
+            for line in mapping_lines(self.results.workers):
+                terminalreporter.write_line(f"  {line}")
         if self.written is not None:
             terminalreporter.write_sep("-", f"attack test report written to {self.written}")

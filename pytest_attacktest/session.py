@@ -129,10 +129,13 @@ class RunResults:
             ``n_samples``, ``n_inconclusive``, ``seconds`` and ``reports`` (one
             ``Report.to_dict()`` per fixture call, plus its ``seconds``).
         device_warned: the "device not applied" warning was shown in this process.
+        workers: under xdist with ``--attack-test-device cuda``, worker id -> the
+            GPU it took (:meth:`pytest_attacktest.devices.WorkerDevice.to_dict`).
     """
 
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     device_warned: bool = False
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     _phases: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
 
     def add(
@@ -189,6 +192,7 @@ class RunResults:
             "samples": session.samples,
             "threshold": session.threshold,
             "device": session.device,
+            "workers": dict(sorted(self.workers.items())) or None,
             "python": platform.python_version(),
             "pytest": pytest_version,
             "platform": sys.platform,
