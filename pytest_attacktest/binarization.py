@@ -33,7 +33,7 @@ from attacks.models import Model, as_model
 from attacks.norms import norm_name, parse_p
 from pytest_attacktest.features import FeatureFn, feature_extractor
 from pytest_attacktest.readout import Readouts, fit_readouts
-from pytest_attacktest.report import Report, SampleResult
+from pytest_attacktest.report import MAX_EXAMPLE_VALUES, MAX_EXAMPLES, Report, SampleResult
 from pytest_attacktest.routing import BinarizedModel
 from pytest_attacktest.sampling import boundary_points, inner_points, repeat_each
 
@@ -301,6 +301,8 @@ class _Engine:
         zeros = _zeros_labels(x)
         x_adv = self._run_attack(binarized, x, zeros, eps)
         t = self._timed("attack", t)
+        if offset == 0:
+            self.report.examples = _examples(x, x_adv, bounds)
 
         self._verify(binarized, x, x_adv, eps, readouts, guaranteed, rejected_training, random)
         self._timed("verification", t)
@@ -558,6 +560,31 @@ def _index_dtype(x: ep.Tensor) -> Any:
 
         return jnp.int32
     return np.int64
+
+
+def _examples(x: ep.Tensor, x_adv: ep.Tensor, bounds: tuple[float, float]) -> list[dict[str, Any]]:
+    """The first few samples' clean and adversarial inputs as plain lists, for pictures.
+
+    Bounded (:data:`~pytest_attacktest.report.MAX_EXAMPLES` samples, none when an
+    input has more than ``MAX_EXAMPLE_VALUES`` values) because records travel
+    through xdist and into the JSON report.
+    """
+    shape = tuple(int(d) for d in x.shape[1:])
+    if math.prod(shape) > MAX_EXAMPLE_VALUES:
+        return []
+    k = min(MAX_EXAMPLES, x.shape[0])
+    clean = np.round(backend.to_numpy(x[:k]).astype(np.float64), 6)
+    adv = np.round(backend.to_numpy(x_adv[:k]).astype(np.float64), 6)
+    return [
+        {
+            "index": i,
+            "shape": list(shape),
+            "bounds": [float(bounds[0]), float(bounds[1])],
+            "clean": clean[i].reshape(-1).tolist(),
+            "adversarial": adv[i].reshape(-1).tolist(),
+        }
+        for i in range(k)
+    ]
 
 
 def _zeros_labels(x: ep.Tensor) -> ep.Tensor:

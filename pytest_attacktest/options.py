@@ -31,6 +31,7 @@ __all__ = [
     "AttackTestSettings",
     "SettingsError",
     "apply_kwargs",
+    "parse_claim_tolerance",
     "parse_device",
     "parse_json_path",
     "parse_samples",
@@ -43,8 +44,9 @@ __all__ = [
 #: seeding functions only take 32-bit unsigned seeds, so one seed works everywhere.
 SEED_MAX = 2**32 - 1
 
-#: The plugin's own settings: the threat model, the bar and the sample count.
-CORE_KEYS: tuple[str, ...] = ("epsilon", "norm", "threshold", "samples")
+#: The plugin's own settings: the threat model, the bar, the sample count and
+#: the robust accuracy a claim gate checks (``claim``; see :mod:`pytest_attacktest.claims`).
+CORE_KEYS: tuple[str, ...] = ("epsilon", "norm", "threshold", "samples", "claim")
 
 #: Keyword arguments passed through, unchanged, to
 #: :func:`pytest_attacktest.binarization.binarization_test` (a test in
@@ -160,6 +162,27 @@ def parse_threshold(value: str) -> float:
     return threshold
 
 
+def parse_claim_tolerance(value: str) -> float:
+    """Parse ``--attack-test-claim-tolerance`` (and its ini twin): a number in [0, 1).
+
+    How far the measured robust accuracy may fall below a test's ``claim``.
+    1 and more are refused: every claim would pass.
+
+    Raises:
+        argparse.ArgumentTypeError: naming the bad value.
+    """
+    try:
+        tolerance = float(value.strip())
+    except ValueError:
+        tolerance = math.nan
+    if not 0.0 <= tolerance < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"invalid claim tolerance {value!r}: expected a number in [0, 1) (how far the "
+            "measured robust accuracy may fall below the claim, e.g. 0.02)"
+        )
+    return tolerance
+
+
 def parse_device(value: str) -> str:
     """Parse ``--attack-test-device`` (and ini ``attack_test_device``): e.g. cpu, cuda, cuda:1.
 
@@ -199,6 +222,8 @@ class AttackTestSettings:
         p: the norm's exponent (``math.inf`` for Linf).
         threshold: minimum attack success rate, in ``(0, 1]``.
         samples: number of clean samples to test (at most; the first ones).
+        claim: claimed robust accuracy in ``[0, 1]`` that the claim gate checks,
+            or ``None`` (no claim: the binarization test alone).
         seed: the session seed (``--attack-test-seed``).
         engine: validated keyword arguments for ``binarization_test`` (see
             :data:`ENGINE_KEYS`); only the keys the test set.
@@ -209,6 +234,7 @@ class AttackTestSettings:
     p: float = DEFAULT_P
     threshold: float = DEFAULT_THRESHOLD
     samples: int = DEFAULT_SAMPLES
+    claim: float | None = None
     seed: int = 0
     engine: Mapping[str, object] = field(default_factory=dict)
 
@@ -262,6 +288,17 @@ def _check_samples(value: object) -> int:
     if not _is_int(value) or int(value) < 1:
         raise SettingsError(f"samples must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _check_claim(value: object) -> float | None:
+    if value is None:
+        return None  # clears a claim set by a farther marker
+    claim = float(value) if _is_real(value) else math.nan
+    if not 0.0 <= claim <= 1.0:
+        raise SettingsError(
+            f"claim must be a robust accuracy in [0, 1] (e.g. 0.55) or None, got {value!r}"
+        )
+    return claim
 
 
 def _positive_int(name: str) -> Callable[[object], object]:
@@ -368,6 +405,7 @@ def apply_kwargs(settings: AttackTestSettings, kwargs: Mapping[str, object]) -> 
         _check_threshold(kwargs["threshold"]) if "threshold" in kwargs else settings.threshold
     )
     samples = _check_samples(kwargs["samples"]) if "samples" in kwargs else settings.samples
+    claim = _check_claim(kwargs["claim"]) if "claim" in kwargs else settings.claim
     engine = dict(settings.engine)
     for key in ENGINE_KEYS:
         if key in kwargs:
@@ -379,6 +417,7 @@ def apply_kwargs(settings: AttackTestSettings, kwargs: Mapping[str, object]) -> 
         p=p,
         threshold=threshold,
         samples=samples,
+        claim=claim,
         engine=engine,
     )
 

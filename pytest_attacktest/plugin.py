@@ -19,6 +19,13 @@ they travel to the controller with the report); the process that logs
 reports (the controller, or the only process) merges them in
 :class:`~pytest_attacktest.session.RunResults`, prints the "attack tests"
 section and writes ``--attack-test-json``. Workers print and write nothing.
+
+The same process runs what needs the whole run: the baseline comparison
+(``--attack-test-compare``, which can fail the session through its exit
+status), the baseline save (``--attack-test-save``) and the HTML page
+(``--attack-test-html``); see :mod:`pytest_attacktest.baselines` and
+:mod:`pytest_attacktest.html_report`. A test's ``claim`` (the claim gate,
+:mod:`pytest_attacktest.claims`) is checked by the fixture, in the test.
 """
 
 from __future__ import annotations
@@ -34,6 +41,23 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from pytest_attacktest.baselines import (
+    DEFAULT_STORAGE,
+    BaselineError,
+    CompareFail,
+    Comparison,
+    baseline_document,
+    compare,
+    comparison_lines,
+    figures_of,
+    find_baseline,
+    load_baseline,
+    parse_baseline_name,
+    parse_compare_fail,
+    parse_compare_name,
+    save_baseline,
+)
+from pytest_attacktest.claims import DEFAULT_CLAIM_TOLERANCE, ClaimResult
 from pytest_attacktest.devices import (
     WORKER_OUTPUT_KEY,
     mapping_lines,
@@ -49,6 +73,7 @@ from pytest_attacktest.options import (
     AttackTestSettings,
     SettingsError,
     apply_kwargs,
+    parse_claim_tolerance,
     parse_device,
     parse_json_path,
     parse_samples,
@@ -63,21 +88,30 @@ if TYPE_CHECKING:
     from pytest_attacktest.report import Report
 
 __all__ = [
+    "CLAIM_TOLERANCE_FLAG",
+    "COMPARE_FAIL_FLAG",
+    "COMPARE_FLAG",
     "DEVICE_FLAG",
     "ERROR_VERDICT",
     "FLAG",
+    "HTML_FLAG",
+    "INI_CLAIM_TOLERANCE",
     "INI_DEVICE",
     "INI_ENABLE",
+    "INI_HTML",
     "INI_JSON",
     "INI_SAMPLES",
     "INI_SEED",
+    "INI_STORAGE",
     "INI_THRESHOLD",
     "JSON_FLAG",
     "MARKER",
     "NEVER_CALLED",
     "SAMPLES_FLAG",
+    "SAVE_FLAG",
     "SEED_FLAG",
     "SKIP_REASON",
+    "STORAGE_FLAG",
     "THRESHOLD_FLAG",
     "AttackTestFixture",
     "AttackTestSession",
@@ -97,12 +131,21 @@ SAMPLES_FLAG = "--attack-test-samples"
 THRESHOLD_FLAG = "--attack-test-threshold"
 DEVICE_FLAG = "--attack-test-device"
 JSON_FLAG = "--attack-test-json"
+CLAIM_TOLERANCE_FLAG = "--attack-test-claim-tolerance"
+HTML_FLAG = "--attack-test-html"
+SAVE_FLAG = "--attack-test-save"
+COMPARE_FLAG = "--attack-test-compare"
+COMPARE_FAIL_FLAG = "--attack-test-compare-fail"
+STORAGE_FLAG = "--attack-test-storage"
 INI_ENABLE = "attack_test"
 INI_SEED = "attack_test_seed"
 INI_SAMPLES = "attack_test_samples"
 INI_THRESHOLD = "attack_test_threshold"
 INI_DEVICE = "attack_test_device"
 INI_JSON = "attack_test_json"
+INI_CLAIM_TOLERANCE = "attack_test_claim_tolerance"
+INI_HTML = "attack_test_html"
+INI_STORAGE = "attack_test_storage"
 
 SKIP_REASON = f"attack test: run with {FLAG} (or set {INI_ENABLE} = true in the ini file) to run it"
 
@@ -240,6 +283,70 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Write a JSON report of all attack tests (metadata, and per test its outcome "
         f"and binarization report) to PATH. Overrides ini {INI_JSON}.",
     )
+    group.addoption(
+        CLAIM_TOLERANCE_FLAG,
+        action="store",
+        type=parse_claim_tolerance,
+        default=None,
+        dest="attack_test_claim_tolerance",
+        metavar="TOL",
+        help=f"How far the robust accuracy measured by a test with {MARKER}(claim=...) may "
+        f"fall below the claim, in [0, 1). Overrides ini {INI_CLAIM_TOLERANCE}. "
+        f"Default: {DEFAULT_CLAIM_TOLERANCE:g}.",
+    )
+    group.addoption(
+        HTML_FLAG,
+        action="store",
+        type=parse_json_path,
+        default=None,
+        dest="attack_test_html",
+        metavar="PATH",
+        help="Write a self-contained HTML report (summary table, histograms, per-sample rows, "
+        f"pictures of image inputs) to PATH. Overrides ini {INI_HTML}.",
+    )
+    group.addoption(
+        SAVE_FLAG,
+        action="store",
+        type=parse_baseline_name,
+        default=None,
+        dest="attack_test_save",
+        metavar="NAME",
+        help="Save this run's attack-test figures as baseline NAME (NNNN_NAME.json in the "
+        "storage folder).",
+    )
+    group.addoption(
+        COMPARE_FLAG,
+        action="store",
+        nargs="?",
+        const="",
+        type=parse_compare_name,
+        default=None,
+        dest="attack_test_compare",
+        metavar="NAME",
+        help="Compare this run with the newest saved baseline, or with the newest one named "
+        f"NAME (or its number); write {COMPARE_FLAG}=NAME before test paths.",
+    )
+    group.addoption(
+        COMPARE_FAIL_FLAG,
+        action="append",
+        type=parse_compare_fail,
+        default=None,
+        dest="attack_test_compare_fail",
+        metavar="FIELD:LIMIT",
+        help=f"With {COMPARE_FLAG}: fail the session when FIELD (asr, robust_accuracy, "
+        "inconclusive, time) got worse than the baseline by more than LIMIT: N%% of the "
+        "baseline's value, or an absolute number. Repeatable.",
+    )
+    group.addoption(
+        STORAGE_FLAG,
+        action="store",
+        type=parse_json_path,
+        default=None,
+        dest="attack_test_storage",
+        metavar="DIR",
+        help=f"Folder of saved baselines. Overrides ini {INI_STORAGE}. "
+        f"Default: {DEFAULT_STORAGE} in the rootdir.",
+    )
     parser.addini(
         INI_ENABLE,
         type="bool",
@@ -280,6 +387,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="",
         help=f"JSON report path (relative to the ini file), overridden by {JSON_FLAG}.",
     )
+    parser.addini(
+        INI_CLAIM_TOLERANCE,
+        type="string",
+        default="",
+        help=f"Tolerance of claim gates, overridden by {CLAIM_TOLERANCE_FLAG}. "
+        f"Default: {DEFAULT_CLAIM_TOLERANCE:g}.",
+    )
+    parser.addini(
+        INI_HTML,
+        type="string",
+        default="",
+        help=f"HTML report path (relative to the ini file), overridden by {HTML_FLAG}.",
+    )
+    parser.addini(
+        INI_STORAGE,
+        type="string",
+        default="",
+        help=f"Baseline folder (relative to the ini file), overridden by {STORAGE_FLAG}. "
+        f"Default: {DEFAULT_STORAGE} in the rootdir.",
+    )
 
 
 T = TypeVar("T")
@@ -299,23 +426,38 @@ def _option(config: pytest.Config, dest: str, ini: str, parse: Callable[[str], T
         raise pytest.UsageError(f"ini option {ini}: {exc}") from None
 
 
-def _json_path(config: pytest.Config) -> Path | None:
-    """Where to write the JSON: relative to the invocation dir (CLI) or the ini file's dir."""
-    cli: str | None = config.getoption("attack_test_json")
+def _path_option(config: pytest.Config, dest: str, ini: str, flag: str) -> Path | None:
+    """A path option: relative to the invocation dir (CLI) or the ini file's dir."""
+    cli: str | None = config.getoption(dest)
     if cli is not None:
-        path, base, name = Path(os.path.expanduser(cli)), config.invocation_params.dir, JSON_FLAG
-    else:
-        raw = _option(config, "attack_test_json", INI_JSON, parse_json_path)
-        if raw is None:
-            return None
-        inidir = config.inipath.parent if config.inipath else config.invocation_params.dir
-        path, base, name = Path(os.path.expanduser(raw)), inidir, f"ini option {INI_JSON}"
-    path = path if path.is_absolute() else base / path
-    if path.is_dir():
+        return _absolute(Path(os.path.expanduser(cli)), config.invocation_params.dir)
+    raw = _option(config, dest, ini, parse_json_path)
+    if raw is None:
+        return None
+    inidir = config.inipath.parent if config.inipath else config.invocation_params.dir
+    return _absolute(Path(os.path.expanduser(raw)), inidir)
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+def _file_option(
+    config: pytest.Config, dest: str, ini: str, flag: str, example: str
+) -> Path | None:
+    """A report file path; a directory there is a usage error naming the option."""
+    path = _path_option(config, dest, ini, flag)
+    if path is not None and path.is_dir():
+        name = flag if config.getoption(dest) is not None else f"ini option {ini}"
         raise pytest.UsageError(
-            f"{name}: {path} is a directory; give a file name such as attack-tests.json"
+            f"{name}: {path} is a directory; give a file name such as {example}"
         )
     return path
+
+
+def _json_path(config: pytest.Config) -> Path | None:
+    """Where to write the JSON: relative to the invocation dir (CLI) or the ini file's dir."""
+    return _file_option(config, "attack_test_json", INI_JSON, JSON_FLAG, "attack-tests.json")
 
 
 def _resolve_session(config: pytest.Config) -> AttackTestSession:
@@ -329,6 +471,17 @@ def _resolve_session(config: pytest.Config) -> AttackTestSession:
     seed = _option(config, "attack_test_seed", INI_SEED, parse_seed)
     samples = _option(config, "attack_test_samples", INI_SAMPLES, parse_samples)
     threshold = _option(config, "attack_test_threshold", INI_THRESHOLD, parse_threshold)
+    tolerance = _option(
+        config, "attack_test_claim_tolerance", INI_CLAIM_TOLERANCE, parse_claim_tolerance
+    )
+    compare_name: str | None = config.getoption("attack_test_compare")
+    compare_fail: list[CompareFail] = config.getoption("attack_test_compare_fail") or []
+    if compare_fail and compare_name is None:
+        raise pytest.UsageError(
+            f"{COMPARE_FAIL_FLAG} needs {COMPARE_FLAG} (the baseline to compare with); save one "
+            f"first with {SAVE_FLAG} NAME"
+        )
+    storage = _path_option(config, "attack_test_storage", INI_STORAGE, STORAGE_FLAG)
     return AttackTestSession(
         enabled=enabled,
         enabled_by=enabled_by,
@@ -337,6 +490,14 @@ def _resolve_session(config: pytest.Config) -> AttackTestSession:
         threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
         device=_option(config, "attack_test_device", INI_DEVICE, parse_device),
         json_path=_json_path(config),
+        claim_tolerance=DEFAULT_CLAIM_TOLERANCE if tolerance is None else tolerance,
+        html_path=_file_option(
+            config, "attack_test_html", INI_HTML, HTML_FLAG, "attack-tests.html"
+        ),
+        storage=storage if storage is not None else config.rootpath / DEFAULT_STORAGE,
+        save_name=config.getoption("attack_test_save"),
+        compare=compare_name,
+        compare_fail=tuple(compare_fail),
     )
 
 
@@ -351,10 +512,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"{MARKER}(epsilon=None, norm={DEFAULT_NORM!r}, threshold={DEFAULT_THRESHOLD}, "
-        f"samples={DEFAULT_SAMPLES}, **engine): "
+        f"samples={DEFAULT_SAMPLES}, claim=None, **engine): "
         "binarization test of an adversarial attack (epsilon: threat-model radius; "
         "norm: 'l1', 'l2', 'linf' or p >= 1; threshold: minimum attack success "
-        "rate in (0, 1]; samples: number of clean samples; engine keywords: "
+        "rate in (0, 1]; samples: number of clean samples; claim: robust accuracy to "
+        "check (claim gate); engine keywords: "
         f"{', '.join(ENGINE_KEYS)}). Skipped unless {FLAG} or ini {INI_ENABLE} = true.",
     )
     session = _resolve_session(config)
@@ -377,6 +539,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     )
     if session.device is not None:
         line += f", device={session.device}"
+    if session.claim_tolerance:
+        line += f", claim tolerance={session.claim_tolerance:g}"
     return [line]
 
 
@@ -484,8 +648,9 @@ class AttackTestFixture:
         calls: how many times the fixture was called in this test.
         reports: the :class:`~pytest_attacktest.report.Report` of each call that
             finished (passed or not), for hooks and conftest code.
-        records: the same as plain dicts (``Report.to_dict()`` plus ``seconds``),
-            which travel to the xdist controller and into the JSON.
+        records: the same as plain dicts (``Report.to_dict()`` plus ``seconds``,
+            and ``claim`` when the test makes one), which travel to the xdist
+            controller and into the JSON.
     """
 
     def __init__(
@@ -545,16 +710,24 @@ class AttackTestFixture:
         """Run the binarization test of ``attack`` on ``model`` at the first samples of ``x``.
 
         ``overrides`` take the marker's keys (epsilon, norm, threshold,
-        samples, and the engine keywords of ``binarization_test``) and win over
-        the marker. They are validated first, so a typo is reported as such.
+        samples, claim, and the engine keywords of ``binarization_test``) and
+        win over the marker. They are validated first, so a typo is reported
+        as such.
+
+        With a ``claim`` (the claim gate), the attack also runs on the real
+        model at the same samples and the test passes only when the attack
+        passes the binarization test *and* the robust accuracy measured by the
+        plugin is at least ``claim - tolerance``
+        (:mod:`pytest_attacktest.claims`); the failure says which check
+        failed, or both.
 
         Returns:
             the :class:`~pytest_attacktest.report.Report`, when the test passed.
 
         Raises:
             SettingsError: invalid overrides, or no epsilon anywhere.
-            pytest.fail.Exception: the attack missed (verdict "failed"), or the
-                test could not be set up (verdict "error").
+            pytest.fail.Exception: the attack missed (verdict "failed"), the
+                test could not be set up (verdict "error"), or the claim gate failed.
         """
         self.calls += 1
         settings = apply_kwargs(self.settings, overrides)
@@ -563,6 +736,11 @@ class AttackTestFixture:
                 "epsilon is missing: give it in the marker "
                 "(@pytest.mark.attack_test(epsilon=8/255)) or in the call "
                 "(attack_test(model, x, y, attack=..., epsilon=8/255))"
+            )
+        if settings.claim is not None and y is None:
+            raise SettingsError(
+                f"claim={settings.claim:g} needs the true labels to measure robust accuracy: "
+                "call attack_test(model, x, y, attack=...) with y"
             )
         x = x[: settings.samples]
         y = None if y is None else y[: settings.samples]
@@ -583,13 +761,43 @@ class AttackTestFixture:
             stacklevel=3,  # warnings point at the test that called the fixture
             **settings.engine,  # type: ignore[arg-type]
         )
+        claim = None
+        if settings.claim is not None:
+            claim = self._claim(model, x, y, attack, settings, report.verdict)
         seconds = time.perf_counter() - start
-        self._record(report, seconds)
+        self._record(report, seconds, claim)
+        if claim is not None and not claim.passed:
+            setup = f"{ERROR_VERDICT}\n" if report.verdict == "error" else ""
+            pytest.fail(f"{claim.summary()}\n{setup}{report.summary()}", pytrace=False)
         if report.verdict == "error":
             pytest.fail(f"{ERROR_VERDICT}\n{report.summary()}", pytrace=False)
         if not report.passed:
             pytest.fail(report.summary(), pytrace=False)
         return report
+
+    def _claim(
+        self, model: Any, x: Any, y: Any, attack: Any, settings: AttackTestSettings, verdict: str
+    ) -> ClaimResult:
+        """The claim gate: measure robust accuracy on the real model, combine with ``verdict``."""
+        from pytest_attacktest.claims import check_claim, measure_robust_accuracy
+
+        assert settings.claim is not None
+        assert settings.epsilon is not None
+        passes = settings.engine.get("verify_passes", 1)
+        measurement = measure_robust_accuracy(
+            model,
+            x,
+            y,
+            attack=attack,
+            epsilon=settings.epsilon,
+            p=settings.p,
+            verify_passes=passes if isinstance(passes, int) else 1,
+            valid_input=settings.engine.get("valid_input"),
+        )
+        tolerance = (
+            DEFAULT_CLAIM_TOLERANCE if self._session is None else self._session.claim_tolerance
+        )
+        return check_claim(settings.claim, tolerance, measurement, verdict)
 
     def _to_device(self, model: Any, x: Any, y: Any) -> tuple[Any, Any, Any]:
         device = None if self._session is None else self._session.device
@@ -618,9 +826,24 @@ class AttackTestFixture:
             )
         return model, x, y
 
-    def _record(self, report: Report, seconds: float) -> None:
+    def _record(self, report: Report, seconds: float, claim: ClaimResult | None = None) -> None:
         self.reports.append(report)
-        self.records.append(plain({**report.to_dict(), "seconds": seconds}))
+        record: dict[str, Any] = {**report.to_dict(), "seconds": seconds}
+        if claim is not None:
+            record["claim"] = claim.to_dict()
+        self.records.append(plain(record))
+        if self._node is not None and claim is not None:
+            robust = claim.robust_accuracy
+            self._node.user_properties.extend(
+                [
+                    ("attack_test_claim", claim.claim),
+                    (
+                        "attack_test_robust_accuracy",
+                        "nan" if math.isnan(robust) else round(robust, 4),
+                    ),
+                    ("attack_test_claim_verdict", claim.verdict),
+                ]
+            )
         if self._node is not None:
             asr = report.asr
             self._node.user_properties.extend(
@@ -654,6 +877,9 @@ class AttackTestFixture:
                 f"attack_test: {len(failing)} binarization test(s) did not pass "
                 f"(verdict {', '.join(failing)}) but the test caught the failure"
             )
+        claims = [r["claim"] for r in self.records if r.get("claim")]
+        if any(c["verdict"] != "passed" for c in claims):
+            return "attack_test: a claim gate failed but the test caught the failure"
         return None
 
 
@@ -740,6 +966,20 @@ class _ResultsReporter:
         self.session = config.stash[session_key]
         self.results = config.stash[results_key]
         self.written: Path | None = None
+        self.html_written: Path | None = None
+        self.saved: Path | None = None
+        self.save_error: str | None = None
+        self.comparison: Comparison | None = None
+        self.baseline: dict[str, Any] | None = None
+        self.baseline_path: Path | None = None
+        if self.session.compare is not None:
+            # Found now, not at the end: a missing baseline is a usage error before any test.
+            assert self.session.storage is not None
+            try:
+                self.baseline_path = find_baseline(self.session.storage, self.session.compare)
+                self.baseline = load_baseline(self.baseline_path)
+            except BaselineError as exc:
+                raise pytest.UsageError(f"{COMPARE_FLAG}: {exc}") from None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         payload: dict[str, Any] | None = getattr(report, REPORT_ATTRIBUTE, None)
@@ -750,13 +990,79 @@ class _ResultsReporter:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Compare with the baseline (may fail the session), save it, write the reports.
+
+        A regression sets the session's exit status to "tests failed" when it
+        was a success, as pytest-cov does for its coverage threshold: the run
+        fails without any test being marked failed, and the summary says why.
+        """
+        self._compare(session)
+        self._save(session)
         path = self.session.json_path
-        if path is None:
+        if path is not None:
+            self.results.write_json(
+                path,
+                self.session,
+                pytest_version=pytest.__version__,
+                exitstatus=int(session.exitstatus),
+            )
+            self.written = path
+        html_path = self.session.html_path
+        if html_path is not None:
+            from pytest_attacktest.html_report import render_html
+
+            document = self.results.document(
+                self.session, pytest_version=pytest.__version__, exitstatus=int(session.exitstatus)
+            )
+            html_path.parent.mkdir(parents=True, exist_ok=True)
+            html_path.write_text(render_html(document), encoding="utf-8")
+            self.html_written = html_path
+
+    def _compare(self, session: pytest.Session) -> None:
+        if self.baseline is None or self.baseline_path is None:
             return
-        self.results.write_json(
-            path, self.session, pytest_version=pytest.__version__, exitstatus=int(exitstatus)
+        current = {str(e["nodeid"]): figures_of(e) for e in self.results.ran()}
+        self.comparison = compare(
+            self.baseline, current, self.session.compare_fail, name=self.baseline_path.stem
         )
-        self.written = path
+        if self.comparison.failed and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _save(self, session: pytest.Session) -> None:
+        name = self.session.save_name
+        if name is None:
+            return
+        assert self.session.storage is not None
+        ran = self.results.ran()
+        if not ran:
+            self.save_error = "no attack test ran: nothing to save"
+            return
+        from pytest_attacktest import __version__
+
+        metadata = {
+            "name": name,
+            "version": __version__,
+            "seed": self.session.seed,
+            "samples": self.session.samples,
+            "threshold": self.session.threshold,
+            "claim_tolerance": self.session.claim_tolerance,
+            "device": self.session.device,
+            "pytest": pytest.__version__,
+            "exitstatus": int(session.exitstatus),
+            **{
+                k: v
+                for k, v in self.results.document(
+                    self.session, pytest_version=pytest.__version__, exitstatus=0
+                )["metadata"].items()
+                if k in ("date", "python", "platform")
+            },
+        }
+        try:
+            self.saved = save_baseline(self.session.storage, name, baseline_document(ran, metadata))
+        except BaselineError as exc:
+            self.save_error = str(exc)
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object | None) -> None:
@@ -775,5 +1081,30 @@ class _ResultsReporter:
             terminalreporter.write_line(f"devices ({DEVICE_FLAG} cuda, one GPU per worker):")
             for line in mapping_lines(self.results.workers):
                 terminalreporter.write_line(f"  {line}")
+        if self.comparison is not None:
+            comparison = self.comparison
+            rules = ", ".join(map(str, comparison.rules)) or f"none ({COMPARE_FAIL_FLAG})"
+            terminalreporter.write_sep(
+                "=", f"attack tests compared with {comparison.baseline} (fail on: {rules})"
+            )
+            for line in comparison_lines(comparison):
+                terminalreporter.write_line(line, red=line.startswith("REGRESSION"))
+            if comparison.failed:
+                terminalreporter.write_line(
+                    f"FAILED: {len(comparison.regressions)} regression(s) against baseline "
+                    f"{comparison.baseline}; the session fails (exit status 1)",
+                    red=True,
+                    bold=True,
+                )
+        if self.saved is not None:
+            terminalreporter.write_sep("-", f"attack test baseline saved to {self.saved}")
+        if self.save_error is not None:
+            terminalreporter.write_line(
+                f"ERROR: {SAVE_FLAG} {self.session.save_name}: {self.save_error}", red=True
+            )
         if self.written is not None:
             terminalreporter.write_sep("-", f"attack test report written to {self.written}")
+        if self.html_written is not None:
+            terminalreporter.write_sep(
+                "-", f"attack test HTML report written to {self.html_written}"
+            )

@@ -13,6 +13,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: At most this many example inputs (clean and adversarial) are kept per test,
+#: for pictures in the HTML report; they travel in every record, so few.
+MAX_EXAMPLES = 3
+#: Inputs with more values than this (3x32x32) are not kept: the JSON report and
+#: the xdist channel carry them, and a test of large images would grow both.
+MAX_EXAMPLE_VALUES = 3072
+
 
 @dataclass
 class SampleResult:
@@ -77,6 +84,10 @@ class Report:
     samples: list[SampleResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: A few samples' clean and adversarial inputs, for pictures (see
+    #: :data:`MAX_EXAMPLES`): ``{"index", "shape", "bounds", "clean",
+    #: "adversarial"}`` with flat lists of numbers; empty for large inputs.
+    examples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def n_samples(self) -> int:
@@ -180,6 +191,7 @@ class Report:
             "timings": self.timings,
             "warnings": self.warnings,
             "samples": [_finite(asdict(s)) for s in self.samples],
+            "examples": self.examples,
         }
 
     def to_json(self, **kwargs: Any) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pytest_attacktest.baselines import CompareFail
 from pytest_attacktest.options import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, AttackTestSettings
 
 __all__ = [
@@ -48,6 +49,14 @@ class AttackTestSession:
         threshold: default minimum attack success rate (markers override it).
         device: where torch models and inputs are moved, or ``None`` (left as they are).
         json_path: where the JSON report is written, or ``None``.
+        claim_tolerance: how far a claim gate's measured robust accuracy may
+            fall below the claim (``--attack-test-claim-tolerance``).
+        html_path: where the HTML report is written, or ``None``.
+        storage: folder of saved baselines (``--attack-test-storage``).
+        save_name: ``--attack-test-save NAME``, or ``None``.
+        compare: ``--attack-test-compare``: ``None`` (no comparison), ``""``
+            (the newest baseline) or a name.
+        compare_fail: the ``--attack-test-compare-fail`` rules.
     """
 
     enabled: bool
@@ -57,6 +66,12 @@ class AttackTestSession:
     threshold: float = DEFAULT_THRESHOLD
     device: str | None = None
     json_path: Path | None = None
+    claim_tolerance: float = 0.0
+    html_path: Path | None = None
+    storage: Path | None = None
+    save_name: str | None = None
+    compare: str | None = None
+    compare_fail: tuple[CompareFail, ...] = ()
 
     def base_settings(self) -> AttackTestSettings:
         """Defaults that markers and call overrides are applied over."""
@@ -164,6 +179,10 @@ class RunResults:
         entry["n_samples"] = sum(r["n_samples"] for r in reports) if reports else None
         entry["n_inconclusive"] = sum(r["n_inconclusive"] for r in reports) if reports else None
         entry["seconds"] = sum(r["seconds"] for r in reports) if reports else None
+        claims = [r["claim"] for r in reports if r.get("claim")]
+        robust = [c["robust_accuracy"] for c in claims if c.get("robust_accuracy") is not None]
+        entry["robust_accuracy"] = min(robust) if robust else None
+        entry["claim_verdict"] = _worst_verdict([c["verdict"] for c in claims])
 
     def ran(self) -> list[dict[str, Any]]:
         """Entries of tests that ran (not skipped), by node id."""
@@ -192,6 +211,7 @@ class RunResults:
             "samples": session.samples,
             "threshold": session.threshold,
             "device": session.device,
+            "claim_tolerance": session.claim_tolerance,
             "workers": dict(sorted(self.workers.items())) or None,
             "python": platform.python_version(),
             "pytest": pytest_version,

@@ -3,7 +3,9 @@
 Why a table: a run may hold many attack tests, and the line that matters when
 one fails (which test, its verdict, its attack success rate against the
 threshold, how many samples could not be set up) should be readable at a
-glance without opening the JSON. Pure formatting of the plain entries that
+glance without opening the JSON. Tests that make a robustness claim add three
+columns (measured robust accuracy, the claim, the claim gate's verdict); runs
+without claims keep the narrower table. Pure formatting of the plain entries that
 :class:`pytest_attacktest.session.RunResults` holds: no pytest, no ML framework.
 """
 
@@ -12,22 +14,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["HEADER", "summary_rows"]
+__all__ = ["CLAIM_HEADER", "HEADER", "summary_rows"]
 
 HEADER = ("test", "verdict", "ASR", "threshold", "inconclusive", "time")
+#: Columns added when some test makes a claim (``attack_test(..., claim=0.55)``).
+CLAIM_HEADER = ("robust acc", "claim", "gate")
 
 
 def _asr(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _rows(entries: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
+def _claim_cells(report: dict[str, Any]) -> tuple[str, ...]:
+    claim = report.get("claim")
+    if not claim:
+        return ("-", "-", "-")
+    return (_asr(claim.get("robust_accuracy")), _asr(claim.get("claim")), str(claim["verdict"]))
+
+
+def _rows(entries: Sequence[dict[str, Any]], claims: bool) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
+    extra = len(CLAIM_HEADER) if claims else 0
     for entry in entries:
         reports = entry["reports"]
         if not reports:
             # Ran but produced no binarization report: say how the test ended.
-            rows.append((entry["nodeid"], f"no report ({entry['outcome']})", "-", "-", "-", "-"))
+            rows.append((entry["nodeid"], f"no report ({entry['outcome']})", *("-",) * (4 + extra)))
             continue
         for number, report in enumerate(reports, start=1):
             name = entry["nodeid"] if len(reports) == 1 else f"{entry['nodeid']} [call {number}]"
@@ -39,6 +51,7 @@ def _rows(entries: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
                     _asr(report.get("threshold")),
                     f"{report['n_inconclusive']}/{report['n_samples']}",
                     f"{report['seconds']:.2f}s",
+                    *(_claim_cells(report) if claims else ()),
                 )
             )
     return rows
@@ -46,8 +59,10 @@ def _rows(entries: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
 
 def summary_rows(entries: Sequence[dict[str, Any]]) -> list[str]:
     """Aligned lines, header first: one row per fixture call (per test without one)."""
-    rows = [HEADER, *_rows(entries)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    claims = any(report.get("claim") for entry in entries for report in entry["reports"])
+    header = HEADER + CLAIM_HEADER if claims else HEADER
+    rows = [header, *_rows(entries, claims)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for row in rows:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]

@@ -379,7 +379,7 @@ BAD_MARKERS = [
     pytest.param(
         "eps=0.1",
         "unknown keyword argument(s) 'eps'; allowed: epsilon, norm, threshold, samples, "
-        "features, n_inner, *, chunk_size",
+        "claim, features, n_inner, *, chunk_size",
         id="unknown-key",
     ),
     pytest.param("0.1", "positional argument(s) (0.1,) are not accepted*", id="positional"),
@@ -415,6 +415,7 @@ BAD_MARKERS = [
     pytest.param("threshold=0", "threshold must be a number in (0, 1], got 0", id="thr-zero"),
     pytest.param("threshold=1.5", "threshold must be a number in (0, 1], got 1.5", id="thr>1"),
     pytest.param("samples=0", "samples must be a positive integer, got 0", id="samples-zero"),
+    pytest.param("claim=1.5", "claim must be a robust accuracy in [[]0, 1[]]*", id="claim>1"),
     pytest.param("samples=2.5", "samples must be a positive integer, got 2.5", id="samples-float"),
     pytest.param("n_inner=0", "n_inner must be a positive integer, got 0", id="n_inner-zero"),
     pytest.param("corners='yes'", "corners must be True or False, got 'yes'", id="corners-str"),

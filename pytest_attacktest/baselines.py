@@ -1,0 +1,413 @@
+"""Baselines: save a run's attack-test figures, compare a later run, fail on regressions.
+
+The pytest-benchmark pattern, for attack strength instead of speed:
+``--attack-test-save NAME`` stores each test's figures (verdict, ASR,
+inconclusive samples, robust accuracy when the test makes a claim, time) in
+``<storage>/NNNN_NAME.json``; ``--attack-test-compare [NAME]`` loads the
+newest baseline (of that name, or of any name), prints a comparison table, and
+``--attack-test-compare-fail FIELD:LIMIT`` fails the session when a figure got
+worse by more than the limit.
+
+Why this exists beside the binarization test's own threshold: an attack can
+lose strength (a refactoring, a new library version) and still clear the
+threshold; the comparison catches the drift while the tests still pass.
+
+Semantics, decided once here:
+
+- Limits: ``N%`` is relative to the baseline's value, a plain number is an
+  absolute difference (as pytest-benchmark). ``asr:5%`` fails when the ASR
+  drops below 95% of the baseline's; ``asr:0.05`` when it drops by more than
+  0.05. With a baseline of 0, a relative limit allows no worsening at all.
+- Direction per field: ``asr`` and ``robust_accuracy`` regress when they drop
+  (a weaker attack; a less robust model), ``inconclusive`` (the share of
+  inconclusive samples) and ``time`` (seconds) when they rise.
+- A figure the baseline has and the run lacks (an ASR that became undefined
+  because no sample was conclusive, a claim that disappeared) is a regression:
+  never a false pass. Tests missing from the run (``-k``, deselected) or new
+  in it are listed, never failed: running a subset is normal.
+- Tests are matched by node id; a test's figures are those of the terminal
+  table's aggregate (worst ASR and robust accuracy over its fixture calls,
+  summed counts and times).
+
+Nothing here imports pytest or an ML framework: plain JSON and paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "COMPARE_FIELDS",
+    "DEFAULT_STORAGE",
+    "FORMAT_VERSION",
+    "BaselineError",
+    "CompareFail",
+    "Comparison",
+    "baseline_document",
+    "compare",
+    "comparison_lines",
+    "figures_of",
+    "find_baseline",
+    "load_baseline",
+    "parse_baseline_name",
+    "parse_compare_fail",
+    "parse_compare_name",
+    "save_baseline",
+    "stored_baselines",
+]
+
+#: Version of a stored baseline's layout; a file of another version is refused.
+FORMAT_VERSION = 1
+
+#: Storage folder, relative to pytest's rootdir unless given absolute.
+DEFAULT_STORAGE = ".attacktest"
+
+#: The fields ``--attack-test-compare-fail`` accepts, and whether higher is better.
+COMPARE_FIELDS: dict[str, bool] = {
+    "asr": True,
+    "robust_accuracy": True,
+    "inconclusive": False,
+    "time": False,
+}
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_FILE = re.compile(r"(\d{4,})_(.+)\.json")
+_LIMIT = re.compile(r"([a-z_]+):(\d+(?:\.\d*)?|\.\d+)(%?)")
+
+
+class BaselineError(Exception):
+    """A baseline cannot be found, read or written; the message says what to do."""
+
+
+def parse_baseline_name(value: str) -> str:
+    """Parse ``--attack-test-save NAME`` and ``--attack-test-compare NAME``.
+
+    Names become file names, so they are restricted to letters, digits, ``_``,
+    ``.`` and ``-``. A stored baseline may also be named by its number
+    (``0003``) or its file stem (``0003_main``).
+
+    Raises:
+        argparse.ArgumentTypeError: naming the bad value.
+    """
+    name = value.strip()
+    if not _NAME.fullmatch(name):
+        raise argparse.ArgumentTypeError(
+            f"invalid baseline name {value!r}: use letters, digits, '_', '.' and '-' "
+            "(at most 64, e.g. main or before-refactor)"
+        )
+    return name
+
+
+def parse_compare_name(value: str) -> str:
+    """Parse ``--attack-test-compare [NAME]``: a name, or ``""`` (the flag alone) for the newest.
+
+    Raises:
+        argparse.ArgumentTypeError: naming the bad value.
+    """
+    return "" if not value.strip() else parse_baseline_name(value)
+
+
+@dataclass(frozen=True)
+class CompareFail:
+    """One ``--attack-test-compare-fail FIELD:LIMIT`` rule.
+
+    Attributes:
+        field: one of :data:`COMPARE_FIELDS`.
+        limit: the allowed worsening: a fraction of the baseline's value when
+            ``relative`` (``5%`` is 0.05), else an absolute difference.
+        relative: the limit was given with ``%``.
+    """
+
+    field: str
+    limit: float
+    relative: bool
+
+    def __str__(self) -> str:
+        return (
+            f"{self.field}:{self.limit * 100:g}%"
+            if self.relative
+            else f"{self.field}:{self.limit:g}"
+        )
+
+    def worsening(self, old: float, new: float) -> float:
+        """How much worse ``new`` is than ``old`` (negative: better)."""
+        return (old - new) if COMPARE_FIELDS[self.field] else (new - old)
+
+    def allowed(self, old: float) -> float:
+        return self.limit * abs(old) if self.relative else self.limit
+
+    def check(self, old: float | None, new: float | None) -> str | None:
+        """Why ``old -> new`` is a regression under this rule, or ``None``."""
+        if old is None:
+            return None
+        if new is None:
+            return f"{self.field} {old:.4g} -> none ({self})"
+        worse = self.worsening(old, new)
+        if worse > self.allowed(old) + 1e-12:
+            return f"{self.field} {old:.4g} -> {new:.4g} ({self})"
+        return None
+
+
+def parse_compare_fail(value: str) -> CompareFail:
+    """Parse ``--attack-test-compare-fail``: ``FIELD:N%`` (relative) or ``FIELD:X`` (absolute).
+
+    Raises:
+        argparse.ArgumentTypeError: naming the bad value and the accepted fields.
+    """
+    fields = ", ".join(COMPARE_FIELDS)
+    match = _LIMIT.fullmatch(value.strip())
+    if match is None or match.group(1) not in COMPARE_FIELDS:
+        raise argparse.ArgumentTypeError(
+            f"invalid compare-fail {value!r}: expected FIELD:N% (relative to the baseline) or "
+            f"FIELD:X (absolute), FIELD one of {fields}; e.g. asr:5% or robust_accuracy:0.02"
+        )
+    number = float(match.group(2))
+    relative = match.group(3) == "%"
+    return CompareFail(match.group(1), number / 100 if relative else number, relative)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _min(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return min(present) if present else None
+
+
+def figures_of(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures of one test (an entry of ``RunResults``) that a baseline keeps."""
+    reports: Sequence[Mapping[str, Any]] = entry.get("reports") or []
+    claims = [r["claim"] for r in reports if r.get("claim")]
+    n_samples = entry.get("n_samples")
+    n_inconclusive = entry.get("n_inconclusive")
+    share = n_inconclusive / n_samples if n_samples else None
+    claim_verdicts = [c["verdict"] for c in claims]
+    return {
+        "outcome": entry.get("outcome"),
+        "verdict": entry.get("verdict"),
+        "asr": entry.get("asr"),
+        "n_samples": n_samples,
+        "n_inconclusive": n_inconclusive,
+        "inconclusive": share,
+        "robust_accuracy": _min(c.get("robust_accuracy") for c in claims),
+        "claim": _min(c.get("claim") for c in claims),
+        "claim_verdict": (
+            None if not claims else "failed" if "failed" in claim_verdicts else "passed"
+        ),
+        "time": entry.get("seconds"),
+        "calls": [
+            {
+                "attack": r.get("attack"),
+                "verdict": r.get("verdict"),
+                "asr": r.get("asr"),
+                "n_inconclusive": r.get("n_inconclusive"),
+                "n_samples": r.get("n_samples"),
+                "seconds": r.get("seconds"),
+            }
+            for r in reports
+        ],
+    }
+
+
+def baseline_document(
+    entries: Iterable[Mapping[str, Any]], metadata: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What a baseline file holds: metadata and, by node id, each test's figures."""
+    tests = {str(e["nodeid"]): figures_of(e) for e in entries}
+    return {
+        "format": FORMAT_VERSION,
+        "metadata": dict(metadata),
+        "tests": dict(sorted(tests.items())),
+    }
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def stored_baselines(storage: Path) -> list[Path]:
+    """Baseline files in ``storage``, oldest first (by their number)."""
+    if not storage.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in storage.iterdir() if (m := _FILE.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_baseline(storage: Path, name: str, document: Mapping[str, Any]) -> Path:
+    """Write ``document`` as the next ``NNNN_name.json`` in ``storage`` (created if needed).
+
+    Raises:
+        BaselineError: the folder cannot be created or written.
+    """
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        existing = stored_baselines(storage)
+        number = 1 + max((int(_FILE.fullmatch(p.name).group(1)) for p in existing), default=0)  # type: ignore[union-attr]
+        path = storage / f"{number:04d}_{name}.json"
+        text = json.dumps(document, indent=2, allow_nan=False)
+        path.write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise BaselineError(f"cannot save the baseline in {storage}: {exc}") from None
+    return path
+
+
+def find_baseline(storage: Path, name: str | None) -> Path:
+    """The baseline to compare with: the newest one, or the newest of that name.
+
+    ``name`` may be a saved name (``main``), a number (``3`` or ``0003``) or a
+    file stem (``0003_main``).
+
+    Raises:
+        BaselineError: nothing stored, or no match (listing what is stored).
+    """
+    files = stored_baselines(storage)
+    if not files:
+        raise BaselineError(
+            f"no baseline stored in {storage}: save one first with --attack-test-save NAME "
+            "(or point --attack-test-storage at the folder that holds them)"
+        )
+    if not name:
+        return files[-1]
+    matches = []
+    for path in files:
+        match = _FILE.fullmatch(path.name)
+        assert match is not None
+        number, saved = match.groups()
+        if name in (saved, path.stem) or (name.isdigit() and int(name) == int(number)):
+            matches.append(path)
+    if not matches:
+        available = ", ".join(p.stem for p in files[-10:])
+        raise BaselineError(
+            f"no baseline named {name!r} in {storage}; stored (newest last): {available}"
+        )
+    return matches[-1]
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    """Read a baseline file.
+
+    Raises:
+        BaselineError: unreadable, not JSON, or another format version.
+    """
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BaselineError(f"cannot read the baseline {path}: {exc}") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
+        raise BaselineError(
+            f"{path} is not a baseline of format {FORMAT_VERSION} (saved by another version "
+            "of pytest-attacktest?); save a new one with --attack-test-save NAME"
+        )
+    return document
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+@dataclass
+class Comparison:
+    """A run against a baseline.
+
+    Attributes:
+        baseline: the baseline's file stem (``0003_main``).
+        rows: one per test in either: ``(nodeid, status, old figures, new figures)``;
+            status is ``"compared"``, ``"new"`` or ``"not run"``.
+        regressions: ``(nodeid, reason)`` for each rule a test broke.
+        rules: the ``--attack-test-compare-fail`` rules applied.
+    """
+
+    baseline: str
+    rows: list[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]] = field(
+        default_factory=list
+    )
+    regressions: list[tuple[str, str]] = field(default_factory=list)
+    rules: tuple[CompareFail, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.regressions)
+
+
+def compare(
+    baseline: Mapping[str, Any],
+    current: Mapping[str, Mapping[str, Any]],
+    rules: Sequence[CompareFail],
+    *,
+    name: str,
+) -> Comparison:
+    """Compare the run's figures (node id -> :func:`figures_of`) with ``baseline``."""
+    old_tests: Mapping[str, Mapping[str, Any]] = baseline.get("tests", {})
+    result = Comparison(baseline=name, rules=tuple(rules))
+    for nodeid in sorted(set(old_tests) | set(current)):
+        old, new = old_tests.get(nodeid), current.get(nodeid)
+        if old is None:
+            result.rows.append((nodeid, "new", None, dict(new or {})))
+            continue
+        if new is None:
+            result.rows.append((nodeid, "not run", dict(old), None))
+            continue
+        result.rows.append((nodeid, "compared", dict(old), dict(new)))
+        for rule in rules:
+            reason = rule.check(old.get(rule.field), new.get(rule.field))
+            if reason is not None:
+                result.regressions.append((nodeid, reason))
+    return result
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, key: str) -> str:
+    digits = 2 if key == "time" else 3
+    a = None if old is None else old.get(key)
+    b = None if new is None else new.get(key)
+    if old is None:
+        return _number(b, digits)
+    if new is None:
+        return f"{_number(a, digits)} -> -"
+    if a is None or b is None or a == b:
+        return _number(b, digits) if a == b else f"{_number(a, digits)} -> {_number(b, digits)}"
+    return f"{_number(a, digits)} -> {_number(b, digits)} ({b - a:+.{digits}f})"
+
+
+COMPARISON_HEADER = ("test", "status", "verdict", "ASR", "robust acc", "inconclusive", "time")
+
+
+def comparison_lines(comparison: Comparison) -> list[str]:
+    """The comparison table, then one line per regression."""
+    rows: list[tuple[str, ...]] = [COMPARISON_HEADER]
+    flagged = {nodeid for nodeid, _ in comparison.regressions}
+    for nodeid, status, old, new in comparison.rows:
+        verdicts = [None if d is None else d.get("verdict") for d in (old, new)]
+        verdict = (
+            str(verdicts[1])
+            if old is None
+            else str(verdicts[0])
+            if new is None or verdicts[0] == verdicts[1]
+            else f"{verdicts[0]} -> {verdicts[1]}"
+        )
+        rows.append(
+            (
+                nodeid,
+                "REGRESSED" if nodeid in flagged else status,
+                verdict,
+                _change(old, new, "asr"),
+                _change(old, new, "robust_accuracy"),
+                _change(old, new, "inconclusive"),
+                _change(old, new, "time"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COMPARISON_HEADER))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    for nodeid, reason in comparison.regressions:
+        lines.append(f"REGRESSION {nodeid}: {reason}")
+    return lines

@@ -1,0 +1,333 @@
+"""The claim gate: is a published robust accuracy backed by a strong attack?
+
+A defense reports "robust accuracy X at epsilon" measured with attack A. The
+claim is backed only when both hold:
+
+1. A passes the binarization test (it finds adversarials that provably exist),
+   so the number it measures is not the product of a weak attack; and
+2. A, run on the *real* model at the same samples, leaves a robust accuracy of
+   at least ``claim - tolerance``: a strong attack that breaks more samples
+   than the claim allows refutes it.
+
+Direction of the second check: a robust accuracy measured by an attack is an
+upper bound on the true one. A measurement *below* the claim refutes the
+claim; a measurement above it does not (the claim is then conservative). Were
+the gate to pass whenever the measurement stayed *under* the claim, a README
+claiming 100% would pass for any model whose attack passes the binarization
+test: a false pass.
+
+Robust accuracy is measured by this module, never taken from the attack: a
+sample counts as robust when its clean point is classified correctly and the
+attack's point is not a verified adversarial. A verified adversarial lies
+inside the bounds and the ball (the engine's tolerances), is finite, is not
+rejected by the detector (``valid_input``), and is misclassified in a fresh
+forward pass. With ``verify_passes = k`` (randomized defenses) a sample is
+robust only when the clean point and the attack's point are classified
+correctly in every one of the k passes, so randomness never inflates the
+measurement. Points outside the threat model get the attack no credit.
+
+The module's top level imports no ML framework (the plugin imports it at
+start-up); :func:`measure_robust_accuracy` imports the engine's helpers when
+it runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DEFAULT_CLAIM_TOLERANCE",
+    "ClaimResult",
+    "check_claim",
+    "measure_robust_accuracy",
+    "wilson_interval",
+]
+
+#: Default slack below the claim. Zero: the gate never passes a claim that the
+#: measurement contradicts unless the user chose the slack (for example to
+#: allow for the sampling error of a few dozen samples; see ``interval``).
+DEFAULT_CLAIM_TOLERANCE = 0.0
+
+#: Rounding guard when comparing ``n_robust / n`` with ``claim - tolerance``:
+#: 48/64 must meet a claim of 0.75 although 0.75 - 0.0 is computed in floats.
+_FLOAT_GUARD = 1e-12
+
+#: Forward passes of the verification run in blocks of this many inputs.
+_BLOCK = 1024
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (``(0, 1)`` when ``n == 0``).
+
+    Shown beside the measured robust accuracy so that a reader sees how much
+    a few dozen samples can say about a claim made on a whole test set.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    phat = successes / n
+    denominator = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """The outcome of one claim gate: the measurement and both checks.
+
+    Attributes:
+        claim: the claimed robust accuracy, in ``[0, 1]``.
+        tolerance: how far below the claim the measurement may fall.
+        n_samples: samples measured (the first ``samples`` of the test's inputs,
+            the same ones as the binarization test).
+        n_clean_correct: samples whose clean point is classified correctly.
+        n_robust: clean-correct samples whose attack point is not a verified
+            adversarial.
+        n_invalid: attack points outside the bounds or the ball, or not finite
+            (no credit to the attack; reported because it hints at a bug).
+        n_rejected: attack points the detector rejected (no credit either).
+        verify_passes: fresh forward passes per point.
+        attack_verdict: the binarization test's verdict for the same attack.
+    """
+
+    claim: float
+    tolerance: float
+    n_samples: int
+    n_clean_correct: int
+    n_robust: int
+    n_invalid: int = 0
+    n_rejected: int = 0
+    verify_passes: int = 1
+    attack_verdict: str = "passed"
+
+    @property
+    def robust_accuracy(self) -> float:
+        return self.n_robust / self.n_samples if self.n_samples else math.nan
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.n_clean_correct / self.n_samples if self.n_samples else math.nan
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """95% interval of the robust accuracy over the measured samples."""
+        return wilson_interval(self.n_robust, self.n_samples)
+
+    @property
+    def attack_ok(self) -> bool:
+        """The attack passed the binarization test."""
+        return self.attack_verdict == "passed"
+
+    @property
+    def accuracy_ok(self) -> bool:
+        """The measured robust accuracy does not contradict the claim (NaN never does)."""
+        if self.n_samples == 0:
+            return False
+        return self.robust_accuracy + _FLOAT_GUARD >= self.claim - self.tolerance
+
+    @property
+    def passed(self) -> bool:
+        """Both checks hold; anything else (including an untestable setup) fails."""
+        return self.attack_ok and self.accuracy_ok
+
+    @property
+    def verdict(self) -> str:
+        return "passed" if self.passed else "failed"
+
+    def failures(self) -> list[str]:
+        """Which checks failed, with figures, attack first."""
+        found = []
+        if not self.attack_ok:
+            what = (
+                "could not be set up (verdict error), so the attack was NOT tested"
+                if self.attack_verdict == "error"
+                else "did not pass (verdict failed): the attack is too weak"
+            )
+            found.append(
+                f"the binarization test of the attack {what}; its robust accuracy "
+                "is no evidence for the claim"
+            )
+        if not self.accuracy_ok:
+            low, high = self.interval
+            found.append(
+                f"the measured robust accuracy {self.robust_accuracy:.3f} "
+                f"({self.n_robust}/{self.n_samples} samples, 95% interval "
+                f"{low:.3f}-{high:.3f}) is below the claim {self.claim:.3f} minus the "
+                f"tolerance {self.tolerance:g}: the attack breaks more samples than the "
+                "claim allows"
+            )
+        return found
+
+    def summary(self) -> str:
+        """One paragraph: the verdict, which checks failed, and the measurement."""
+        failures = self.failures()
+        low, high = self.interval
+        measured = (
+            f"robust accuracy {self.robust_accuracy:.3f} ({self.n_robust}/{self.n_samples} "
+            f"samples, 95% interval {low:.3f}-{high:.3f}), clean accuracy "
+            f"{self.clean_accuracy:.3f}, claim {self.claim:.3f}, tolerance {self.tolerance:g}, "
+            f"binarization test {self.attack_verdict}"
+        )
+        if self.n_invalid:
+            measured += (
+                f"; {self.n_invalid} attack point(s) outside the bounds or the ball got no credit"
+            )
+        if self.n_rejected:
+            measured += f"; the detector rejected {self.n_rejected} attack point(s)"
+        if not failures:
+            return f"claim gate PASSED: {measured}"
+        which = " and ".join(
+            name
+            for name, bad in (
+                ("attack too weak", not self.attack_ok),
+                ("robust accuracy below the claim", not self.accuracy_ok),
+            )
+            if bad
+        )
+        lines = [f"claim gate FAILED ({which}): {measured}"]
+        lines += [f"  - {failure}" for failure in failures]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        robust = self.robust_accuracy
+        clean = self.clean_accuracy
+        low, high = self.interval
+        return {
+            "claim": self.claim,
+            "tolerance": self.tolerance,
+            "verdict": self.verdict,
+            "passed": self.passed,
+            "attack_ok": self.attack_ok,
+            "accuracy_ok": self.accuracy_ok,
+            "attack_verdict": self.attack_verdict,
+            "robust_accuracy": None if math.isnan(robust) else robust,
+            "clean_accuracy": None if math.isnan(clean) else clean,
+            "interval": [low, high],
+            "n_samples": self.n_samples,
+            "n_clean_correct": self.n_clean_correct,
+            "n_robust": self.n_robust,
+            "n_invalid": self.n_invalid,
+            "n_rejected": self.n_rejected,
+            "verify_passes": self.verify_passes,
+        }
+
+
+def check_claim(
+    claim: float,
+    tolerance: float,
+    measurement: dict[str, int],
+    attack_verdict: str,
+) -> ClaimResult:
+    """Combine a measurement (from :func:`measure_robust_accuracy`) with the attack's verdict."""
+    return ClaimResult(
+        claim=claim,
+        tolerance=tolerance,
+        attack_verdict=attack_verdict,
+        **measurement,
+    )
+
+
+def measure_robust_accuracy(
+    model: Any,
+    x: Any,
+    y: Any,
+    *,
+    attack: Any,
+    epsilon: float,
+    p: float,
+    verify_passes: int = 1,
+    valid_input: Any = None,
+) -> dict[str, int]:
+    """Run ``attack`` on the real ``model`` at ``(x, y)`` and count robust samples ourselves.
+
+    ``attack`` is an :class:`attacks.Attack` (called on ``model`` as given) or
+    a function ``fn(native_model, x, y, epsilon) -> x_adv``, as in the
+    binarization test. The attack's own randomness is its own (an
+    ``attacks.Attack`` carries its ``seed``).
+
+    Returns:
+        the counts of :class:`ClaimResult` (``n_samples``, ``n_clean_correct``,
+        ``n_robust``, ``n_invalid``, ``n_rejected``, ``verify_passes``).
+
+    Raises:
+        ValueError: no labels, labels of the wrong length, or an attack that
+            returns a batch of another shape.
+    """
+    import eagerpy as ep
+    import numpy as np
+
+    from attacks import backend
+    from attacks.base import Attack, check_inputs, lp_norms
+    from attacks.models import Model, as_model
+    from pytest_attacktest.binarization import BALL_TOLERANCE, ROUNDING, _no_grad
+
+    if y is None:
+        raise ValueError(
+            "a claim needs the true labels: call attack_test(model, x, y, attack=...) with y"
+        )
+    wrapped = as_model(model)
+    x_, _ = wrapped.adopt(x)
+    check_inputs(x_, wrapped, "put normalisation inside the model and pass inputs in the bounds")
+    labels = np.asarray(backend.to_numpy(y)).reshape(-1)
+    n = int(x_.shape[0])
+    if labels.shape[0] != n:
+        raise ValueError(f"y must hold one label per input: {labels.shape[0]} labels, {n} inputs")
+
+    if isinstance(attack, Attack):
+        out = attack(model, x, y, epsilon=epsilon)
+    else:
+        native = wrapped.native if isinstance(model, Model) else model
+        out = attack(native, x, y, epsilon)
+    adv, _ = wrapped.adopt(out)
+    if tuple(adv.shape) != tuple(x_.shape):
+        raise ValueError(
+            f"the attack returned shape {tuple(adv.shape)} for inputs of shape {tuple(x_.shape)}"
+        )
+    adv = adv.astype(x_.dtype)
+
+    def correct(points: ep.Tensor) -> np.ndarray:
+        """Classified correctly in every one of ``verify_passes`` fresh passes."""
+        ok = np.ones(n, dtype=bool)
+        with _no_grad(points):
+            for _ in range(verify_passes):
+                logits = np.concatenate(
+                    [
+                        backend.to_numpy(wrapped.logits(points[i : i + _BLOCK]))
+                        for i in range(0, n, _BLOCK)
+                    ]
+                )
+                ok &= logits.argmax(axis=1) == labels
+        return ok
+
+    def accepted(points: ep.Tensor) -> np.ndarray:
+        if valid_input is None:
+            return np.ones(n, dtype=bool)
+        mask = np.asarray(backend.to_numpy(valid_input(points.raw))).astype(bool).reshape(-1)
+        if mask.shape != (n,):
+            raise ValueError(f"valid_input must return a boolean mask of shape ({n},)")
+        return mask
+
+    lo, hi = wrapped.bounds
+    distance = backend.to_numpy(lp_norms(adv - x_, p)).astype(np.float64)
+    flat = adv.flatten(start=1)
+    slack = ROUNDING * (1 if math.isinf(p) else flat.shape[1] ** (1 / p))
+    finite = np.isfinite(distance)
+    inside = (
+        finite
+        & (distance <= epsilon * (1 + BALL_TOLERANCE) + slack)
+        & ~backend.to_numpy(ep.logical_or(flat.min(axis=1) < lo, flat.max(axis=1) > hi))
+    )
+    clean_ok = correct(x_) & accepted(x_)
+    rejected = ~accepted(adv)
+    fooled = inside & ~rejected & ~correct(adv)
+    robust = clean_ok & ~fooled
+    return {
+        "n_samples": n,
+        "n_clean_correct": int(clean_ok.sum()),
+        "n_robust": int(robust.sum()),
+        "n_invalid": int((~inside).sum()),
+        "n_rejected": int((inside & rejected).sum()),
+        "verify_passes": verify_passes,
+    }

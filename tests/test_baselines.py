@@ -1,0 +1,330 @@
+"""Baselines: ``--attack-test-save NAME``, ``--attack-test-compare [NAME]`` and
+``--attack-test-compare-fail FIELD:LIMIT`` (the pytest-benchmark pattern).
+
+In-process: parsing, the regression rule per field and direction, storage
+(numbering, lookup by name, number or newest, clear errors) and the table.
+End to end: a run saves a baseline of a full PGD; a second run under
+``pytest -n 2`` with the attack weakened (every fourth sample untouched: all
+tests still pass the binarization test) compares with it by name and fails
+the session on the ASR regression, while its controller saves a second
+baseline and writes the HTML report. Usage errors are checked without
+running a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from attack_project import make_project, run_pytest
+
+from pytest_attacktest.baselines import (
+    FORMAT_VERSION,
+    BaselineError,
+    CompareFail,
+    baseline_document,
+    compare,
+    comparison_lines,
+    figures_of,
+    find_baseline,
+    load_baseline,
+    parse_baseline_name,
+    parse_compare_fail,
+    parse_compare_name,
+    save_baseline,
+    stored_baselines,
+)
+
+# --------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("asr:5%", CompareFail("asr", 0.05, True)),
+        ("asr:0.05", CompareFail("asr", 0.05, False)),
+        ("robust_accuracy:0.02", CompareFail("robust_accuracy", 0.02, False)),
+        ("inconclusive:10%", CompareFail("inconclusive", 0.1, True)),
+        ("time:50%", CompareFail("time", 0.5, True)),
+        (" asr:.5 ", CompareFail("asr", 0.5, False)),
+    ],
+)
+def test_parse_compare_fail_accepts(text: str, expected: CompareFail) -> None:
+    assert parse_compare_fail(text) == expected
+
+
+@pytest.mark.parametrize("text", ["asr", "asr:", "asr:-1", "asr:5%%", "speed:5%", "ASR:5%", ":5"])
+def test_parse_compare_fail_rejects_naming_the_fields(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="FIELD one of asr, robust_accuracy"):
+        parse_compare_fail(text)
+
+
+def test_baseline_names() -> None:
+    assert parse_baseline_name("main") == "main"
+    assert parse_baseline_name("v1.2_before-refactor") == "v1.2_before-refactor"
+    for bad in ("", "a/b", "../x", "-x", "x" * 65, "a b"):
+        with pytest.raises(argparse.ArgumentTypeError, match="invalid baseline name"):
+            parse_baseline_name(bad)
+    assert parse_compare_name("") == ""  # the flag alone: the newest baseline
+    assert parse_compare_name("0003") == "0003"
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid baseline name 'tests/'"):
+        parse_compare_name("tests/")  # a test path swallowed by the optional value
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+@pytest.mark.parametrize(
+    ("rule", "old", "new", "regressed"),
+    [
+        ("asr:5%", 1.0, 0.96, False),  # 4% lower
+        ("asr:5%", 1.0, 0.94, True),  # 6% lower
+        ("asr:5%", 0.5, 0.48, False),  # relative to the baseline: 0.025 allowed
+        ("asr:5%", 0.5, 0.47, True),
+        ("asr:0.05", 0.5, 0.46, False),  # absolute
+        ("asr:0.05", 0.5, 0.44, True),
+        ("asr:5%", 0.5, 0.9, False),  # better is never a regression
+        ("asr:5%", 0.0, 0.0, False),
+        ("asr:5%", 1.0, None, True),  # lost its ASR: never a false pass
+        ("asr:5%", None, 0.3, False),  # nothing to compare with
+        ("robust_accuracy:0.02", 0.50, 0.49, False),
+        ("robust_accuracy:0.02", 0.50, 0.47, True),  # less robust
+        ("robust_accuracy:0.02", 0.50, 0.90, False),
+        ("inconclusive:0.1", 0.0, 0.1, False),  # higher is worse
+        ("inconclusive:0.1", 0.0, 0.2, True),
+        ("inconclusive:10%", 0.0, 0.01, True),  # relative to 0: no worsening allowed
+        ("time:50%", 2.0, 2.9, False),
+        ("time:50%", 2.0, 3.1, True),
+        ("time:50%", 2.0, 0.5, False),
+    ],
+)
+def test_regression_rule_per_field_and_direction(
+    rule: str, old: float | None, new: float | None, regressed: bool
+) -> None:
+    reason = parse_compare_fail(rule).check(old, new)
+    assert (reason is not None) == regressed
+    if reason is not None:
+        assert reason.startswith(rule.split(":")[0])
+        assert reason.endswith(f"({rule})")
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def _entry(nodeid: str, asr: float | None, robust: float | None = None) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "attack": "PGD",
+        "verdict": "passed" if asr and asr >= 0.95 else "failed",
+        "asr": asr,
+        "n_samples": 8,
+        "n_inconclusive": 1,
+        "seconds": 0.5,
+    }
+    if robust is not None:
+        report["claim"] = {"claim": 0.3, "robust_accuracy": robust, "verdict": "passed"}
+    return {
+        "nodeid": nodeid,
+        "outcome": "passed",
+        "verdict": report["verdict"],
+        "asr": asr,
+        "n_samples": 8,
+        "n_inconclusive": 1,
+        "seconds": 0.5,
+        "reports": [report],
+    }
+
+
+def test_figures_keep_what_a_comparison_needs() -> None:
+    figures = figures_of(_entry("t.py::a", 1.0, robust=0.4))
+    assert figures["asr"] == 1.0
+    assert figures["robust_accuracy"] == 0.4
+    assert figures["claim"] == 0.3
+    assert figures["claim_verdict"] == "passed"
+    assert figures["inconclusive"] == 1 / 8
+    assert figures["time"] == 0.5
+    assert figures["calls"][0]["attack"] == "PGD"
+    assert figures_of(_entry("t.py::b", 1.0))["robust_accuracy"] is None
+
+
+def test_save_numbers_files_and_find_picks_newest_or_named(tmp_path: Path) -> None:
+    storage = tmp_path / "store"
+    with pytest.raises(BaselineError, match=r"no baseline stored in .*--attack-test-save NAME"):
+        find_baseline(storage, None)
+    doc = baseline_document([_entry("t.py::a", 1.0)], {"name": "x"})
+    first = save_baseline(storage, "main", doc)
+    second = save_baseline(storage, "feature", doc)
+    third = save_baseline(storage, "main", doc)
+    assert [p.name for p in stored_baselines(storage)] == [
+        "0001_main.json",
+        "0002_feature.json",
+        "0003_main.json",
+    ]
+    assert find_baseline(storage, None) == third
+    assert find_baseline(storage, "") == third
+    assert find_baseline(storage, "main") == third  # the newest of that name
+    assert find_baseline(storage, "feature") == second
+    assert find_baseline(storage, "1") == first
+    assert find_baseline(storage, "0002_feature") == second
+    with pytest.raises(BaselineError, match=r"no baseline named 'nope'.*0001_main, 0002_feature"):
+        find_baseline(storage, "nope")
+    loaded = load_baseline(first)
+    assert loaded["format"] == FORMAT_VERSION
+    assert loaded["tests"]["t.py::a"]["asr"] == 1.0
+
+
+def test_load_refuses_other_files(tmp_path: Path) -> None:
+    bad = tmp_path / "0001_x.json"
+    bad.write_text("{not json")
+    with pytest.raises(BaselineError, match="cannot read the baseline"):
+        load_baseline(bad)
+    bad.write_text(json.dumps({"format": 99, "tests": {}}))
+    with pytest.raises(BaselineError, match="not a baseline of format 1"):
+        load_baseline(bad)
+
+
+def test_compare_flags_regressions_and_lists_new_and_missing_tests() -> None:
+    base = baseline_document(
+        [_entry("t.py::same", 1.0), _entry("t.py::weaker", 1.0, 0.3), _entry("t.py::gone", 1.0)],
+        {},
+    )
+    current = {
+        "t.py::same": figures_of(_entry("t.py::same", 1.0)),
+        "t.py::weaker": figures_of(_entry("t.py::weaker", 0.75, 0.45)),
+        "t.py::new": figures_of(_entry("t.py::new", 1.0)),
+    }
+    rules = [parse_compare_fail("asr:5%"), parse_compare_fail("robust_accuracy:0.02")]
+    result = compare(base, current, rules, name="0001_main")
+    assert result.failed
+    assert result.regressions == [("t.py::weaker", "asr 1 -> 0.75 (asr:5%)")]
+    statuses = {nodeid: status for nodeid, status, _, _ in result.rows}
+    assert statuses == {
+        "t.py::gone": "not run",
+        "t.py::new": "new",
+        "t.py::same": "compared",
+        "t.py::weaker": "compared",
+    }
+    lines = comparison_lines(result)
+    assert lines[0].split()[:3] == ["test", "status", "verdict"]
+    weaker = next(line for line in lines if line.startswith("t.py::weaker"))
+    assert "REGRESSED" in weaker
+    assert "1.000 -> 0.750 (-0.250)" in weaker
+    assert "0.300 -> 0.450 (+0.150)" in weaker
+    assert lines[-1] == "REGRESSION t.py::weaker: asr 1 -> 0.75 (asr:5%)"
+    assert not compare(base, current, [], name="0001_main").failed  # no rules: report only
+
+
+# --------------------------------------------------------------------------- end to end
+
+TESTS = """
+    import pytest
+
+    pytestmark = pytest.mark.attack_test(epsilon=0.1, n_validation=8, threshold=0.5)
+
+
+    def test_pgd(attack_test, model, data, pgd):
+        attack_test(model, *data, attack=pgd)
+
+
+    @pytest.mark.attack_test(claim=0.05)
+    def test_pgd_claim(attack_test, model, data, pgd):
+        attack_test(model, *data, attack=pgd)
+"""
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.summary_links: list[str] = []
+        self._in_summary = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table" and ("id", "summary") in attrs:
+            self._in_summary = True
+        if tag == "a" and self._in_summary:
+            self.summary_links.append(dict(attrs)["href"] or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._in_summary = False
+
+
+def test_save_then_compare_under_xdist_fails_on_regression(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("xdist")
+    path = make_project(tmp_path, TESTS)
+    args = ("--attack-test", "--attack-test-samples", "16")
+
+    saved = run_pytest(path, *args, "--attack-test-save", "base")
+    saved.assert_outcomes(passed=2)
+    assert saved.ret == 0
+    saved.stdout.fnmatch_lines(["*attack test baseline saved to *0001_base.json*"])
+    base = load_baseline(path / ".attacktest" / "0001_base.json")
+    assert base["metadata"]["name"] == "base"
+    assert base["metadata"]["samples"] == 16
+    pgd = base["tests"]["test_attack.py::test_pgd"]
+    assert pgd["asr"] == 1.0
+    assert pgd["n_samples"] == 16
+    assert base["tests"]["test_attack.py::test_pgd_claim"]["robust_accuracy"] is not None
+
+    # A decoy saved later: the named comparison must not pick the newest file.
+    save_baseline(path / ".attacktest", "decoy", {"format": FORMAT_VERSION, "tests": {}})
+
+    weak = run_pytest(
+        path,
+        *args,
+        "-n",
+        "2",
+        "--attack-test-compare=base",
+        "--attack-test-compare-fail",
+        "asr:5%",
+        "--attack-test-compare-fail",
+        "robust_accuracy:0.02",
+        "--attack-test-save",
+        "weak",
+        "--attack-test-html",
+        "out/report.html",
+        env={"ATTACK_WEAKEN": "1"},
+    )
+    weak.assert_outcomes(passed=2)  # every test passes its binarization test...
+    assert weak.ret == pytest.ExitCode.TESTS_FAILED  # ...but the session fails
+    weak.stdout.fnmatch_lines(
+        [
+            "*= attack tests compared with 0001_base (fail on: asr:5%, robust_accuracy:0.02) =*",
+            "test *status*verdict*ASR*",
+        ]
+    )
+    weak.stdout.fnmatch_lines(
+        [
+            "REGRESSION test_attack.py::test_pgd: asr 1 -> 0.75 (asr:5%)",
+            "REGRESSION test_attack.py::test_pgd_claim: asr 1 -> 0.75 (asr:5%)",
+            "FAILED: 2 regression(s) against baseline 0001_base; the session fails*",
+        ]
+    )
+    weak.stdout.no_fnmatch_line("REGRESSION *robust_accuracy*")  # weaker attack: higher
+    # The controller saved one baseline with both tests, and wrote one HTML page.
+    stored = load_baseline(path / ".attacktest" / "0003_weak.json")
+    assert set(stored["tests"]) == {"test_attack.py::test_pgd", "test_attack.py::test_pgd_claim"}
+    assert stored["tests"]["test_attack.py::test_pgd"]["asr"] == 0.75
+    assert stored["metadata"]["exitstatus"] == 1
+    tags = _Tags()
+    tags.feed((path / "out" / "report.html").read_text())
+    assert tags.summary_links == ["#test-1", "#test-2"]
+
+
+def test_usage_errors_name_the_option(tmp_path: Path) -> None:
+    make_project(tmp_path, TESTS)
+    no_compare = run_pytest(tmp_path, "--attack-test-compare-fail", "asr:5%")
+    assert no_compare.ret == pytest.ExitCode.USAGE_ERROR
+    no_compare.stderr.fnmatch_lines(
+        ["*--attack-test-compare-fail needs --attack-test-compare*--attack-test-save NAME*"]
+    )
+    nothing = run_pytest(tmp_path, "--attack-test-compare")
+    assert nothing.ret == pytest.ExitCode.USAGE_ERROR
+    nothing.stderr.fnmatch_lines(["*--attack-test-compare: no baseline stored in*"])
+    bad = run_pytest(tmp_path, "--attack-test-compare-fail", "speed:5%")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*invalid compare-fail 'speed:5%'*"])
