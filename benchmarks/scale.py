@@ -1,0 +1,404 @@
+"""How the binarization test scales with samples: time curve, peak memory, chunk sizes.
+
+Why: issue 6 asks that time grows linearly with the number of samples (64 to
+4096) and that chunking over samples keeps peak memory bounded and stated,
+so that 4096 samples of 224x224 run on one 80 GB GPU. This script measures
+the first two and checks the third by the engine's own arithmetic:
+
+1. **Curve.** ``binarization_test`` on the first N samples for each N of
+   ``--sizes``, with a fixed ``--chunk-size`` (default 512, so runs beyond it
+   have several equal chunks; ``auto`` uses the engine's choice). For each
+   run: wall time, the per-phase times, the peak memory (CUDA:
+   ``torch.cuda.max_memory_allocated`` after a reset; CPU: the process's peak
+   resident set size after resetting it through ``/proc/self/clear_refs``,
+   and its growth over the resident size before the run). With equal chunks,
+   the run's peak is the peak of one chunk. A least-squares line
+   ``t = a + b N`` and the largest relative deviation from it say how linear
+   the curve is.
+2. **Chunk arithmetic.** What ``auto_chunk_size`` (pytest_attacktest/
+   binarization.py) picks for ResNet-18 at 32x32 and ResNet-50 at 224x224
+   with 4096 samples on a GPU with ``--gpu-free-gib`` free (default 79, an
+   80 GB H100), what its budget covers (the chunk's sampled points, counted
+   three times for temporaries), and what it does not count (the feature
+   pass over blocks of 4096 points, the attack's forward and backward pass
+   on the chunk). ``--probe`` measures those two per image on the current
+   device (on a CPU, from the resident set: slow for ResNet-50).
+
+Usage (from the repository root)::
+
+    python benchmarks/scale.py                          # CPU: digits MLP, 64..4096, PGD-20
+    python benchmarks/scale.py --device cuda --model resnet18 --steps 100
+    python benchmarks/scale.py --device cuda --model resnet50 --sizes 64,256,1024,4096 --probe
+
+Figures are kept in ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+try:
+    import attacks
+    import pytest_attacktest.binarization as engine
+except ImportError:  # a checkout without `pip install -e .`
+    sys.path.insert(0, str(HERE.parent))
+    import attacks
+    import pytest_attacktest.binarization as engine
+
+
+def _sibling(name: str) -> Any:
+    key = f"_benchmarks_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
+        assert spec is not None
+        assert spec.loader is not None
+        sys.modules[key] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[key])
+    return sys.modules[key]
+
+
+common = _sibling("common")
+models = _sibling("models")
+
+GIB = 2**30
+MIB = 2**20
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak resident set size of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True
+
+
+class PeakMemory:
+    """Peak memory of what runs inside ``with``: CUDA allocations, or the CPU resident set."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.peak_mib: float | None = None
+        self.growth_mib: float | None = None
+        self.how = "torch.cuda.max_memory_allocated" if self.cuda else "peak RSS (VmHWM)"
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._before = torch.cuda.memory_allocated()
+        else:
+            if not reset_peak_rss():
+                self.how = "unavailable (no /proc/self/clear_refs)"
+            self._before = (_status_kib("VmRSS") or 0) * 1024
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            hwm = _status_kib("VmHWM")
+            if hwm is None or self.how.startswith("unavailable"):
+                return
+            peak = hwm * 1024
+        self.peak_mib = peak / MIB
+        self.growth_mib = (peak - self._before) / MIB
+
+
+# --------------------------------------------------------------------------- curve
+
+
+def run_curve(args: argparse.Namespace) -> list[dict[str, Any]]:
+    device = str(args.device)
+    problem = models.make_problem(args.model, max(args.sizes), args.seed, device)
+    attack = attacks.PGD("linf", steps=args.steps)
+    chunk = None if args.chunk_size == "auto" else int(args.chunk_size)
+    shared = {
+        "epsilon": problem.epsilon,
+        "norm": "linf",
+        "n_inner": args.n_inner,
+        "n_validation": args.n_validation,
+        "seed": args.seed,
+    }
+    engine.binarization_test(
+        problem.model, problem.x[:2], attack=attacks.PGD("linf", steps=2), **shared
+    )  # warm-up, not timed
+    rows = []
+    for n in args.sizes:
+        with PeakMemory(device) as memory:
+            common.synchronize(device)
+            start = time.perf_counter()
+            report = engine.binarization_test(
+                problem.model, problem.x[:n], attack=attack, chunk_size=chunk, **shared
+            )
+            common.synchronize(device)
+            total = time.perf_counter() - start
+        size = int(report.settings["chunk_size"])
+        rows.append(
+            {
+                "samples": n,
+                "chunk_size": size,
+                "chunks": math.ceil(n / size),
+                "total_s": total,
+                "ms_per_sample": 1000 * total / n,
+                **{f"{phase}_s": report.timings.get(phase, 0.0) for phase in PHASES},
+                "peak_mib": memory.peak_mib,
+                "growth_mib": memory.growth_mib,
+                "verdict": report.verdict,
+                "asr": report.asr,
+                "n_inner": report.settings["n_inner"],
+            }
+        )
+        print(
+            f"  {n:5d} samples: {total:8.2f} s, peak {memory.peak_mib or float('nan'):.0f} MiB",
+            flush=True,
+        )
+    return rows
+
+
+PHASES = ("sampling", "features", "fit", "attack", "verification")
+
+
+def linearity(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Least-squares ``t = a + b N``, its R^2 and the largest relative residual."""
+    n = [float(r["samples"]) for r in rows]
+    t = [float(r["total_s"]) for r in rows]
+    if len(rows) < 2:
+        return {}
+    mean_n, mean_t = sum(n) / len(n), sum(t) / len(t)
+    var = sum((v - mean_n) ** 2 for v in n)
+    slope = sum((a - mean_n) * (b - mean_t) for a, b in zip(n, t, strict=True)) / var
+    intercept = mean_t - slope * mean_n
+    fitted = [intercept + slope * v for v in n]
+    ss_res = sum((a - b) ** 2 for a, b in zip(t, fitted, strict=True))
+    ss_tot = sum((a - mean_t) ** 2 for a in t)
+    return {
+        "intercept_s": intercept,
+        "ms_per_sample": 1000 * slope,
+        "r2": 1 - ss_res / ss_tot if ss_tot > 0 else None,
+        "max_relative_residual": max(abs(a - b) / a for a, b in zip(t, fitted, strict=True)),
+        "ratio_largest_to_smallest": t[-1] / t[0],
+        "samples_ratio": n[-1] / n[0],
+    }
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+def chunk_plan(
+    shape: tuple[int, ...],
+    feature_dim: int,
+    samples: int,
+    free_bytes: float,
+    *,
+    n_boundary: int = 1,
+    n_validation: int = 32,
+    feature_passes: int = 1,
+    itemsize: int = 4,
+) -> dict[str, Any]:
+    """``auto_chunk_size``'s arithmetic on a CUDA device with ``free_bytes`` free.
+
+    Mirrors ``pytest_attacktest.binarization`` (checked against it by
+    ``tests/test_benchmarks.py`` through its CPU budget): points per sample
+    ``1 + n_inner + n_boundary + 2 * n_validation`` (times the feature
+    passes), three copies of them per sample, half of the free memory.
+    """
+    n_inner = engine.default_inner_points(feature_dim, n_boundary)
+    points = (1 + n_inner + n_boundary + 2 * n_validation) * feature_passes
+    image = math.prod(shape) * itemsize
+    per_sample = 3 * points * image
+    budget = free_bytes // 2
+    chunk = int(max(1, min(engine.MAX_CHUNK, samples, budget // per_sample)))
+    train_points = chunk * (1 + n_inner + n_boundary)
+    return {
+        "input": "x".join(map(str, shape)),
+        "feature_dim": feature_dim,
+        "n_inner": n_inner,
+        "points_per_sample": points,
+        "per_sample_gib": per_sample / GIB,
+        "budget_gib": budget / GIB,
+        "chunk_size": chunk,
+        "chunks": math.ceil(samples / chunk),
+        "chunk_points_gib": chunk * per_sample / GIB,
+        "train_points_per_chunk": train_points,
+        "feature_blocks_per_chunk": math.ceil(train_points / 4096),
+    }
+
+
+SCENARIOS = {
+    "resnet18": ((3, 32, 32), 512),
+    "resnet50": ((3, 224, 224), 2048),
+}
+
+
+def probe(name: str, device: str, batch: int) -> dict[str, Any]:
+    """Memory per image of a no-grad forward pass and of a forward and backward pass."""
+    problem = models.make_problem(name, batch, 0, device)
+    x = problem.x
+    out: dict[str, Any] = {"model": name, "batch": batch}
+    with PeakMemory(device) as memory, torch.no_grad():
+        problem.model(x)
+    out["forward_mib_per_image"] = (memory.growth_mib or math.nan) / batch
+    x = x.clone().requires_grad_(True)
+    with PeakMemory(device) as memory:
+        loss = problem.model(x).logsumexp(dim=1).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+        del grad, loss
+    out["forward_backward_mib_per_image"] = (memory.growth_mib or math.nan) / batch
+    out["how"] = memory.how
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _mib(value: Any) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+CURVE_COLUMNS = [
+    common.Column("samples", "samples"),
+    common.Column("chunk", "chunk_size"),
+    common.Column("chunks", "chunks"),
+    common.Column("total s", "total_s", common.fixed(2)),
+    common.Column("ms/sample", "ms_per_sample", common.fixed(2)),
+    common.Column("features s", "features_s", common.fixed(2)),
+    common.Column("fit s", "fit_s", common.fixed(2)),
+    common.Column("attack s", "attack_s", common.fixed(2)),
+    common.Column("verify s", "verification_s", common.fixed(2)),
+    common.Column("peak MiB", "peak_mib", _mib),
+    common.Column("growth MiB", "growth_mib", _mib),
+    common.Column("verdict", "verdict", right=False),
+]
+
+PLAN_COLUMNS = [
+    common.Column("input", "input", right=False),
+    common.Column("d", "feature_dim"),
+    common.Column("n_inner", "n_inner"),
+    common.Column("points/sample", "points_per_sample"),
+    common.Column("GiB/sample (x3)", "per_sample_gib", common.fixed(3)),
+    common.Column("budget GiB", "budget_gib", common.fixed(1)),
+    common.Column("chunk", "chunk_size"),
+    common.Column("chunks for 4096", "chunks"),
+    common.Column("chunk points GiB", "chunk_points_gib", common.fixed(1)),
+    common.Column("feature blocks/chunk", "feature_blocks_per_chunk"),
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    common.add_common_arguments(parser, default_device="cuda" if cuda else "cpu")
+    parser.add_argument(
+        "--model",
+        choices=models.MODELS,
+        default=None,
+        help="default: mlp on a CPU, resnet18 on CUDA",
+    )
+    parser.add_argument(
+        "--sizes",
+        default="64,128,256,512,1024,2048,4096",
+        help="comma-separated sample counts, or 'none' for no curve",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="PGD steps (default: 20 on a CPU, 100 on CUDA)"
+    )
+    parser.add_argument("--n-inner", type=int, default=None)
+    parser.add_argument("--n-validation", type=int, default=32)
+    parser.add_argument("--chunk-size", default="512", help="samples per chunk, or 'auto'")
+    parser.add_argument(
+        "--gpu-free-gib",
+        type=float,
+        default=79.0,
+        help="free GPU memory for the chunk arithmetic (default 79)",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="measure activation memory per image of ResNet-18 and ResNet-50",
+    )
+    parser.add_argument(
+        "--probe-batch",
+        type=int,
+        default=None,
+        help="images per probe (default: 4 on a CPU, 64 on CUDA)",
+    )
+    args = parser.parse_args(argv)
+    cuda_run = str(args.device).startswith("cuda")
+    args.model = args.model or ("resnet18" if cuda_run else "mlp")
+    args.steps = args.steps or (100 if cuda_run else 20)
+    args.probe_batch = args.probe_batch or (64 if cuda_run else 4)
+    args.sizes = [] if args.sizes == "none" else sorted(int(v) for v in args.sizes.split(","))
+    if args.chunk_size != "auto" and not args.chunk_size.isdigit():
+        parser.error("--chunk-size takes a positive number or 'auto'")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    common.set_threads(args)
+    meta = common.metadata("binarization test, scaling with samples", args, vars(args))
+    for line in common.header_lines(meta):
+        print(line)
+    rows: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    if args.sizes:
+        print(f"curve: {args.model}, PGD-{args.steps}, chunk size {args.chunk_size}")
+        rows = run_curve(args)
+        print()
+        print(common.markdown_table(rows, CURVE_COLUMNS))
+        fit = linearity(rows)
+        extra["linearity"] = fit
+        if fit:
+            print(
+                f"\nt = {fit['intercept_s']:.2f} s + {fit['ms_per_sample']:.2f} ms x samples; "
+                f"R^2 {fit['r2']:.4f}; largest deviation {100 * fit['max_relative_residual']:.1f}%"
+                f"; t({rows[-1]['samples']}) / t({rows[0]['samples']}) = "
+                f"{fit['ratio_largest_to_smallest']:.1f} for {fit['samples_ratio']:.0f}x samples"
+            )
+    free = args.gpu_free_gib * GIB
+    plans = [chunk_plan(shape, d, 4096, free) for shape, d in SCENARIOS.values()]
+    extra["chunk_plans"] = plans
+    print(f"\nauto_chunk_size for 4096 samples with {args.gpu_free_gib:g} GiB free on CUDA:\n")
+    print(common.markdown_table(plans, PLAN_COLUMNS))
+    if args.probe:
+        probes = [probe(name, str(args.device), args.probe_batch) for name in SCENARIOS]
+        extra["probes"] = probes
+        for p in probes:
+            print(
+                f"{p['model']}: {p['forward_mib_per_image']:.1f} MiB per image for a no-grad "
+                f"forward, {p['forward_backward_mib_per_image']:.1f} MiB forward+backward "
+                f"(batch {p['batch']}, {p['how']})"
+            )
+    common.finish(meta, rows, args.json, **extra)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

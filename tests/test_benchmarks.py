@@ -1,0 +1,247 @@
+"""The benchmark harness: its records, its per-sample baseline and its memory arithmetic.
+
+The figures in benchmarks/RESULTS.md are only as good as the code that took
+them, so that code is tested like the rest: the shared metadata and output
+(``benchmarks/common.py``), the per-sample mode with the reference's structure
+(``benchmarks/reference_baseline.py``: it must reach the engine's verdicts by
+the engine's definitions), the chunk arithmetic of ``benchmarks/scale.py``
+(it must agree with the engine's ``auto_chunk_size``) and one tiny end-to-end
+run of ``benchmarks/binarization.py``. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+import eagerpy as ep  # noqa: E402
+
+import attacks  # noqa: E402
+from pytest_attacktest import binarization as engine  # noqa: E402
+from pytest_attacktest import binarization_test  # noqa: E402
+from pytest_attacktest.report import Report, SampleResult  # noqa: E402
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str) -> Any:
+    key = f"_benchmarks_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, BENCHMARKS / f"{name}.py")
+        assert spec is not None
+        assert spec.loader is not None
+        sys.modules[key] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[key])
+    return sys.modules[key]
+
+
+common = _load("common")
+baseline = _load("reference_baseline")
+scale = _load("scale")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- common
+
+
+def test_metadata_records_device_versions_date_seed_commit_and_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["benchmarks/x.py", "--seed", "7"])
+    args = type("Args", (), {"seed": 7, "device": "cpu"})()
+    meta = common.metadata("demo", args, {"size": 3})
+    assert meta["seed"] == 7
+    assert meta["settings"] == {"size": 3}
+    assert meta["command"] == "python benchmarks/x.py --seed 7"
+    assert meta["date_utc"][:2] == "20"
+    assert meta["device"]["type"] == "cpu"
+    assert meta["device"]["torch_threads"] == 1
+    assert meta["versions"]["torch"] == torch.__version__
+    assert set(meta["git"]) == {"commit", "dirty"}
+    assert len(meta["git"]["commit"] or "") in (0, 40)
+    lines = common.header_lines(meta)
+    assert lines[0].startswith("demo: 20")
+    assert "1 torch thread)" in lines[1]
+
+
+def test_finish_writes_strict_json_with_metadata_rows_and_extras(tmp_path: Path) -> None:
+    args = type("Args", (), {"seed": 0, "device": "cpu"})()
+    meta = common.metadata("demo", args, {})
+    rows = [{"a": 1.5, "b": math.nan}, {"a": (1, 2), "b": math.inf}]
+    path = tmp_path / "out" / "r.json"
+    common.finish(meta, rows, path, summary={"ratio": 2.0})
+    document = json.loads(path.read_text())  # strict: NaN would not parse back as null
+    assert document["rows"] == [{"a": 1.5, "b": None}, {"a": [1, 2], "b": None}]
+    assert document["summary"] == {"ratio": 2.0}
+    assert document["metadata"]["benchmark"] == "demo"
+    assert "load_average_at_end" in document["metadata"]
+    assert "started" not in document["metadata"]
+
+
+def test_markdown_table_lines_up_and_formats_missing_values() -> None:
+    columns = [
+        common.Column("name", "name", right=False),
+        common.Column("seconds", "s", common.fixed(2)),
+        common.Column("ratio", "r", common.ratio),
+    ]
+    table = common.markdown_table(
+        [{"name": "x", "s": 1.234, "r": 123.4}, {"name": "longer", "s": None, "r": 2.5}], columns
+    )
+    assert table.splitlines() == [
+        "| name   | seconds |  ratio |",
+        "|--------|--------:|-------:|",
+        "| x      |    1.23 | 123.4x |",
+        "| longer |       - |  2.50x |",
+    ]
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+def _mlp() -> tuple[Any, Any]:
+    """A small random MLP and inputs in [0, 1]: 32-d features, cheap in both modes."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 5)
+    ).eval()
+    return model, torch.rand(6, 20, generator=torch.Generator().manual_seed(1))
+
+
+def _identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
+    return x
+
+
+def test_per_sample_mode_reaches_the_engines_verdicts_on_the_same_samples() -> None:
+    model, x = _mlp()
+    common_kw: dict[str, Any] = {"epsilon": 0.2, "n_inner": 8, "n_validation": 4}
+    strong = attacks.PGD("linf", steps=20)
+    ours = binarization_test(model, x, attack=strong, **common_kw)
+    ref = baseline.per_sample_test(model, x, attack=strong, **common_kw)
+    assert ours.verdict == ref.verdict == "passed"
+    assert ref.n_samples == 6
+    assert [s.index for s in ref.samples] == list(range(6))
+    assert all(s.conclusive and s.success for s in ref.samples)
+    assert all(s.distance <= 0.2 + 1e-6 for s in ref.samples)
+    assert set(ref.timings) == set(baseline.PHASES)
+    assert len(ref.settings["sklearn_iterations"]) == 6
+
+    # An attack that does nothing: both say failed, with ASR 0, by the same rules.
+    lazy = attacks.PGD("linf", steps=1, abs_stepsize=0.0, random_start=False)
+    ref = baseline.per_sample_test(model, x, attack=lazy, **common_kw)
+    assert (ref.verdict, ref.asr) == ("failed", 0.0)
+    assert all(s.logit_difference < 0 for s in ref.samples)
+    ours = binarization_test(model, x, attack=_identity, **common_kw)
+    assert baseline.agreement(ours, ref)["same_verdict"]
+
+
+def test_per_sample_mode_is_inconclusive_when_no_readout_separates_the_points() -> None:
+    model, x = _mlp()
+    with torch.no_grad():
+        model[0].weight.zero_()  # features no longer depend on the input: nothing to separate
+    ref = baseline.per_sample_test(
+        model, x[:3], attack=attacks.PGD("linf", steps=2), epsilon=0.2, n_inner=8
+    )
+    assert ref.n_inconclusive == 3
+    assert ref.verdict == "error"
+    assert all("separate" in s.reason for s in ref.samples)
+    assert ref.timings["attack"] == 0.0  # as the reference: no attack without a setup
+    ours = binarization_test(model, x[:3], attack=_identity, epsilon=0.2, n_inner=8)
+    assert ours.verdict == "error"
+
+
+def test_agreement_and_subset_match_samples_by_index() -> None:
+    def report(flags: list[tuple[bool, bool]]) -> Report:
+        samples = [SampleResult(index=i, conclusive=c, success=s) for i, (c, s) in enumerate(flags)]
+        return Report("a", "linf", 0.1, 0.95, 0.5, 0, {}, samples=list(reversed(samples)))
+
+    ours = report([(True, True), (True, False), (False, False), (True, True)])
+    theirs = report([(True, True), (True, True), (True, False)])
+    first = baseline.subset(ours, 3)
+    assert [s.index for s in first.samples] == [0, 1, 2]
+    agree = baseline.agreement(first, theirs)
+    assert agree["samples"] == 3
+    assert agree["conclusive_same"] == 2
+    assert agree["conclusive_both"] == 2
+    assert (agree["success_same"], agree["success_only_reference"]) == (1, 1)
+    assert agree["success_only_ours"] == 0
+    assert (agree["verdict_ours"], agree["verdict_reference"]) == ("failed", "failed")
+
+
+# --------------------------------------------------------------------------- scale
+
+
+@pytest.mark.parametrize(
+    ("shape", "dim", "samples"),
+    [((3, 224, 224), 2048, 4096), ((3, 32, 32), 512, 4096), ((64,), 256, 100)],
+)
+def test_chunk_arithmetic_is_the_engines(shape: tuple[int, ...], dim: int, samples: int) -> None:
+    # The engine's CPU budget through the plan's "half of the free memory".
+    plan = scale.chunk_plan(shape, dim, samples, 2 * engine.CPU_CHUNK_BYTES)
+    x = ep.astensor(torch.empty((samples, *shape), device="meta"))
+    assert plan["chunk_size"] == engine.auto_chunk_size(x, plan["points_per_sample"])
+    n_inner = engine.default_inner_points(dim, 1)
+    assert plan["points_per_sample"] == 1 + n_inner + 1 + 64
+
+
+def test_4096_samples_at_224x224_take_many_bounded_chunks_on_80gb() -> None:
+    plan = scale.chunk_plan((3, 224, 224), 2048, 4096, 79 * 2**30)
+    assert plan["n_inner"] == 999
+    assert 1 < plan["chunk_size"] < 64
+    assert plan["chunk_points_gib"] <= plan["budget_gib"] <= 39.5
+
+
+def test_linearity_of_an_exact_line_and_of_a_bent_one() -> None:
+    rows = [{"samples": n, "total_s": 0.5 + 0.01 * n} for n in (64, 128, 256, 512)]
+    fit = scale.linearity(rows)
+    assert fit["ms_per_sample"] == pytest.approx(10.0)
+    assert fit["intercept_s"] == pytest.approx(0.5)
+    assert fit["r2"] == pytest.approx(1.0)
+    assert fit["max_relative_residual"] == pytest.approx(0.0, abs=1e-12)
+    bent = [{"samples": n, "total_s": 1e-5 * n * n} for n in (64, 128, 256, 512)]
+    assert scale.linearity(bent)["max_relative_residual"] > 0.2
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_peak_memory_on_the_cpu_sees_a_temporary_allocation() -> None:
+    with scale.PeakMemory("cpu") as memory:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del block
+    assert memory.growth_mib is not None
+    assert memory.growth_mib >= 60
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_binarization_benchmark_runs_both_modes_and_records_them(tmp_path: Path) -> None:
+    bench = _load("binarization")
+    path = tmp_path / "b.json"
+    argv = ["--samples", "6", "--baseline-samples", "3", "--steps", "2", "--n-validation", "2"]
+    assert bench.main([*argv, "--device", "cpu", "--no-warmup", "--json", str(path)]) == 0
+    document = json.loads(path.read_text())
+    summary = document["summary"]
+    assert summary["samples"] == 6
+    assert summary["baseline_samples"] == 3
+    assert summary["baseline_scaled"] is True
+    assert summary["agreement"]["samples"] == 3
+    assert summary["n_inner"] == 127  # the engine's default for the MLP's 256 features
+    phases = [row["phase"] for row in document["rows"]]
+    assert phases == [*baseline.PHASES, "total"]
+    total = document["rows"][-1]
+    assert total["reference_scaled_s"] == pytest.approx(2 * total["reference_s"])
+    assert summary["speedup"] == pytest.approx(total["reference_scaled_s"] / total["ours_s"])
+    assert document["metadata"]["seed"] == 0
+    assert document["metadata"]["settings"]["model"] == "mlp"
