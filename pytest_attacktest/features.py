@@ -3,9 +3,12 @@
 Why: the binarization test keeps the whole defended pipeline (preprocessing,
 randomness, detectors, the backbone) and swaps only the final linear layer for
 a new readout. By default the features are the *input* of the model's final
-linear layer (PyTorch: found automatically, the last ``nn.Linear`` registered);
-a named layer (its output) or a user callable works too, and NumPy models need
-the callable because nothing can be found inside a function.
+linear layer, found automatically for PyTorch (the last ``nn.Linear``
+registered) and for Keras 3 Sequential and functional models (the last
+``keras.layers.Dense`` in call order). A named layer (its output) or a user
+callable works too. A JAX or NumPy model is a function whose inside nothing
+can see, so it needs the callable, as does a subclassed Keras model's default
+(its call order is Python code, not a graph).
 
 An extractor maps a native batch to a native ``(N, d)`` feature tensor and must
 stay differentiable, since attacks backpropagate through it.
@@ -13,8 +16,12 @@ stay differentiable, since attacks backpropagate through it.
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Callable
 from typing import Any
+
+import eagerpy as ep
 
 from attacks.backend import model_framework
 
@@ -32,8 +39,9 @@ def feature_extractor(model: Any, features: str | FeatureFn | None) -> FeatureFn
         model: the defended model: native, an :class:`attacks.Model`, or an
             :class:`attacks.BPDA` (the inner model's features at the
             straight-through preprocessed input).
-        features: ``None`` (PyTorch: the input of the final ``nn.Linear``), the
-            name of a submodule (its flattened output), or a callable.
+        features: ``None`` (the input of the final ``torch.nn.Linear`` or
+            ``keras.layers.Dense``), the name of a layer (its flattened output;
+            dotted for nested ones: ``"block.fc"``), or a callable.
 
     Raises:
         FeatureError: nothing usable was found, with the way to pass features.
@@ -48,37 +56,65 @@ def feature_extractor(model: Any, features: str | FeatureFn | None) -> FeatureFn
         # same values as the defense, BPDA gradients for the attack.
         inner = feature_extractor(model.inner, features)
         return lambda x: inner(model.through(x))
+    known: str | None = None
     if isinstance(model, Model):
         if type(model) is not Model:
             raise FeatureError(
                 f"cannot find a feature layer inside {type(model).__name__}: pass "
                 "features=callable(x) -> (N, d)"
             )
+        known = model.framework
         model = model.native
-    framework = model_framework(model)
+    framework = model_framework(model) or known
     if framework == "torch":
         return _torch_extractor(model, features)
+    if _is_keras(model):
+        return _keras_extractor(model, features)
     if isinstance(features, str):
         raise FeatureError(
-            f"features={features!r} names a layer, which works for PyTorch modules; for a "
-            f"{framework or 'plain function'} model pass features=callable(x) -> (N, d)"
+            f"features={features!r} names a layer, which works for PyTorch modules and Keras "
+            f"models; for a {framework or 'plain-function'} model pass "
+            f"features=callable(x) -> (N, d){_ADVICE.get(framework or '', '')}"
         )
     raise FeatureError(
         f"cannot find a feature layer in a {framework or 'plain-function'} model: pass "
         "features=callable(x) -> (N, d) returning the penultimate representation "
-        "(the input of the final linear layer)"
+        f"(the input of the final linear layer){_ADVICE.get(framework or '', '')}"
     )
 
 
-def _flattening(fn: FeatureFn) -> FeatureFn:
+#: What a features callable is, per framework whose models are plain functions.
+_ADVICE = {
+    "jax": (
+        "; for JAX, the model's function up to its final linear layer (split the "
+        "network so that model(x) = head(features(x)))"
+    ),
+    "numpy": "; NumPy models also need gradient-free attacks (attacks.Square, attacks.HopSkipJump)",
+}
+
+
+def _is_keras(model: Any) -> bool:
+    """A Keras 3 layer or model (keras is imported only if the user already has)."""
+    keras = sys.modules.get("keras")
+    layer = getattr(getattr(keras, "layers", None), "Layer", None)
+    return layer is not None and isinstance(model, layer)
+
+
+def _flattening(
+    fn: FeatureFn, source: str = "the features callable", advice: str = ""
+) -> FeatureFn:
+    """``fn``'s output as ``(N, d)`` in its own framework (EagerPy: TF tensors have no reshape)."""
+
     def extract(x: Any) -> Any:
         out = fn(x)
         if not hasattr(out, "shape") or len(out.shape) < 2:
             raise FeatureError(
-                f"the features callable must return a (N, d) tensor, got {type(out).__name__}"
-                f" of shape {getattr(out, 'shape', None)}"
+                f"{source} must return one (N, d) tensor, got {type(out).__name__}"
+                f" of shape {getattr(out, 'shape', None)}{advice}"
             )
-        return out.reshape((out.shape[0], -1)) if len(out.shape) > 2 else out
+        if len(out.shape) == 2:
+            return out
+        return ep.astensor(out).reshape((-1, math.prod(out.shape[1:]))).raw
 
     return extract
 
@@ -124,5 +160,173 @@ def _torch_extractor(model: Any, layer: str | None) -> FeatureFn:
         out = captured[-1]
         captured.clear()
         return out.reshape(out.shape[0], -1)
+
+    return extract
+
+
+# ---------------------------------------------------------------------- Keras 3
+
+
+def _keras_extractor(model: Any, layer_name: str | None) -> FeatureFn:
+    """A Keras layer's input (default: final Dense) or a named layer's output, flattened.
+
+    Why two ways: in a Sequential or functional model the layer's tensor is a
+    node of the model's graph, so ``keras.Model(model.inputs, tensor)`` is the
+    exact sub-network, computed without the layers after it and without
+    touching the model. Where there is no graph to cut (a layer inside a
+    nested model, a layer called several times, a subclassed model, an
+    unbuilt Sequential), the layer's ``call`` is wrapped for the duration of
+    one forward pass of the whole model, like a torch forward hook.
+    """
+    if layer_name is None:
+        layer, use_input = _final_dense(model), True
+    else:
+        layer, use_input = _named_layer(model, layer_name), False
+    extract = _keras_submodel(model, layer, use_input) or _keras_capture(model, layer, use_input)
+    advice = "; pass features=callable(x) -> (N, d)"
+    return _flattening(extract, f"the layer {layer.name!r}", advice)
+
+
+def _has_graph(model: Any) -> bool:
+    """Whether ``model`` is a Sequential or functional model (layers in call order)."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        return True
+    try:
+        from keras.src.models.functional import Functional
+    except ImportError:  # pragma: no cover - a Keras 3 layout change
+        return False
+    return isinstance(model, Functional)
+
+
+def _dense_layers(model: Any) -> list[Any]:
+    """Dense layers of a graph model in call order, nested graph models included.
+
+    A nested model without a graph that holds Dense layers is listed itself:
+    where its Dense layers fall in the call order is unknown.
+    """
+    import keras
+
+    found: list[Any] = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            found.append(layer)
+        elif isinstance(layer, keras.Model) and _has_graph(layer):
+            found.extend(_dense_layers(layer))
+        elif any(isinstance(sub, keras.layers.Dense) for sub in _sublayers(layer)):
+            found.append(layer)
+    return found
+
+
+def _sublayers(layer: Any) -> list[Any]:
+    """All layers tracked inside ``layer``, recursively (Keras' own bookkeeping)."""
+    flatten = getattr(layer, "_flatten_layers", None)
+    return list(flatten(include_self=False)) if callable(flatten) else []
+
+
+def _final_dense(model: Any) -> Any:
+    import keras
+
+    name = f"{type(model).__name__} {model.name!r}"
+    if not _has_graph(model):
+        raise FeatureError(
+            f"{name} is a subclassed Keras model: the order in which its call() uses its "
+            "layers is unknown, so its final Dense layer cannot be found; pass "
+            "features='layer_name' (that layer's output is used, e.g. the one before the "
+            f"final Dense; its layers: {_names(model)}) or features=callable(x) -> (N, d)"
+        )
+    dense = _dense_layers(model)
+    if not dense:
+        raise FeatureError(
+            f"{name} has no keras.layers.Dense layer to replace: pass features='layer_name' "
+            f"(its output is used; layers: {_names(model)}) or features=callable(x) -> (N, d)"
+        )
+    if not isinstance(dense[-1], keras.layers.Dense):
+        raise FeatureError(
+            f"the final Dense layer of {name} is inside {type(dense[-1]).__name__} "
+            f"{dense[-1].name!r}, a subclassed layer whose call order is unknown: pass "
+            "features='outer.inner' naming the layer whose output to use, or "
+            "features=callable(x) -> (N, d)"
+        )
+    return dense[-1]
+
+
+def _children(container: Any) -> list[Any]:
+    """The layers directly inside a model (``.layers``) or a custom layer."""
+    layers = getattr(container, "layers", None)
+    if layers is not None:
+        return list(layers)
+    flatten = getattr(container, "_flatten_layers", None)
+    return list(flatten(include_self=False, recursive=False)) if callable(flatten) else []
+
+
+def _names(container: Any) -> list[str]:
+    return [layer.name for layer in _children(container)][:20]
+
+
+def _named_layer(model: Any, name: str) -> Any:
+    """The layer called ``name``, or for ``"a.b"`` layer ``b`` inside nested layer ``a``."""
+    path = [name] if any(layer.name == name for layer in _children(model)) else None
+    container = model
+    for part in path or name.split("."):
+        matches = [layer for layer in _children(container) if layer.name == part]
+        if not matches:
+            raise FeatureError(
+                f"{type(container).__name__} {container.name!r} has no layer {part!r}; its "
+                f"layers are {_names(container)} (name nested layers as 'outer.inner')"
+            )
+        container = matches[0]
+    return container
+
+
+def _keras_submodel(model: Any, layer: Any, use_input: bool) -> FeatureFn | None:
+    """``x -> tensor`` as a cut of the model's graph, or None where there is no graph to cut."""
+    import keras
+
+    if not _has_graph(model) or all(layer is not top for top in model.layers):
+        return None
+    if len(getattr(layer, "_inbound_nodes", [])) != 1:
+        return None  # called several times: which call is meant is decided at run time
+    try:
+        inputs = model.inputs
+        tensor = layer.input if use_input else layer.output
+        sub = keras.Model(inputs, tensor)
+    except (AttributeError, ValueError):  # an unbuilt Sequential, several outputs, ...
+        return None
+    return lambda x: sub(x, training=False)
+
+
+def _keras_capture(model: Any, layer: Any, use_input: bool) -> FeatureFn:
+    """Run the whole model once with ``layer.call`` wrapped; return what it saw or gave."""
+    captured: list[Any] = []
+
+    def extract(x: Any) -> Any:
+        own = layer.__dict__.get("call")
+        original = layer.call
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            captured.append((args[0] if args else kwargs.get("inputs")) if use_input else out)
+            return out
+
+        # object.__setattr__: Keras and tf.Module track attributes set on layers.
+        object.__setattr__(layer, "call", spy)
+        try:
+            captured.clear()
+            model(x, training=False)
+        finally:
+            if own is None:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", own)
+        if not captured:
+            raise FeatureError(
+                f"the feature layer {type(layer).__name__} {layer.name!r} was not called in the "
+                f"forward pass of {type(model).__name__} {model.name!r}"
+            )
+        out = captured[-1]
+        captured.clear()
+        return out
 
     return extract

@@ -11,12 +11,14 @@ model's forward pass.
 
 ``BinarizedModel`` is an ``attacks.Model``; :meth:`BinarizedModel.as_native`
 gives the same function as a native model of the user's framework (a
-``torch.nn.Module`` for PyTorch), so third-party attacks run on it unchanged.
+``torch.nn.Module`` for PyTorch, a ``keras.Model`` for TensorFlow, a pure
+function for JAX), so third-party attacks run on it unchanged.
 Logits are ``[-z, z]``: class 1 (adversarial) iff ``z > 0``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -116,9 +118,23 @@ class BinarizedModel(Model):
         return ep.stack([-z, z], axis=1).raw
 
     def as_native(self) -> Any:
-        """The binarized model in the user's framework (torch: an ``nn.Module``)."""
+        """The binarized model in the user's framework, for third-party attacks.
+
+        - PyTorch: an ``nn.Module`` in eval mode (the defended module registered).
+        - TensorFlow: a ``keras.Model`` (``model(x)``, ``model(x, training=False)``,
+          ``tf.GradientTape``, ``tf.function`` at a fixed batch size); with Keras
+          on another backend than TensorFlow, a callable taking the same arguments.
+        - JAX: a pure function ``x -> logits``, differentiable with ``jax.grad``
+          and traceable by ``jax.jit`` (the routing reads only static shapes;
+          the features callable must be jittable too).
+        - NumPy: the function itself.
+        """
         if self.framework == "torch":
             return _torch_module(self)
+        if self.framework == "tensorflow":
+            return _tensorflow_model(self)
+        if self.framework == "jax":
+            return _jax_function(self)
         return self._forward_native
 
 
@@ -145,3 +161,67 @@ def _torch_module(binarized: BinarizedModel) -> Any:
             return binarized._forward_native(x)
 
     return BinarizedModule().eval()
+
+
+def _tensorflow_model(binarized: BinarizedModel) -> Any:
+    """A ``keras.Model`` around the forward (a plain callable if Keras runs another backend)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return _TFModule(binarized)
+    return _keras_class()(binarized)
+
+
+@functools.cache
+def _keras_class() -> Any:
+    """The Keras model class, defined once keras is imported (the plugin must not import it)."""
+    import keras
+    import tensorflow as tf
+
+    class BinarizedKerasModel(keras.Model):  # type: ignore[misc]
+        """Defended features + routed per-sample readouts; logits ``[-z, z]``.
+
+        ``training`` is accepted and ignored: the binarized model is the
+        defense at inference (its features come from ``training=False``).
+        """
+
+        def __init__(self, binarized: BinarizedModel) -> None:
+            super().__init__(name="binarized_model")
+            self._binarized = binarized
+            defended = _defended_native(binarized)
+            if isinstance(defended, keras.layers.Layer):
+                self.defended = defended  # tracked: .variables and .summary() show it
+            self.built = True  # nothing to build: no symbolic trial call
+
+        def call(self, x: Any, training: bool | None = None) -> Any:
+            return self._binarized._forward_native(tf.convert_to_tensor(x))
+
+    return BinarizedKerasModel
+
+
+class _TFModule:
+    """A model-like callable for TensorFlow code when Keras runs another backend."""
+
+    def __init__(self, binarized: BinarizedModel) -> None:
+        self._binarized = binarized
+
+    def __call__(self, x: Any, training: bool | None = None) -> Any:
+        import tensorflow as tf
+
+        return self._binarized._forward_native(tf.convert_to_tensor(x))
+
+
+def _jax_function(binarized: BinarizedModel) -> Any:
+    def binarized_model(x: Any) -> Any:
+        """Defended features + routed per-sample readouts; logits ``[-z, z]``."""
+        return binarized._forward_native(x)
+
+    return binarized_model
+
+
+def _defended_native(binarized: BinarizedModel) -> Any:
+    """The user's native model, looking through ``attacks.Model`` wrappers such as BPDA."""
+    model: Any = binarized.defended
+    while isinstance(model, Model):
+        model = model.native if type(model) is Model else getattr(model, "inner", None)
+    return model
