@@ -8,7 +8,9 @@ the first two and checks the third by the engine's own arithmetic:
 1. **Curve.** ``binarization_test`` on the first N samples for each N of
    ``--sizes``, with a fixed ``--chunk-size`` (default 512, so runs beyond it
    have several equal chunks; ``auto`` uses the engine's choice). For each
-   run: wall time, the per-phase times, the peak memory (CUDA:
+   run: wall time, process CPU time (on a shared CPU the steadier of the
+   two: it does not count time spent waiting for a core), the per-phase
+   times, the peak memory (CUDA:
    ``torch.cuda.max_memory_allocated`` after a reset; CPU: the process's peak
    resident set size after resetting it through ``/proc/self/clear_refs``,
    and its growth over the resident size before the run). With equal chunks,
@@ -153,12 +155,12 @@ def run_curve(args: argparse.Namespace) -> list[dict[str, Any]]:
     for n in args.sizes:
         with PeakMemory(device) as memory:
             common.synchronize(device)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             report = engine.binarization_test(
                 problem.model, problem.x[:n], attack=attack, chunk_size=chunk, **shared
             )
             common.synchronize(device)
-            total = time.perf_counter() - start
+            total, cpu = time.perf_counter() - start, time.process_time() - cpu
         size = int(report.settings["chunk_size"])
         rows.append(
             {
@@ -166,6 +168,7 @@ def run_curve(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "chunk_size": size,
                 "chunks": math.ceil(n / size),
                 "total_s": total,
+                "cpu_s": cpu,
                 "ms_per_sample": 1000 * total / n,
                 **{f"{phase}_s": report.timings.get(phase, 0.0) for phase in PHASES},
                 "peak_mib": memory.peak_mib,
@@ -185,10 +188,10 @@ def run_curve(args: argparse.Namespace) -> list[dict[str, Any]]:
 PHASES = ("sampling", "features", "fit", "attack", "verification")
 
 
-def linearity(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Least-squares ``t = a + b N``, its R^2 and the largest relative residual."""
+def linearity(rows: list[dict[str, Any]], key: str = "total_s") -> dict[str, Any]:
+    """Least-squares ``t = a + b N`` of ``row[key]``, its R^2 and the largest relative residual."""
     n = [float(r["samples"]) for r in rows]
-    t = [float(r["total_s"]) for r in rows]
+    t = [float(r[key]) for r in rows]
     if len(rows) < 2:
         return {}
     mean_n, mean_t = sum(n) / len(n), sum(t) / len(t)
@@ -287,6 +290,7 @@ CURVE_COLUMNS = [
     common.Column("chunk", "chunk_size"),
     common.Column("chunks", "chunks"),
     common.Column("total s", "total_s", common.fixed(2)),
+    common.Column("CPU s", "cpu_s", common.fixed(2)),
     common.Column("ms/sample", "ms_per_sample", common.fixed(2)),
     common.Column("features s", "features_s", common.fixed(2)),
     common.Column("fit s", "fit_s", common.fixed(2)),
@@ -373,15 +377,18 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_curve(args)
         print()
         print(common.markdown_table(rows, CURVE_COLUMNS))
-        fit = linearity(rows)
-        extra["linearity"] = fit
-        if fit:
-            print(
-                f"\nt = {fit['intercept_s']:.2f} s + {fit['ms_per_sample']:.2f} ms x samples; "
-                f"R^2 {fit['r2']:.4f}; largest deviation {100 * fit['max_relative_residual']:.1f}%"
-                f"; t({rows[-1]['samples']}) / t({rows[0]['samples']}) = "
-                f"{fit['ratio_largest_to_smallest']:.1f} for {fit['samples_ratio']:.0f}x samples"
-            )
+        print()
+        for key, what in (("total_s", "wall time"), ("cpu_s", "process CPU time")):
+            fit = linearity(rows, key)
+            extra[f"linearity_{key}"] = fit
+            if fit:
+                print(
+                    f"{what}: t = {fit['intercept_s']:.2f} s + {fit['ms_per_sample']:.2f} ms x "
+                    f"samples; R^2 {fit['r2']:.4f}; largest deviation "
+                    f"{100 * fit['max_relative_residual']:.1f}%; t({rows[-1]['samples']}) / "
+                    f"t({rows[0]['samples']}) = {fit['ratio_largest_to_smallest']:.1f} for "
+                    f"{fit['samples_ratio']:.0f}x samples"
+                )
     free = args.gpu_free_gib * GIB
     plans = [chunk_plan(shape, d, 4096, free) for shape, d in SCENARIOS.values()]
     extra["chunk_plans"] = plans

@@ -230,7 +230,8 @@ def test_binarization_benchmark_runs_both_modes_and_records_them(tmp_path: Path)
     bench = _load("binarization")
     path = tmp_path / "b.json"
     argv = ["--samples", "6", "--baseline-samples", "3", "--steps", "2", "--n-validation", "2"]
-    assert bench.main([*argv, "--device", "cpu", "--no-warmup", "--json", str(path)]) == 0
+    extra = ["--device", "cpu", "--no-warmup", "--what-if-position-routing", "--json", str(path)]
+    assert bench.main([*argv, *extra]) == 0
     document = json.loads(path.read_text())
     summary = document["summary"]
     assert summary["samples"] == 6
@@ -243,5 +244,11 @@ def test_binarization_benchmark_runs_both_modes_and_records_them(tmp_path: Path)
     total = document["rows"][-1]
     assert total["reference_scaled_s"] == pytest.approx(2 * total["reference_s"])
     assert summary["speedup"] == pytest.approx(total["reference_scaled_s"] / total["ours_s"])
+    # PGD keeps the batch order inside each ball: routing by position changes nothing.
+    what_if = summary["what_if_position_routing"]
+    assert (what_if["verdict"], what_if["asr"]) == (
+        summary["ours"]["verdict"],
+        summary["ours"]["asr"],
+    )
     assert document["metadata"]["seed"] == 0
     assert document["metadata"]["settings"]["model"] == "mlp"
