@@ -24,7 +24,9 @@ Semantics, decided once here:
 - A figure the baseline has and the run lacks (an ASR that became undefined
   because no sample was conclusive, a claim that disappeared) is a regression:
   never a false pass. Tests missing from the run (``-k``, deselected) or new
-  in it are listed, never failed: running a subset is normal.
+  in it are listed, never failed: running a subset is normal. But with rules
+  given, a run in which *no* test of the baseline ran (attack tests not
+  enabled, a ``-k`` that matches none) fails: the gate was not evaluated.
 - Tests are matched by node id; a test's figures are those of the terminal
   table's aggregate (worst ASR and robust accuracy over its fixture calls,
   summed counts and times).
@@ -357,6 +359,13 @@ def compare(
             reason = rule.check(old.get(rule.field), new.get(rule.field))
             if reason is not None:
                 result.regressions.append((nodeid, reason))
+    if rules and not any(status == "compared" for _, status, _, _ in result.rows):
+        result.regressions.append(
+            (
+                "(run)",
+                "no attack test of the baseline ran (--attack-test missing?): nothing compared",
+            )
+        )
     return result
 
 

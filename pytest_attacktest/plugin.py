@@ -969,6 +969,7 @@ class _ResultsReporter:
         self.html_written: Path | None = None
         self.saved: Path | None = None
         self.save_error: str | None = None
+        self.save_note: str | None = None
         self.comparison: Comparison | None = None
         self.baseline: dict[str, Any] | None = None
         self.baseline_path: Path | None = None
@@ -1035,7 +1036,7 @@ class _ResultsReporter:
         assert self.session.storage is not None
         ran = self.results.ran()
         if not ran:
-            self.save_error = "no attack test ran: nothing to save"
+            self.save_note = "no attack test ran: nothing saved"
             return
         from pytest_attacktest import __version__
 
@@ -1098,6 +1099,8 @@ class _ResultsReporter:
                 )
         if self.saved is not None:
             terminalreporter.write_sep("-", f"attack test baseline saved to {self.saved}")
+        if self.save_note is not None:
+            terminalreporter.write_line(f"{SAVE_FLAG} {self.session.save_name}: {self.save_note}")
         if self.save_error is not None:
             terminalreporter.write_line(
                 f"ERROR: {SAVE_FLAG} {self.session.save_name}: {self.save_error}", red=True

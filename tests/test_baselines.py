@@ -215,6 +215,12 @@ def test_compare_flags_regressions_and_lists_new_and_missing_tests() -> None:
     assert "0.300 -> 0.450 (+0.150)" in weaker
     assert lines[-1] == "REGRESSION t.py::weaker: asr 1 -> 0.75 (asr:5%)"
     assert not compare(base, current, [], name="0001_main").failed  # no rules: report only
+    # With rules, a run in which no test of the baseline ran cannot pass the gate.
+    unrelated = {"t.py::new": current["t.py::new"]}
+    assert compare(base, unrelated, rules, name="0001_main").regressions == [
+        ("(run)", "no attack test of the baseline ran (--attack-test missing?): nothing compared")
+    ]
+    assert not compare(base, unrelated, [], name="0001_main").failed
 
 
 # --------------------------------------------------------------------------- end to end
