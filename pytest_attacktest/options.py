@@ -178,7 +178,7 @@ def parse_claim_tolerance(value: str) -> float:
     if not 0.0 <= tolerance < 1.0:
         raise argparse.ArgumentTypeError(
             f"invalid claim tolerance {value!r}: expected a number in [0, 1) (how far the "
-            "measured robust accuracy may fall below the claim, e.g. 0.02)"
+            "measured robust accuracy may differ from the claim, e.g. 0.02)"
         )
     return tolerance
 

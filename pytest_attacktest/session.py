@@ -50,7 +50,7 @@ class AttackTestSession:
         device: where torch models and inputs are moved, or ``None`` (left as they are).
         json_path: where the JSON report is written, or ``None``.
         claim_tolerance: how far a claim gate's measured robust accuracy may
-            fall below the claim (``--attack-test-claim-tolerance``).
+            differ from the claim (``--attack-test-claim-tolerance``).
         html_path: where the HTML report is written, or ``None``.
         storage: folder of saved baselines (``--attack-test-storage``).
         save_name: ``--attack-test-save NAME``, or ``None``.

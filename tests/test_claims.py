@@ -54,10 +54,12 @@ def _result(n_robust: int, claim: float, verdict: str = "passed", tol: float = 0
         (48, 0.75, "passed", 0.0, True, True, True),  # 48/64 == 0.75 exactly
         (47, 0.75, "passed", 0.0, False, True, False),  # one sample short
         (47, 0.75, "passed", 0.02, True, True, True),  # 0.734 >= 0.73
-        (60, 0.75, "passed", 0.0, True, True, True),  # a conservative claim is backed
-        (60, 0.75, "failed", 0.0, False, False, True),  # weak attack: no evidence
+        (52, 0.75, "passed", 0.0, True, True, True),  # above, within sampling error
+        (60, 0.75, "passed", 0.0, False, True, False),  # clearly above: a stale claim
+        (60, 0.75, "passed", 0.12, True, True, True),  # ... unless the tolerance allows it
+        (50, 0.75, "failed", 0.0, False, False, True),  # weak attack: no evidence
         (10, 0.75, "failed", 0.0, False, False, False),  # both
-        (60, 0.0, "error", 0.0, False, False, True),  # untestable setup never passes
+        (60, 0.9, "error", 0.0, False, False, True),  # untestable setup never passes
     ],
 )
 def test_gate_passes_only_when_both_checks_hold(
@@ -82,7 +84,11 @@ def test_failure_message_says_which_check_failed_with_figures() -> None:
     assert "below the claim 0.750" in accuracy
     assert "binarization test of the attack" not in accuracy
 
-    weak = _result(60, 0.5, "failed").summary()
+    above = _result(60, 0.5).summary()
+    assert above.startswith("claim gate FAILED (robust accuracy above the claim)")
+    assert "exceeds the claim 0.500" in above
+
+    weak = _result(60, 0.9, "failed").summary()
     assert weak.startswith("claim gate FAILED (attack too weak)")
     assert "binarization test of the attack did not pass" in weak
     assert "below the claim" not in weak
@@ -94,9 +100,9 @@ def test_failure_message_says_which_check_failed_with_figures() -> None:
     assert "binarization test of the attack did not pass" in both
     assert "below the claim 0.750" in both
 
-    error = _result(60, 0.5, "error").summary()
+    error = _result(60, 0.9, "error").summary()
     assert "could not be set up (verdict error), so the attack was NOT tested" in error
-    assert _result(60, 0.5).summary().startswith("claim gate PASSED: robust accuracy 0.938")
+    assert _result(60, 0.9).summary().startswith("claim gate PASSED: robust accuracy 0.938")
 
 
 def test_wilson_interval_brackets_the_estimate() -> None:
@@ -229,7 +235,7 @@ TESTS = """
         return x
 
 
-    @pytest.mark.attack_test(claim=0.05)
+    @pytest.mark.attack_test(claim=0.25)
     def test_honest(attack_test, model, data, pgd):
         attack_test(model, *data, attack=pgd)
 
@@ -239,7 +245,7 @@ TESTS = """
         attack_test(model, *data, attack=pgd)
 
 
-    @pytest.mark.attack_test(claim=0.05)
+    @pytest.mark.attack_test(claim=0.9)
     def test_weak_attack(attack_test, model, data):
         attack_test(model, *data, attack=identity)
 
@@ -289,7 +295,11 @@ def test_claim_gate_end_to_end(tmp_path: Path) -> None:
         assert claim["n_samples"] == 16
         assert claim["robust_accuracy"] == claim["n_robust"] / 16
         assert claim["n_robust"] <= claim["n_clean_correct"]
-    assert 0.05 <= honest["robust_accuracy"] < 0.9  # so that both claims test something
+    # So that both claims test something: 0.25 is within the measurement's
+    # interval (honest), 0.9 above it (inflated).
+    assert honest["robust_accuracy"] >= 0.25
+    assert honest["interval"][0] <= 0.25
+    assert honest["robust_accuracy"] < 0.9
     assert honest["robust_accuracy"] == inflated["robust_accuracy"]  # same attack, same seed
     assert (honest["verdict"], honest["attack_verdict"]) == ("passed", "passed")
     assert (inflated["verdict"], inflated["attack_ok"], inflated["accuracy_ok"]) == (
@@ -325,7 +335,7 @@ def test_claim_gate_end_to_end(tmp_path: Path) -> None:
     assert rows["test_attack.py::test_inflated"][-2:] == ["0.900", "failed"]
     assert rows["test_attack.py::test_honest"][-3:] == [
         f"{honest['robust_accuracy']:.3f}",
-        "0.050",
+        "0.250",
         "passed",
     ]
     assert rows["test_attack.py::test_no_claim"][-3:] == ["-", "-", "-"]
