@@ -2,9 +2,10 @@
 
 Why: attack tests must run on real models with real data and no downloads.
 ``load_digits`` ships with scikit-learn (1797 8x8 images, 10 classes). One
-small MLP is trained in PyTorch (a second or two on a CPU) and the *same
-weights* are loaded into NumPy, Keras and JAX functions, so results can be
-compared across frameworks. Everything is cached per process.
+small MLP is trained in plain NumPy (well under a second on a CPU, no ML
+framework needed) and the *same weights* are loaded into NumPy, PyTorch, Keras
+and JAX models, so results can be compared across frameworks. Everything is
+cached per process.
 """
 
 from __future__ import annotations
@@ -34,31 +35,63 @@ def held_out(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.cache
 def mlp_weights(seed: int = 0, epochs: int = 200) -> tuple[np.ndarray, ...]:
-    """Train a 64-32-10 ReLU MLP in PyTorch on all but the last 200 digits; return its weights.
+    """Train a 64-32-10 ReLU MLP in NumPy on all but the last 200 digits; return its weights.
 
-    Returns ``(w1, b1, w2, b2)`` with ``logits = relu(x @ w1 + b1) @ w2 + b2``.
+    Returns float32 ``(w1, b1, w2, b2)`` with ``logits = relu(x @ w1 + b1) @ w2 + b2``.
+    Training is framework-free on purpose: every framework's tests (the
+    ``numpy`` tox env included, where no ML framework is installed) get the
+    same weights. Full-batch Adam on the mean cross-entropy in float64 from a
+    seeded uniform init (PyTorch's ``nn.Linear`` law), deterministic, well
+    under a second on a CPU.
     """
-    import torch
-
     x, y = digits()
-    xt, yt = torch.from_numpy(x[:-200]), torch.from_numpy(y[:-200])
-    gen = torch.Generator().manual_seed(seed)
-    l1, l2 = torch.nn.Linear(64, HIDDEN), torch.nn.Linear(HIDDEN, 10)
-    with torch.no_grad():
-        for layer in (l1, l2):
-            bound = 1 / layer.in_features**0.5
-            layer.weight.uniform_(-bound, bound, generator=gen)
-            layer.bias.uniform_(-bound, bound, generator=gen)
-    net = torch.nn.Sequential(l1, torch.nn.ReLU(), l2)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    inputs, labels = x[:-200].astype(np.float64), y[:-200]
+    rng = np.random.default_rng(seed)
+    params = []
+    for fan_in, fan_out in ((64, HIDDEN), (HIDDEN, 10)):
+        bound = 1 / fan_in**0.5
+        params += [
+            rng.uniform(-bound, bound, (fan_in, fan_out)),
+            rng.uniform(-bound, bound, fan_out),
+        ]
+    adam = _Adam(params, lr=1e-2)
+    target = np.eye(10)[labels]
     for _ in range(epochs):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(xt), yt).backward()
-        opt.step()
-    return tuple(
-        p.detach().numpy().copy()
-        for p in (l1.weight.T, l1.bias, l2.weight.T, l2.bias)  # (in, out) layout
-    )
+        adam.step(_cross_entropy_grads(params, inputs, target))
+    return tuple(p.astype(np.float32) for p in params)
+
+
+def _cross_entropy_grads(
+    params: list[np.ndarray], x: np.ndarray, target: np.ndarray
+) -> list[np.ndarray]:
+    """Gradients of the mean cross-entropy of ``relu(x @ w1 + b1) @ w2 + b2`` (backprop by hand)."""
+    w1, b1, w2, b2 = params
+    pre = x @ w1 + b1
+    hidden = np.maximum(pre, 0)
+    logits = hidden @ w2 + b2
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    d_logits = (probs - target) / len(x)
+    d_pre = (d_logits @ w2.T) * (pre > 0)
+    return [x.T @ d_pre, d_pre.sum(axis=0), hidden.T @ d_logits, d_logits.sum(axis=0)]
+
+
+class _Adam:
+    """Adam (Kingma and Ba, 2015) with the usual defaults, updating ``params`` in place."""
+
+    def __init__(self, params: list[np.ndarray], lr: float) -> None:
+        self.params, self.lr, self.t = params, lr, 0
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+
+    def step(self, grads: list[np.ndarray], b1: float = 0.9, b2: float = 0.999) -> None:
+        self.t += 1
+        for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * g * g
+            p -= self.lr * (m / (1 - b1**self.t)) / (np.sqrt(v / (1 - b2**self.t)) + 1e-8)
 
 
 def torch_mlp(seed: int = 0) -> Any:
