@@ -125,6 +125,27 @@ def fit_logistic(
     return w, float(regression.intercept_[0]), int(np.max(regression.n_iter_))
 
 
+def fit_min_norm(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """The engine's readout (minimum-norm interpolation of -1/+1), for one sample in NumPy.
+
+    The same formula as :func:`pytest_attacktest.readout.fit_readouts`, so that
+    a comparison with it isolates the per-sample structure from the choice of
+    fitter (scikit-learn's fit stops at its tolerance and may leave the one
+    boundary point misclassified where the features barely differ).
+    """
+    n = features.shape[0]
+    scale = max(float(np.sqrt(np.mean(np.sum(features**2, axis=1)))), 1e-12)
+    aug = np.concatenate([features, np.full((n, 1), scale)], axis=1)
+    gram = aug @ aug.T
+    gram += np.eye(n) * (1e-10 * np.trace(gram) / n + 1e-30)
+    alpha = np.linalg.solve(gram, np.where(labels == 1, 1.0, -1.0))
+    w_aug = aug.T @ alpha
+    return w_aug[:-1], float(w_aug[-1] * scale), 0
+
+
+READOUTS = ("sklearn", "min-norm")
+
+
 def per_sample_test(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -141,15 +162,19 @@ def per_sample_test(
     max_inconclusive: float = DEFAULT_MAX_INCONCLUSIVE,
     max_iter: int = MAX_ITER,
     blas_threads: int | None = None,
+    readout: str = "sklearn",
     seed: int = 0,
 ) -> Report:
     """Run the binarization test sample by sample; the report's timings are per phase.
 
     Args mirror :func:`pytest_attacktest.binarization_test` (``n_inner`` is
     required: pass the engine's resolved value to compare like with like);
-    ``max_iter`` and ``blas_threads`` go to :func:`fit_logistic`.
+    ``max_iter`` and ``blas_threads`` go to :func:`fit_logistic`; ``readout="min-norm"``
+    fits with :func:`fit_min_norm` instead (the engine's formula, per sample).
     """
     p = parse_p(norm)
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
     model.eval()
     device = x.device
     extract = feature_extractor(model, None)
@@ -163,6 +188,7 @@ def per_sample_test(
         settings={
             "n_inner": n_inner,
             "mode": "per-sample (reference structure)",
+            "readout": readout,
             "max_iter": max_iter,
             "blas_threads": blas_threads,
             "sklearn_iterations": [],
@@ -188,7 +214,10 @@ def per_sample_test(
         features = feats.double().cpu().numpy()
         clock.lap("features")
 
-        w, b, iterations = fit_logistic(features, labels, max_iter, blas_threads)
+        if readout == "sklearn":
+            w, b, iterations = fit_logistic(features, labels, max_iter, blas_threads)
+        else:
+            w, b, iterations = fit_min_norm(features, labels)
         report.settings["sklearn_iterations"].append(iterations)
         z = features @ w + b
         signed = np.where(labels == 1, z, -z)

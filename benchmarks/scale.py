@@ -24,7 +24,8 @@ the first two and checks the third by the engine's own arithmetic:
    three times for temporaries), and what it does not count (the feature
    pass over blocks of 4096 points, the attack's forward and backward pass
    on the chunk). ``--probe`` measures those two per image on the current
-   device (on a CPU, from the resident set: slow for ResNet-50).
+   device, from two batch sizes so that fixed costs cancel (on a CPU from the
+   peak resident set of fresh processes: about a minute for ResNet-50).
 
 Usage (from the repository root)::
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -260,21 +262,44 @@ SCENARIOS = {
 }
 
 
-def probe(name: str, device: str, batch: int) -> dict[str, Any]:
-    """Memory per image of a no-grad forward pass and of a forward and backward pass."""
+def _growth_mib(name: str, device: str, batch: int, backward: bool) -> float:
+    """Peak memory growth of one forward (no grad) or forward and backward pass at ``batch``."""
     problem = models.make_problem(name, batch, 0, device)
-    x = problem.x
-    out: dict[str, Any] = {"model": name, "batch": batch}
-    with PeakMemory(device) as memory, torch.no_grad():
-        problem.model(x)
-    out["forward_mib_per_image"] = (memory.growth_mib or math.nan) / batch
-    x = x.clone().requires_grad_(True)
+    x = problem.x.clone().requires_grad_(backward)
     with PeakMemory(device) as memory:
-        loss = problem.model(x).logsumexp(dim=1).sum()
-        (grad,) = torch.autograd.grad(loss, x)
-        del grad, loss
-    out["forward_backward_mib_per_image"] = (memory.growth_mib or math.nan) / batch
-    out["how"] = memory.how
+        if backward:
+            loss = problem.model(x).logsumexp(dim=1).sum()
+            (grad,) = torch.autograd.grad(loss, x)
+            del grad, loss
+        else:
+            with torch.no_grad():
+                problem.model(x)
+    return math.nan if memory.growth_mib is None else memory.growth_mib
+
+
+def _growth_in_child(name: str, batch: int, backward: bool) -> float:
+    """:func:`_growth_mib` on the CPU in a fresh process (freed memory stays resident)."""
+    command = [sys.executable, __file__, "--probe-child", name, str(batch), str(int(backward))]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def probe(name: str, device: str, small: int, large: int) -> dict[str, Any]:
+    """Activation memory per image of ``name``: no-grad forward, and forward and backward.
+
+    Measured at two batch sizes and differenced, so that what does not grow
+    with the batch (weights, reordered weights, workspaces) cancels out. On
+    a CPU each measurement runs in a fresh process, from its peak resident set.
+    """
+    out: dict[str, Any] = {"model": name, "batches": [small, large]}
+    for key, backward in (("forward", False), ("forward_backward", True)):
+        if device.startswith("cuda"):
+            low, high = (_growth_mib(name, device, b, backward) for b in (small, large))
+        else:
+            low, high = (_growth_in_child(name, b, backward) for b in (small, large))
+        out[f"{key}_mib_per_image"] = (high - low) / (large - small)
+        out[f"{key}_mib_at_{large}"] = high
+    out["how"] = PeakMemory(device).how
     return out
 
 
@@ -348,16 +373,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measure activation memory per image of ResNet-18 and ResNet-50",
     )
     parser.add_argument(
-        "--probe-batch",
-        type=int,
+        "--probe-batches",
         default=None,
-        help="images per probe (default: 4 on a CPU, 64 on CUDA)",
+        help="the two batch sizes of the probe, e.g. 2,8 (default: 2,8 on a CPU, 16,64 on CUDA)",
     )
     args = parser.parse_args(argv)
     cuda_run = str(args.device).startswith("cuda")
     args.model = args.model or ("resnet18" if cuda_run else "mlp")
     args.steps = args.steps or (100 if cuda_run else 20)
-    args.probe_batch = args.probe_batch or (64 if cuda_run else 4)
+    small, large = (args.probe_batches or ("16,64" if cuda_run else "2,8")).split(",")
+    args.probe_batches = (int(small), int(large))
     args.sizes = [] if args.sizes == "none" else sorted(int(v) for v in args.sizes.split(","))
     if args.chunk_size != "auto" and not args.chunk_size.isdigit():
         parser.error("--chunk-size takes a positive number or 'auto'")
@@ -365,6 +390,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--probe-child"]:  # one measurement of probe(), in its own process
+        torch.set_num_threads(1)
+        name, batch, backward = argv[1], int(argv[2]), argv[3] == "1"
+        print(_growth_mib(name, "cpu", batch, backward))
+        return 0
     args = parse_args(argv)
     common.set_threads(args)
     meta = common.metadata("binarization test, scaling with samples", args, vars(args))
@@ -395,13 +426,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nauto_chunk_size for 4096 samples with {args.gpu_free_gib:g} GiB free on CUDA:\n")
     print(common.markdown_table(plans, PLAN_COLUMNS))
     if args.probe:
-        probes = [probe(name, str(args.device), args.probe_batch) for name in SCENARIOS]
+        probes = [probe(name, str(args.device), *args.probe_batches) for name in SCENARIOS]
         extra["probes"] = probes
-        for p in probes:
+        print()
+        for p, plan in zip(probes, plans, strict=True):
+            # What the arithmetic leaves out: one feature block of 4096 points, and
+            # the attack's forward and backward pass on a whole chunk.
+            p["feature_block_gib"] = p["forward_mib_per_image"] * 4096 / 1024
+            p["attack_chunk_gib"] = p["forward_backward_mib_per_image"] * plan["chunk_size"] / 1024
             print(
-                f"{p['model']}: {p['forward_mib_per_image']:.1f} MiB per image for a no-grad "
-                f"forward, {p['forward_backward_mib_per_image']:.1f} MiB forward+backward "
-                f"(batch {p['batch']}, {p['how']})"
+                f"{p['model']}: {p['forward_mib_per_image']:.2f} MiB per image for a no-grad "
+                f"forward ({p['feature_block_gib']:.1f} GiB for a feature block of 4096), "
+                f"{p['forward_backward_mib_per_image']:.2f} MiB forward+backward "
+                f"({p['attack_chunk_gib']:.1f} GiB for an attack on a chunk of "
+                f"{plan['chunk_size']}); batches {p['batches']}, {p['how']}"
             )
     common.finish(meta, rows, args.json, **extra)
     return 0

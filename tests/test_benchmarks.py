@@ -24,6 +24,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
 import eagerpy as ep  # noqa: E402
+import numpy as np  # noqa: E402
 
 import attacks  # noqa: E402
 from pytest_attacktest import binarization as engine  # noqa: E402
@@ -160,6 +161,24 @@ def test_per_sample_mode_is_inconclusive_when_no_readout_separates_the_points() 
     assert ref.timings["attack"] == 0.0  # as the reference: no attack without a setup
     ours = binarization_test(model, x[:3], attack=_identity, epsilon=0.2, n_inner=8)
     assert ours.verdict == "error"
+
+
+def test_per_sample_min_norm_readout_is_the_engines_formula() -> None:
+    from pytest_attacktest.readout import fit_readouts
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(9, 16))
+    labels = np.array([0] * 8 + [1])
+    w, b, _ = baseline.fit_min_norm(features, labels)
+    engine_fit = fit_readouts(ep.astensor(torch.from_numpy(features)[None]), labels, 0.0)
+    np.testing.assert_allclose(w, engine_fit.weight.raw[0].numpy(), rtol=1e-6, atol=1e-9)
+    assert b == pytest.approx(float(engine_fit.bias.raw[0]), rel=1e-6)
+    assert np.all(np.where(labels == 1, 1, -1) * (features @ w + b) > 0)
+    model, x = _mlp()
+    with pytest.raises(ValueError, match="readout must be one of"):
+        baseline.per_sample_test(
+            model, x, attack=attacks.PGD(steps=1), epsilon=0.1, n_inner=2, readout="svm"
+        )
 
 
 def test_agreement_and_subset_match_samples_by_index() -> None:
