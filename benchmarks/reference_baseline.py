@@ -40,6 +40,7 @@ PyTorch only (the reference is PyTorch only).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -115,17 +116,27 @@ def fit_logistic(
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
 
     regression = LogisticRegression(C=math.inf, max_iter=max_iter)
-    with warnings.catch_warnings(), threadpool_limits(limits=blas_threads):
+    with warnings.catch_warnings(), _blas_limit(blas_threads):
         warnings.simplefilter("ignore", ConvergenceWarning)
         regression.fit(features, labels)
     w = regression.coef_[0].astype(np.float64)
     return w, float(regression.intercept_[0]), int(np.max(regression.n_iter_))
 
 
-def fit_min_norm(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float, int]:
+def _blas_limit(threads: int | None) -> Any:
+    """At most ``threads`` BLAS/OpenMP threads inside ``with`` (None: leave them)."""
+    if threads is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads)
+
+
+def fit_min_norm(
+    features: np.ndarray, labels: np.ndarray, blas_threads: int | None = None
+) -> tuple[np.ndarray, float, int]:
     """The engine's readout (minimum-norm interpolation of -1/+1), for one sample in NumPy.
 
     The same formula as :func:`pytest_attacktest.readout.fit_readouts`, so that
@@ -133,6 +144,11 @@ def fit_min_norm(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
     fitter (scikit-learn's fit stops at its tolerance and may leave the one
     boundary point misclassified where the features barely differ).
     """
+    with _blas_limit(blas_threads):
+        return _min_norm(features, labels)
+
+
+def _min_norm(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float, int]:
     n = features.shape[0]
     scale = max(float(np.sqrt(np.mean(np.sum(features**2, axis=1)))), 1e-12)
     aug = np.concatenate([features, np.full((n, 1), scale)], axis=1)
@@ -169,8 +185,9 @@ def per_sample_test(
 
     Args mirror :func:`pytest_attacktest.binarization_test` (``n_inner`` is
     required: pass the engine's resolved value to compare like with like);
-    ``max_iter`` and ``blas_threads`` go to :func:`fit_logistic`; ``readout="min-norm"``
-    fits with :func:`fit_min_norm` instead (the engine's formula, per sample).
+    ``max_iter`` goes to :func:`fit_logistic`, ``blas_threads`` to both fits;
+    ``readout="min-norm"`` fits with :func:`fit_min_norm` instead (the engine's
+    formula, per sample).
     """
     p = parse_p(norm)
     if readout not in READOUTS:
@@ -197,64 +214,68 @@ def per_sample_test(
     )
     labels = np.array([0] * (1 + n_inner) + [1] * n_boundary)
     bounds = (0.0, 1.0)
-    for i in range(x.shape[0]):
-        clock = _Clock(report.timings, device)
-        xi = ep.astensor(x[i : i + 1])
-        eps = ep.ones(xi, (1,)) * epsilon
-        random = backend.RandomSource(seed + i, xi)
-        inner = inner_points(xi, n_inner, eps, p, bounds, random, 1 - gap)[0]
-        boundary = boundary_points(xi, n_boundary, eps, p, bounds, random)[0]
-        train = torch.cat([x[i : i + 1], inner.raw, boundary.raw])
-        clock.lap("sampling")
+    with _blas_limit(blas_threads):  # once: threadpoolctl's look-up takes milliseconds
+        for i in range(x.shape[0]):
+            clock = _Clock(report.timings, device)
+            xi = ep.astensor(x[i : i + 1])
+            eps = ep.ones(xi, (1,)) * epsilon
+            random = backend.RandomSource(seed + i, xi)
+            inner = inner_points(xi, n_inner, eps, p, bounds, random, 1 - gap)[0]
+            boundary = boundary_points(xi, n_boundary, eps, p, bounds, random)[0]
+            train = torch.cat([x[i : i + 1], inner.raw, boundary.raw])
+            clock.lap("sampling")
 
-        with torch.no_grad():
-            feats = torch.cat(
-                [extract(train[j : j + BATCH_SIZE]) for j in range(0, train.shape[0], BATCH_SIZE)]
-            )
-        features = feats.double().cpu().numpy()
-        clock.lap("features")
-
-        if readout == "sklearn":
-            w, b, iterations = fit_logistic(features, labels, max_iter, blas_threads)
-        else:
-            w, b, iterations = fit_min_norm(features, labels)
-        report.settings["sklearn_iterations"].append(iterations)
-        z = features @ w + b
-        signed = np.where(labels == 1, z, -z)
-        fitted = bool(np.all(signed > 0))
-        best = float(z[labels == 1].max())
-        b -= closeness * best  # the best boundary point keeps (1 - c) of its logit
-        binarized = _Binarized(model, extract, w, b).to(device).eval()
-        with torch.no_grad():
-            z_clean = binarized.z(x[i : i + 1])[0]
-            z_boundary = binarized.z(boundary.raw)
-        guaranteed = fitted and z_clean < 0 and z_boundary.max() > 0
-        clock.lap("fit")
-
-        if not guaranteed:
-            report.samples.append(
-                SampleResult(
-                    index=i,
-                    conclusive=False,
-                    reason="readout did not separate the training points"
-                    if not fitted
-                    else "the guaranteed adversarial is not adversarial in the final model",
-                    train_margin=float(signed.min()),
+            with torch.no_grad():
+                feats = torch.cat(
+                    [
+                        extract(train[j : j + BATCH_SIZE])
+                        for j in range(0, train.shape[0], BATCH_SIZE)
+                    ]
                 )
-            )
-            clock.lap("verification")
-            continue
-        zeros = torch.zeros(1, dtype=torch.long, device=device)
-        x_adv = attack(binarized, x[i : i + 1], zeros, epsilon=epsilon)
-        clock.lap("attack")
+            features = feats.double().cpu().numpy()
+            clock.lap("features")
 
-        report.samples.append(
-            _verify(binarized, xi, ep.astensor(x_adv), eps, p, epsilon, n_validation, random)
-        )
-        report.samples[-1].index = i
-        report.samples[-1].logit_difference -= best * (1 - closeness)
-        report.samples[-1].train_margin = float(signed.min())
-        clock.lap("verification")
+            if readout == "sklearn":
+                w, b, iterations = fit_logistic(features, labels, max_iter)
+            else:
+                w, b, iterations = fit_min_norm(features, labels)
+            report.settings["sklearn_iterations"].append(iterations)
+            z = features @ w + b
+            signed = np.where(labels == 1, z, -z)
+            fitted = bool(np.all(signed > 0))
+            best = float(z[labels == 1].max())
+            b -= closeness * best  # the best boundary point keeps (1 - c) of its logit
+            binarized = _Binarized(model, extract, w, b).to(device).eval()
+            with torch.no_grad():
+                z_clean = binarized.z(x[i : i + 1])[0]
+                z_boundary = binarized.z(boundary.raw)
+            guaranteed = fitted and z_clean < 0 and z_boundary.max() > 0
+            clock.lap("fit")
+
+            if not guaranteed:
+                report.samples.append(
+                    SampleResult(
+                        index=i,
+                        conclusive=False,
+                        reason="readout did not separate the training points"
+                        if not fitted
+                        else "the guaranteed adversarial is not adversarial in the final model",
+                        train_margin=float(signed.min()),
+                    )
+                )
+                clock.lap("verification")
+                continue
+            zeros = torch.zeros(1, dtype=torch.long, device=device)
+            x_adv = attack(binarized, x[i : i + 1], zeros, epsilon=epsilon)
+            clock.lap("attack")
+
+            report.samples.append(
+                _verify(binarized, xi, ep.astensor(x_adv), eps, p, epsilon, n_validation, random)
+            )
+            report.samples[-1].index = i
+            report.samples[-1].logit_difference -= best * (1 - closeness)
+            report.samples[-1].train_margin = float(signed.min())
+            clock.lap("verification")
     return report
 
 
