@@ -23,14 +23,24 @@ Loss = Callable[[ep.Tensor, ep.Tensor, "ep.Tensor | None"], ep.Tensor]
 _LARGE = 1e9  # replaces one class's logit when taking the max over the others
 
 
+def _is_class(logits: ep.Tensor, classes: ep.Tensor) -> ep.Tensor:
+    """Boolean ``(N, K)``: column ``classes[n]`` of row n.
+
+    Built on the device (EagerPy's ``onehot_like`` and indexing with ``range``
+    copy host indices in on every call, which a CUDA graph cannot record).
+    """
+    columns = ep.arange(logits, logits.shape[-1]).astype(classes.dtype).reshape((1, -1))
+    return columns == classes.reshape((-1, 1))
+
+
 def _other_max(logits: ep.Tensor, classes: ep.Tensor) -> ep.Tensor:
     """max_{i != c} z_i per sample."""
-    mask = ep.onehot_like(logits, classes, value=_LARGE)
-    return (logits - mask).max(axis=-1)
+    return ep.where(_is_class(logits, classes), logits - _LARGE, logits).max(axis=-1)
 
 
 def _pick(logits: ep.Tensor, classes: ep.Tensor) -> ep.Tensor:
-    return logits[range(logits.shape[0]), classes]
+    """z_c per sample (exactly: a sum of z_c and zeros)."""
+    return ep.where(_is_class(logits, classes), logits, ep.zeros_like(logits)).sum(axis=-1)
 
 
 def margin(logits: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None = None) -> ep.Tensor:
