@@ -30,19 +30,21 @@ What follows AutoAttack (``autopgd_base.py``) and what differs:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import eagerpy as ep
 
-from attacks import backend
+from attacks import backend, fast_path
 from attacks.base import Attack, RunContext, atleast_kd
 from attacks.gradient import (
     _gradient_norm,
-    _Tracker,
+    clamp,
+    linf_ascent,
+    linf_limits,
     loss_and_logits,
     project_ball,
     random_start,
     steepest_step,
+    track,
 )
 from attacks.losses import Loss, get_loss, is_adversarial, margin
 from attacks.rescaling import rescale_and_clip
@@ -53,8 +55,6 @@ FIRST_CHECK, CHECK_DECREASE, MIN_CHECK = 0.22, 0.03, 0.06
 #: L1 (AutoAttack's L1-APGD): checkpoint interval, initial share of coordinates,
 #: step decay, smallest step (fraction of epsilon), sparsity drop that resets the step.
 L1_CHECK, L1_TOPK_START, L1_STEP_DECAY, L1_MIN_STEP, L1_SPARSER = 0.04, 0.2, 1.5, 0.1, 0.95
-
-Evaluate = Callable[[ep.Tensor], tuple[ep.Tensor, ep.Tensor]]
 
 
 def checkpoint_intervals(steps: int) -> list[int]:
@@ -95,6 +95,11 @@ class APGD(Attack):
         rho: the step is halved when the loss rose in at most this share of
             the steps since the last checkpoint.
         seed: seed of the random starts (``None``: fresh randomness).
+        compile: the step loop's fast path, as for :class:`attacks.PGD`:
+            ``"auto"`` (default; a CUDA graph on CUDA for PyTorch models that pass
+            the checks, eager elsewhere), ``True``, a dict of ``torch.compile``
+            arguments, or ``False``. The checkpoints run in Python between
+            replays; ``last_fast_path`` tells how the last call ran.
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class APGD(Attack):
         n_target_classes: int = 9,
         rho: float = 0.75,
         seed: int | None = 0,
+        compile: fast_path.CompileSetting = "auto",
     ) -> None:
         if steps < 1 or restarts < 1 or n_target_classes < 1:
             raise ValueError(
@@ -124,9 +130,16 @@ class APGD(Attack):
         self.n_target_classes = n_target_classes
         self.rho = rho
         self.seed = seed
+        self.compile = fast_path.check_setting(compile)
         self._loss = get_loss(loss)
+        self._last_fast_path: fast_path.FastPathStatus | None = None
 
     # ------------------------------------------------------------------ driver
+
+    @property
+    def last_fast_path(self) -> fast_path.FastPathStatus | None:
+        """How the step loop of the last call ran (eager, CUDA graph, torch.compile) and why."""
+        return self._last_fast_path
 
     def run(
         self, ctx: RunContext, x: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None
@@ -135,18 +148,23 @@ class APGD(Attack):
         clean = ctx.model.logits(x)
         loss_targets = self._loss_targets(clean, target)
         self._check_loss(clean, y, loss_targets[0])  # DLR on too few classes fails here, early
-        tracker = _Tracker(x)
-        tracker.update(x, is_adversarial(clean, y, target))
+        found, best = track(
+            ep.zeros(x, (x.shape[0],)).bool(), x, x, is_adversarial(clean, y, target)
+        )
         best_x, best_score = x, margin(clean, y, target)
+        name = type(self).__name__
+        status = fast_path.plan(self.compile, ctx.model, x, name)
+        run = _Run(self, ctx, x, y, target, status, targeted=loss_targets[0] is not None)
         for loss_target in loss_targets:
             for _ in range(self.restarts):
-                x_run = self._single_run(ctx, x, y, loss_target, target, tracker)
+                x_run, found, best = run.single(found, best, loss_target)
                 logits = ctx.model.logits(x_run)
                 score = margin(logits, y, target)
                 better = score > best_score
                 best_x = ep.where(atleast_kd(better, x.ndim), x_run, best_x)
                 best_score = ep.where(better, score, best_score)
-        return tracker.result(best_x)
+        self._last_fast_path = fast_path.finish(run.loop)
+        return ep.where(atleast_kd(found, x.ndim), best, best_x)
 
     def _loss_targets(self, clean: ep.Tensor, target: ep.Tensor | None) -> list[ep.Tensor | None]:
         """The target of each run's loss: the given one, none, or APGD-T's ranked classes."""
@@ -168,108 +186,181 @@ class APGD(Attack):
                 f"{tuple(values.shape)}; reduce over everything but the batch axis"
             )
 
-    def _single_run(
+
+class _Run:
+    """One APGD call: its step functions, its step loop and its runs.
+
+    Why a class: every run of a call (restarts, APGD-T's target classes) shares
+    one step function and one :class:`attacks.fast_path.StepLoop`, so on CUDA
+    the step is captured once per call. The state the step maps is a tuple of
+    tensors, last of all the tracker (``found``, ``best``) and, for targeted
+    losses, the loss target, so that one captured step serves every target.
+    Checkpoints change the state between segments of steps, in Python.
+    """
+
+    def __init__(
         self,
+        attack: APGD,
         ctx: RunContext,
         x: ep.Tensor,
         y: ep.Tensor,
-        loss_target: ep.Tensor | None,
         target: ep.Tensor | None,
-        tracker: _Tracker,
-    ) -> ep.Tensor:
-        """One APGD run from a random start; returns its highest-loss point."""
-        fn = loss_and_logits(ctx.model, self._loss, y, loss_target)
+        status: fast_path.FastPathStatus,
+        *,
+        targeted: bool,
+    ) -> None:
+        assert ctx.epsilon is not None
+        self.attack, self.ctx, self.x, self.y, self.target = attack, ctx, x, y, target
+        self.eps, self.p, self.bounds = ctx.epsilon, attack.p, ctx.bounds
+        self.targeted = targeted
+        self.lower, self.upper = linf_limits(x, self.eps, self.bounds)
+        body = self._l1_step if self.p == 1 else self._lp_step
+        name = type(attack).__name__
+        self.loop = fast_path.StepLoop(lambda s: body(s, momentum=True), status, name)
+        self._body = body
 
-        def evaluate(x_adv: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
-            _, logits, grad = backend.value_and_grad(fn, x_adv)
-            tracker.update(x_adv, is_adversarial(logits, y, target))
-            return self._loss(logits, y, loss_target), grad
-
+    def single(
+        self, found: ep.Tensor, best: ep.Tensor, loss_target: ep.Tensor | None
+    ) -> tuple[ep.Tensor, ep.Tensor, ep.Tensor]:
+        """One APGD run from a random start: its highest-loss point, and the tracker."""
+        extra = (loss_target,) if loss_target is not None else ()
         if self.p == 1:
-            return self._run_l1(ctx, x, evaluate)
-        return self._run_lp(ctx, x, evaluate)
+            return self._run_l1(found, best, extra)
+        return self._run_lp(found, best, extra)
+
+    def _evaluate(
+        self, x_adv: ep.Tensor, found: ep.Tensor, best: ep.Tensor, extra: fast_path.State
+    ) -> tuple[ep.Tensor, ep.Tensor, ep.Tensor, ep.Tensor]:
+        """Loss, gradient, and the tracker updated with this iterate's success."""
+        loss_target = extra[0] if self.targeted else None
+        fn = loss_and_logits(self.ctx.model, self.attack._loss, self.y, loss_target)
+        _, logits, grad = backend.value_and_grad(fn, x_adv)
+        found, best = track(found, best, x_adv, is_adversarial(logits, self.y, self.target))
+        return self.attack._loss(logits, self.y, loss_target), grad, found, best
 
     # ------------------------------------------------------------------ Linf and L2
 
-    def _run_lp(self, ctx: RunContext, x: ep.Tensor, evaluate: Evaluate) -> ep.Tensor:
-        assert ctx.epsilon is not None
-        eps, p, bounds, nd = ctx.epsilon, self.p, ctx.bounds, x.ndim
-        x_adv = random_start(ctx, x, eps, p)
-        loss, grad = evaluate(x_adv)
-        x_best, grad_best, loss_best = x_adv, grad, loss
-        x_prev, loss_prev = x_adv, loss
-        step = eps * 2.0
-        rises = ep.zeros_like(loss)  # steps since the last checkpoint whose loss rose
-        loss_best_at_check = loss_best
+    def _project(self, x_adv: ep.Tensor) -> ep.Tensor:
+        if math.isinf(self.p):
+            return clamp(x_adv, self.lower, self.upper)
+        return project_ball(self.x, x_adv, self.eps, self.p, self.bounds)
+
+    def _ascend(self, x_adv: ep.Tensor, grad: ep.Tensor, step: ep.Tensor) -> ep.Tensor:
+        if math.isinf(self.p):
+            return linf_ascent(x_adv, grad, step, self.lower, self.upper)
+        return self._project(steepest_step(x_adv, grad, step, self.p, self.bounds))
+
+    def _lp_step(self, state: fast_path.State, *, momentum: bool) -> fast_path.State:
+        """One Linf/L2 step: ascent, momentum, evaluation, best-point bookkeeping."""
+        x_adv, x_prev, grad, loss_prev, rises, x_best, grad_best, loss_best, step = state[:9]
+        found, best, extra = state[9], state[10], state[11:]
+        x_new = self._ascend(x_adv, grad, step)
+        if momentum:
+            moved = x_adv + (x_new - x_adv) * MOMENTUM + (x_adv - x_prev) * (1 - MOMENTUM)
+            x_new = self._project(moved)
+        x_prev, x_adv = x_adv, x_new
+        loss, grad, found, best = self._evaluate(x_adv, found, best, extra)
+        rises = rises + (loss > loss_prev).astype(loss.dtype)
+        improved = loss > loss_best
+        x_best = ep.where(atleast_kd(improved, x_adv.ndim), x_adv, x_best)
+        grad_best = ep.where(atleast_kd(improved, x_adv.ndim), grad, grad_best)
+        loss_best = ep.where(improved, loss, loss_best)
+        new = (x_adv, x_prev, grad, loss, rises, x_best, grad_best, loss_best, step, found, best)
+        return new + extra
+
+    def _run_lp(
+        self, found: ep.Tensor, best: ep.Tensor, extra: fast_path.State
+    ) -> tuple[ep.Tensor, ep.Tensor, ep.Tensor]:
+        eps, nd, rho = self.eps, self.x.ndim, self.attack.rho
+        x_adv = random_start(self.ctx, self.x, eps, self.p)
+        loss, grad, found, best = self._evaluate(x_adv, found, best, extra)
+        zeros = ep.zeros_like(loss)  # rises: steps since the last checkpoint whose loss rose
+        state: fast_path.State = (x_adv, x_adv, grad, loss, zeros, x_adv, grad, loss, eps * 2.0)
+        state = self._body((*state, found, best, *extra), momentum=False)  # step 0
+        loss_best_at_check = loss
         reduced_at_check = ep.ones_like(loss).bool()  # AutoAttack: no rule (b) at the first check
-        checks = iter(checkpoint_intervals(self.steps))
-        interval, since_check = next(checks, 0), 0
-        for i in range(self.steps):
-            x_new = project_ball(x, steepest_step(x_adv, grad, step, p, bounds), eps, p, bounds)
-            if i > 0:
-                moved = x_adv + (x_new - x_adv) * MOMENTUM + (x_adv - x_prev) * (1 - MOMENTUM)
-                x_new = project_ball(x, moved, eps, p, bounds)
-            x_prev, x_adv = x_adv, x_new
-            loss, grad = evaluate(x_adv)
-            rises = rises + (loss > loss_prev).astype(loss.dtype)
-            loss_prev = loss
-            improved = loss > loss_best
-            x_best = ep.where(atleast_kd(improved, nd), x_adv, x_best)
-            grad_best = ep.where(atleast_kd(improved, nd), grad, grad_best)
-            loss_best = ep.where(improved, loss, loss_best)
-            since_check += 1
-            if since_check < interval:
-                continue
-            stalled = rises <= self.rho * interval  # (a): the loss rose too rarely
+        intervals = checkpoint_intervals(self.attack.steps)
+        # After the last interval every step is followed by a check of interval 0, as
+        # in a loop that counts steps since the last check against a used-up schedule.
+        schedule = intervals + [0] * (self.attack.steps - sum(intervals))
+        since_check = 1
+        for interval in schedule:
+            state = self.loop.run(state, max(interval, 1) - since_check)
+            since_check = 0
+            x_adv, x_prev, grad, loss_prev, rises, x_best, grad_best, loss_best, step = state[:9]
+            stalled = rises <= rho * interval  # (a): the loss rose too rarely
             no_gain = ep.logical_and(  # (b): not cut last time, and no better point since
                 ep.logical_not(reduced_at_check), loss_best_at_check >= loss_best
             )
             cut = ep.logical_or(stalled, no_gain)
-            step = ep.where(cut, step / 2.0, step)
             cut_x = atleast_kd(cut, nd)
-            x_adv = ep.where(cut_x, x_best, x_adv)
-            x_prev = ep.where(cut_x, x_best, x_prev)  # restart without momentum
-            grad = ep.where(cut_x, grad_best, grad)
-            loss_prev = ep.where(cut, loss_best, loss_prev)
+            state = (
+                ep.where(cut_x, x_best, x_adv),
+                ep.where(cut_x, x_best, x_prev),  # restart without momentum
+                ep.where(cut_x, grad_best, grad),
+                ep.where(cut, loss_best, loss_prev),
+                zeros,
+                x_best,
+                grad_best,
+                loss_best,
+                ep.where(cut, step / 2.0, step),
+                *state[9:],
+            )
             reduced_at_check, loss_best_at_check = cut, loss_best
-            rises = ep.zeros_like(rises)
-            interval, since_check = next(checks, 0), 0
-        return x_best
+        return state[5], state[9], state[10]
 
     # ------------------------------------------------------------------ L1
 
-    def _run_l1(self, ctx: RunContext, x: ep.Tensor, evaluate: Evaluate) -> ep.Tensor:
-        assert ctx.epsilon is not None
-        eps, bounds, nd = ctx.epsilon, ctx.bounds, x.ndim
+    def _l1_step(self, state: fast_path.State, *, momentum: bool) -> fast_path.State:
+        """One L1 step (no momentum in AutoAttack's L1 rule): sparse ascent, bookkeeping."""
+        del momentum
+        x_adv, grad, x_best, grad_best, loss_best, step, share = state[:7]
+        found, best, extra = state[7], state[8], state[9:]
+        moved = sparse_l1_step(x_adv, grad, step, share, self.bounds)
+        x_adv = project_ball(self.x, moved, self.eps, 1, self.bounds)
+        loss, grad, found, best = self._evaluate(x_adv, found, best, extra)
+        improved = loss > loss_best
+        x_best = ep.where(atleast_kd(improved, x_adv.ndim), x_adv, x_best)
+        grad_best = ep.where(atleast_kd(improved, x_adv.ndim), grad, grad_best)
+        loss_best = ep.where(improved, loss, loss_best)
+        return (x_adv, grad, x_best, grad_best, loss_best, step, share, found, best, *extra)
+
+    def _run_l1(
+        self, found: ep.Tensor, best: ep.Tensor, extra: fast_path.State
+    ) -> tuple[ep.Tensor, ep.Tensor, ep.Tensor]:
+        x, eps, bounds, nd = self.x, self.eps, self.bounds, self.x.ndim
         d = math.prod(x.shape[1:])
         # AutoAttack's L1 start: a Gaussian projected onto the ball, sparse and on its surface.
-        x_adv = project_ball(x, x + ctx.random.normal(tuple(x.shape)), eps, 1.0, bounds)
-        loss, grad = evaluate(x_adv)
-        x_best, grad_best, loss_best = x_adv, grad, loss
-        step = eps * 1.0
+        x_adv = project_ball(x, x + self.ctx.random.normal(tuple(x.shape)), eps, 1.0, bounds)
+        loss, grad, found, best = self._evaluate(x_adv, found, best, extra)
         share = ep.zeros_like(eps) + L1_TOPK_START  # share of coordinates a step moves
+        state: fast_path.State = (x_adv, grad, x_adv, grad, loss, eps * 1.0, share)
+        state = (*state, found, best, *extra)
         sparsity_before = ep.zeros_like(eps) + float(d)
-        interval = max(int(L1_CHECK * self.steps), 1)
-        for i in range(1, self.steps + 1):
-            x_adv = project_ball(
-                x, sparse_l1_step(x_adv, grad, step, share, bounds), eps, 1, bounds
-            )
-            loss, grad = evaluate(x_adv)
-            improved = loss > loss_best
-            x_best = ep.where(atleast_kd(improved, nd), x_adv, x_best)
-            grad_best = ep.where(atleast_kd(improved, nd), grad, grad_best)
-            loss_best = ep.where(improved, loss, loss_best)
-            if i % interval:
-                continue
+        steps = self.attack.steps
+        interval = max(int(L1_CHECK * steps), 1)
+        for _ in range(steps // interval):
+            state = self.loop.run(state, interval)
+            x_adv, grad, x_best, grad_best, loss_best, step = state[:6]
             sparsity = (x_best - x).flatten(start=1).abs().sign().sum(axis=1)
             sparser = sparsity < sparsity_before * L1_SPARSER
             share = sparsity / (d * L1_STEP_DECAY)
             step = ep.where(sparser, eps, step / L1_STEP_DECAY)
             step = ep.minimum(ep.maximum(step, eps * L1_MIN_STEP), eps)
             sparsity_before = sparsity
-            x_adv = ep.where(atleast_kd(sparser, nd), x_best, x_adv)
-            grad = ep.where(atleast_kd(sparser, nd), grad_best, grad)
-        return x_best
+            sparser_x = atleast_kd(sparser, nd)
+            state = (
+                ep.where(sparser_x, x_best, x_adv),
+                ep.where(sparser_x, grad_best, grad),
+                x_best,
+                grad_best,
+                loss_best,
+                step,
+                share,
+                *state[7:],
+            )
+        state = self.loop.run(state, steps % interval)
+        return state[2], state[7], state[8]
 
 
 def sparse_l1_step(

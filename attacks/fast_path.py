@@ -1,0 +1,573 @@
+"""The attack-loop fast path: a gradient attack's whole step, captured once and replayed.
+
+Why: on a GPU a small batch is launch-bound. A PGD step of a ResNet-18 on 64
+CIFAR-sized images costs about as much as on 512, because the time goes into
+launching a few hundred kernels from Python, not into running them; the same
+step replayed from a CUDA graph is several times faster. PGD and APGD repeat one
+step with fixed shapes, which is exactly what a CUDA graph can replay.
+
+What is captured: the whole step as the attack writes it: the forward pass,
+the gradient (``torch.autograd.grad``), the success check of the tracker, the
+ascent step and the projection (and APGD's momentum and best-point
+bookkeeping). The attack's state (iterate, tracker, APGD's best point and
+step sizes) is a tuple of tensors that the step maps to a new tuple of the
+same shapes. Checkpoints, restarts and random starts stay in Python between
+replays.
+
+Design, and why this one:
+
+* **CUDA (``compile="auto"``, the default there): a manual
+  ``torch.cuda.CUDAGraph`` capture of the step.** The step runs its Python
+  once while the kernels are recorded; a replay launches them all at once and
+  writes the new state back into the same static buffers, so a step is one
+  ``graph.replay()``. No compiler runs, so the cost per attack call is three
+  eager steps (two warm-up steps and the check below, all real steps of the
+  attack) plus recording one step; the kernels are the eager ones, so the
+  results should be the eager path's, and the check below makes sure.
+  ``torch.compile(mode="reduce-overhead")`` would also give CUDA graphs, plus
+  fusion, but TorchDynamo cannot trace the step: it is written once in
+  EagerPy for four frameworks, and Dynamo stops at EagerPy's lazy imports and
+  module-name checks. Its compile time would also be paid in every attack
+  call (the graph holds that call's inputs).
+* **``torch.compile`` (opt-in: ``compile=True`` off CUDA, or a dict of
+  ``torch.compile`` arguments anywhere):** the step is first recorded at the
+  dispatcher level with ``make_fx`` (fake tensors: nothing is computed), which
+  runs all the Python, EagerPy included, once and keeps only the aten ops of
+  the forward pass, the backward pass and the update; that graph is compiled
+  with ``fullgraph=True, dynamic=False``. On a CPU this is not the default:
+  for the digits MLP of the benchmarks (batch 512) inductor made a step 25%
+  faster but cost 13 to 37 s to compile in a fresh process and about 1 s in
+  every later attack call, against about 1 s for a whole PGD-100 run.
+* **Eager (``compile=False``, and ``"auto"`` off CUDA or for other
+  frameworks):** the same step function, called once per step.
+
+Capture is refused, and the attack runs eagerly from where it is (the
+results are then exactly the eager path's), when:
+
+* the model is not a PyTorch model;
+* a torch module of the model is in training mode (dropout, batch-norm
+  statistics);
+* the model is randomized: a forward pass draws from torch's, NumPy's or
+  Python's global random generator, or two forward passes on the same input
+  disagree. A replayed graph would otherwise repeat one draw (or, for CUDA
+  graphs, draw in ways the eager model would not), and an attack that beats a
+  frozen draw proves nothing about the randomized model. Attack randomized
+  models through ``attacks.EOT``, eagerly;
+* the step cannot be recorded: it reads a value on the host (data-dependent
+  control flow, ``.item()``, ``nonzero``), it breaks ``torch.compile``'s graph,
+  or it changes a shape;
+* the recorded step disagrees with the eager step: every capture is checked
+  once against an eager step from the same state (exactly for bit-exact
+  backends, up to a share of at most ``1e-3`` of the elements for fused or
+  nondeterministic kernels). For ``torch.compile`` that state is not the one
+  the step was traced on, so a trace that kept a value of its input shows. A
+  CUDA graph reads its buffers at every replay; its eager reference step runs
+  before recording, so that the eager and the graph's activations are never
+  held at once (the engine sizes its chunks to the device's memory).
+
+Why it falls back is kept in ``attack.last_fast_path`` (a
+:class:`FastPathStatus`) and, unless the eager path was the expected outcome
+(``compile=False``, or ``"auto"`` off CUDA), said in a warning.
+
+What it cannot detect: a model whose Python code changes what it computes from
+one call to the next without drawing random numbers (a call counter, a
+schedule read from a global) is recorded as it was at capture time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import random
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import eagerpy as ep
+import numpy as np
+
+from attacks import backend
+from attacks.models import Model
+
+State = tuple[ep.Tensor, ...]
+Step = Callable[[State], State]
+CompileSetting = bool | Literal["auto"] | Mapping[str, Any]
+
+#: Eager steps before a CUDA graph is captured (cuBLAS/cuDNN handles, autograd
+#: threads and the caching allocator are set up by then, as PyTorch advises).
+CUDA_WARMUP = 2
+#: Largest share of elements of a state tensor where the captured step may
+#: differ from the eager step (fused kernels round differently; some CUDA
+#: backward kernels use atomics). A wrong capture differs almost everywhere.
+MISMATCH_SHARE = 1e-3
+RTOL, ATOL = 1e-4, 1e-6
+
+EAGER, CUDA_GRAPH, TORCH_COMPILE = "eager", "cuda-graph", "torch.compile"
+
+
+@dataclass
+class FastPathStatus:
+    """How an attack's step loop ran: ``kind`` and why.
+
+    ``kind`` is ``"eager"``, ``"cuda-graph"`` or ``"torch.compile"``; ``reason``
+    says why the step was (not) captured. ``mismatch`` is the largest share of
+    elements where the captured step differed from the eager one when it was
+    checked (0.0 for bit-exact backends; None when nothing was captured).
+    """
+
+    kind: str
+    reason: str
+    mismatch: float | None = None
+    #: torch.compile keyword arguments (only for kind "torch.compile").
+    options: dict[str, Any] = field(default_factory=dict)
+    #: Whether a fallback to eager deserves a warning (the user asked for speed).
+    warn: bool = False
+
+
+class CaptureError(RuntimeError):
+    """The step could not be captured; the message says why."""
+
+
+def check_setting(value: Any) -> CompileSetting:
+    """Validate an attack's ``compile`` argument (at construction, before any run)."""
+    if isinstance(value, bool) or value == "auto":
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError("compile options must be a dict of torch.compile keyword arguments")
+        return value
+    raise ValueError(
+        f"compile must be 'auto', True, False or a dict of torch.compile keyword arguments "
+        f"(e.g. {{'backend': 'aot_eager'}}), got {value!r}"
+    )
+
+
+# ---------------------------------------------------------------------- planning
+
+
+def plan(setting: CompileSetting, model: Model, x: ep.Tensor, name: str) -> FastPathStatus:
+    """Decide, before the first step, whether the step loop of an attack call is captured.
+
+    Runs two no-grad forward passes on ``x`` to check for randomness, but only
+    when capture is otherwise possible (never for ``compile=False`` or on a CPU
+    under ``"auto"``). A refusal the user should hear about is also a warning
+    (``name`` is the attack's).
+    """
+    status = _plan(setting, model, x)
+    if status.kind == EAGER and status.warn:
+        warnings.warn(f"{name}: the step runs eagerly: {status.reason}", RuntimeWarning, 3)
+    return status
+
+
+def _plan(setting: CompileSetting, model: Model, x: ep.Tensor) -> FastPathStatus:
+    if setting is False:
+        return FastPathStatus(EAGER, "compile=False")
+    explicit = setting is True or isinstance(setting, Mapping)
+    if model.framework != "torch":
+        return FastPathStatus(
+            EAGER,
+            f"the model is a {model.framework} model; the fast path is for PyTorch models",
+            warn=explicit,
+        )
+    device = x.raw.device
+    options: dict[str, Any] = {}
+    if isinstance(setting, Mapping):
+        kind, options = TORCH_COMPILE, dict(setting)
+    elif device.type == "cuda":
+        kind = CUDA_GRAPH
+    elif setting is True:
+        kind = TORCH_COMPILE
+    else:
+        return FastPathStatus(
+            EAGER,
+            f"compile='auto' captures the step only on CUDA; on {device.type} the step is "
+            "bound by its kernels and compiling costs seconds (compile=True forces torch.compile)",
+        )
+    reason = _refusal(model, x)
+    if reason is not None:
+        return FastPathStatus(EAGER, reason, warn=True)
+    return FastPathStatus(kind, "to be captured", options=options, warn=True)
+
+
+def _torch_modules(model: Any, depth: int = 0) -> Iterator[Any]:
+    """The torch modules inside a Model and the wrappers around it (BPDA, EOT, binarized)."""
+    import torch
+
+    if depth > 8 or model is None:
+        return
+    if isinstance(model, torch.nn.Module):
+        yield model
+        return
+    for name in ("native", "inner", "defended"):
+        yield from _torch_modules(getattr(model, name, None), depth + 1)
+
+
+def _refusal(model: Model, x: ep.Tensor) -> str | None:
+    """Why the model cannot be captured (training mode, randomness), or None.
+
+    The global random generators are restored afterwards, so that the checks
+    leave the draws of a randomized model, and so its eager results, as they
+    would have been without them.
+    """
+    for module in _torch_modules(model):
+        training = [name or "the model" for name, m in module.named_modules() if m.training]
+        if training:
+            return (
+                f"the torch model is in training mode (module {training[0]!r}), where dropout "
+                "draws random numbers and batch norm updates its statistics: call model.eval() "
+                "to use the fast path"
+            )
+    saved = _RandomStates(x)
+    try:
+        first = model.logits(x)
+        drew = saved.changed()
+        second = model.logits(x)
+    finally:
+        saved.restore()
+    if drew:
+        return (
+            f"the model is randomized: a forward pass draws from {' and '.join(drew)}'s global "
+            "random generator, and a captured step would not draw as the model does. It runs "
+            "eagerly (attack randomized models with attacks.EOT)"
+        )
+    if not _equal(first.raw, second.raw):
+        return (
+            "the model is randomized or nondeterministic: two forward passes on the same input "
+            "disagree, and a captured step would not draw as the model does. It runs eagerly "
+            "(attack randomized models with attacks.EOT)"
+        )
+    return None
+
+
+class _RandomStates:
+    """The global random generators (torch, torch CUDA, NumPy, Python): save, compare, restore."""
+
+    def __init__(self, x: ep.Tensor) -> None:
+        import torch
+
+        self._device = x.raw.device
+        self._torch = torch.get_rng_state()
+        self._python = random.getstate()
+        self._numpy = np.random.get_state()
+        cuda = self._device.type == "cuda"
+        self._cuda = torch.cuda.get_rng_state(self._device) if cuda else None
+        self._fingerprint = self._fingerprints()
+
+    def _fingerprints(self) -> dict[str, bytes]:
+        import torch
+
+        states = {
+            "torch": torch.get_rng_state().numpy().tobytes(),
+            "Python": pickle.dumps(random.getstate()),
+            "NumPy": pickle.dumps(np.random.get_state()),
+        }
+        if self._cuda is not None:
+            states["torch CUDA"] = torch.cuda.get_rng_state(self._device).numpy().tobytes()
+        return states
+
+    def changed(self) -> list[str]:
+        """The generators that were drawn from since the states were saved."""
+        now = self._fingerprints()
+        return [name for name, state in now.items() if state != self._fingerprint[name]]
+
+    def restore(self) -> None:
+        import torch
+
+        torch.set_rng_state(self._torch)
+        random.setstate(self._python)
+        np.random.set_state(self._numpy)
+        if self._cuda is not None:
+            torch.cuda.set_rng_state(self._cuda, self._device)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+# ---------------------------------------------------------------------- the loop
+
+
+class StepLoop:
+    """Runs an attack's step ``steps`` times: eagerly, or captured once and replayed.
+
+    ``step`` maps a state (a tuple of tensors) to the next state of the same
+    shapes and dtypes and must not mutate its input. The loop is made for one
+    attack call (captured graphs hold that call's inputs) and may be run
+    several times (restarts, APGD's checkpoints). Capture takes the first few
+    steps, over as many runs as needed, each a real step of the attack done
+    eagerly. On CUDA: ``CUDA_WARMUP`` warm-up steps (on a side stream, where
+    host synchronisation raises), then one step done eagerly and by the
+    recording, which must agree. With ``torch.compile``: the step is recorded
+    on the current state, one step moves away from it, and one step is done
+    both ways. Any failure makes the rest of the call eager, from the last
+    eager state.
+    """
+
+    def __init__(self, step: Step, status: FastPathStatus, name: str = "attack") -> None:
+        self._step = step
+        self.status = status
+        self._name = name
+        self._runner: _Runner | None = None  # checked: replays from here on
+        self._recorded: _Runner | None = None  # recorded, not yet checked
+        self._warm = 0
+        self._side_stream: Any = None
+
+    def run(self, state: State, steps: int) -> State:
+        """``steps`` steps from ``state``; returns fresh tensors (never the loop's buffers)."""
+        while steps > 0 and self._runner is None and self.status.kind != EAGER:
+            state = self._capture_step(state)
+            steps -= 1
+        if self._runner is not None and steps > 0:
+            return self._runner.run(state, steps)
+        for _ in range(steps):
+            state = self._step(state)
+        return state
+
+    def _capture_step(self, state: State) -> State:
+        """One step of the capture sequence; on failure, the step eagerly and no capture."""
+        try:
+            return self._advance_capture(state)
+        except Exception as exc:  # any failure of capture means: run eagerly
+            self._recorded = None
+            self._fall_back(_describe(exc))
+            return self._step(state)  # the step is pure: doing it again is safe
+
+    def _advance_capture(self, state: State) -> State:
+        if self.status.kind == CUDA_GRAPH:
+            if self._warm < CUDA_WARMUP:
+                self._warm += 1
+                return self._cuda_warmup_step(state)
+            # The eager step first, so that its activations are freed before the
+            # graph's own are allocated: capture must not double peak memory (the
+            # engine sizes chunks to the device). Graph replays read their
+            # buffers at replay time, so checking on the recorded state is sound.
+            expected = self._step(state)
+            _release_cached_memory()
+            return self._compare(_CudaGraphRunner(self._step, state), state, expected)
+        if self._recorded is None:
+            self._recorded = _CompiledRunner(self._step, state, self.status.options)
+            # The check must not run on the state the step was recorded on, so
+            # that a recording that kept a value of that state (or mixed up two
+            # of its tensors) shows.
+            return self._step(state)
+        return self._compare(self._recorded, state, self._step(state))
+
+    def _compare(self, runner: _Runner, state: State, expected: State) -> State:
+        """The recording's step from ``state`` must match the eager one; then it replays."""
+        got = runner.run(state, 1)
+        mismatch = max(_mismatch(g.raw, e.raw) for g, e in zip(got, expected, strict=True))
+        if mismatch > MISMATCH_SHARE:
+            raise CaptureError(
+                f"the captured step disagrees with the eager step on {mismatch:.1%} of the "
+                "elements of a state tensor"
+            )
+        self._runner, self._recorded = runner, None
+        self.status.mismatch = mismatch
+        self.status.reason = f"captured ({self.status.kind})"
+        return expected
+
+    def _cuda_warmup_step(self, state: State) -> State:
+        """An eager step on a side stream, where waiting for the device raises."""
+        import torch
+
+        device = state[0].raw.device
+        current = torch.cuda.current_stream(device)
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+        self._side_stream.wait_stream(current)
+        with torch.cuda.stream(self._side_stream), _host_syncs_are_errors():
+            new = self._step(state)
+        current.wait_stream(self._side_stream)
+        for t in new:
+            t.raw.record_stream(current)
+        return new
+
+    def _fall_back(self, reason: str) -> None:
+        self.status.reason = f"capture failed, the step runs eagerly: {reason}"
+        self.status.kind = EAGER
+        if self.status.warn:
+            warnings.warn(f"{self._name}: {self.status.reason}", RuntimeWarning, stacklevel=5)
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason from a capture failure, with what it means where that is known."""
+    text = str(exc).strip().splitlines()
+    first = (text[0] if text else "")[:300]
+    if isinstance(exc, CaptureError):
+        return first
+    name = type(exc).__name__
+    if "DataDependent" in name or "synchroniz" in first:
+        return (
+            "the step waits for a tensor's value on the host (data-dependent control flow, "
+            f".item(), float(tensor), host data copied in), which a recording cannot replay "
+            f"({name}: {first})"
+        )
+    return f"{name}: {first}"
+
+
+def _mismatch(got: Any, expected: Any) -> float:
+    """Share of elements where two tensors differ (beyond a float tolerance)."""
+    import torch
+
+    if got.shape != expected.shape or got.dtype != expected.dtype:
+        return 1.0
+    if got.numel() == 0:
+        return 0.0
+    if got.is_floating_point():
+        close = torch.isclose(got, expected, rtol=RTOL, atol=ATOL, equal_nan=True)
+        differ = ~close
+    else:
+        differ = got != expected
+    return float(differ.float().mean())
+
+
+def _release_cached_memory() -> None:
+    """Return the caching allocator's free blocks, so that a graph's private pool can use them."""
+    import torch
+
+    torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _host_syncs_are_errors() -> Iterator[None]:
+    """Within the block, a CUDA operation that waits for the device raises.
+
+    A step that reads a value on the host (``.item()``, ``if tensor:``,
+    ``nonzero``) cannot be captured; finding out in eager mode, before
+    capture, avoids an invalidated capture.
+    """
+    import torch
+
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+# ---------------------------------------------------------------------- runners
+
+
+class _Runner:
+    def run(self, state: State, steps: int) -> State:
+        raise NotImplementedError
+
+
+def _raw_step(step: Step) -> Callable[..., tuple[Any, ...]]:
+    """``step`` on native torch tensors, for recorders that see only native tensors."""
+
+    def raw(*tensors: Any) -> tuple[Any, ...]:
+        return tuple(t.raw for t in step(tuple(backend.wrap(t) for t in tensors)))
+
+    return raw
+
+
+def _distinct(tensors: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The tensors, each with memory of its own (later ones that share memory are copied).
+
+    A recorder sees the state's tensors as inputs; one tensor in two places of
+    the state (an iterate that is also the best point so far) would be one
+    input, read where the other is meant.
+    """
+    seen: set[int] = set()
+    out = []
+    for t in tensors:
+        pointer = t.untyped_storage().data_ptr()
+        out.append(t.clone() if pointer in seen else t)
+        seen.add(pointer)
+    return tuple(out)
+
+
+def _check_shapes(state: tuple[Any, ...], new: tuple[Any, ...]) -> None:
+    if len(new) != len(state) or any(
+        a.shape != b.shape or a.dtype != b.dtype for a, b in zip(state, new, strict=True)
+    ):
+        raise CaptureError("the step changes the shapes or dtypes of the attack's state")
+
+
+class _CudaGraphRunner(_Runner):
+    """The step recorded in a ``torch.cuda.CUDAGraph`` that updates its buffers in place."""
+
+    def __init__(self, step: Step, state: State) -> None:
+        import torch
+
+        raw_step = _raw_step(step)
+        self._static = tuple(t.raw.clone() for t in state)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            new = raw_step(*self._static)
+            _check_shapes(self._static, new)
+            # An output that shares memory with an input (a state entry passed
+            # through, APGD's previous iterate) is copied first, so that the
+            # write-back below never reads a buffer it has already overwritten.
+            inputs = {t.untyped_storage().data_ptr() for t in self._static}
+            new = tuple(t.clone() if t.untyped_storage().data_ptr() in inputs else t for t in new)
+            for buffer, value in zip(self._static, new, strict=True):
+                buffer.copy_(value)
+
+    def run(self, state: State, steps: int) -> State:
+        for buffer, value in zip(self._static, state, strict=True):
+            if buffer.data_ptr() != value.raw.data_ptr():
+                buffer.copy_(value.raw)
+        for _ in range(steps):
+            self._graph.replay()
+        return tuple(backend.wrap(t.clone()) for t in self._static)
+
+
+class _CompiledRunner(_Runner):
+    """The step recorded by ``make_fx`` (aten ops only), then ``torch.compile``-d."""
+
+    def __init__(self, step: Step, state: State, options: Mapping[str, Any]) -> None:
+        import torch
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        raws = _distinct(tuple(t.raw for t in state))
+        try:
+            tracer = make_fx(_raw_step(step), tracing_mode="fake", _allow_non_fake_inputs=True)
+        except TypeError:  # a torch without the keyword: constants must then be fake too
+            tracer = make_fx(_raw_step(step), tracing_mode="fake")
+        graph = tracer(*raws)
+        random_ops = sorted(
+            {
+                str(node.target)
+                for node in graph.graph.nodes
+                if node.op == "call_function"
+                and torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
+            }
+        )
+        if random_ops:
+            raise CaptureError(
+                f"the step draws random numbers ({', '.join(random_ops)}); a captured step "
+                "would not be the model the eager path attacks"
+            )
+        arguments = {"fullgraph": True, "dynamic": False, **options}
+        self._compiled = torch.compile(graph, **arguments)
+        self._cuda_graphs = "reduce-overhead" in str(arguments.get("mode", ""))
+
+    def run(self, state: State, steps: int) -> State:
+        import torch
+
+        raws = tuple(t.raw for t in state)
+        for _ in range(steps):
+            if self._cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
+            new = tuple(self._compiled(*raws))
+            _check_shapes(raws, new)
+            raws = new
+        if self._cuda_graphs:  # outputs live in the graph's memory: copy them out
+            raws = tuple(t.clone() for t in raws)
+        return tuple(backend.wrap(t) for t in raws)
+
+
+def finish(loop: StepLoop | None) -> FastPathStatus:
+    """The status to publish after an attack call (eager when no loop ran)."""
+    if loop is None:
+        return FastPathStatus(EAGER, "no step loop ran")
+    status = loop.status
+    if status.kind != EAGER and status.mismatch is None:
+        status.kind, status.reason = EAGER, "the run was too short to capture the step"
+    return status
