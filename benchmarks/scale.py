@@ -23,7 +23,9 @@ the first two and checks the third by the engine's own arithmetic:
    80 GB H100), what its budget covers (the chunk's sampled points, counted
    three times for temporaries), and what it does not count (the feature
    pass over blocks of 4096 points, the attack's forward and backward pass
-   on the chunk). ``--probe`` measures those two per image on the current
+   on the chunk). ``--routing-sizes`` times the binarized model's routing
+   search (nearest clean sample of every input, per forward pass) against
+   the model's forward and backward pass. ``--probe`` measures those two per image on the current
    device, from two batch sizes so that fixed costs cancel (on a CPU from the
    peak resident set of fresh processes: about a minute for ResNet-50).
 
@@ -39,6 +41,7 @@ Figures are kept in ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import math
 import subprocess
@@ -47,6 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import eagerpy as ep
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -54,10 +58,12 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 try:
     import attacks
     import pytest_attacktest.binarization as engine
+    from pytest_attacktest import routing
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(HERE.parent))
     import attacks
     import pytest_attacktest.binarization as engine
+    from pytest_attacktest import routing
 
 
 def _sibling(name: str) -> Any:
@@ -303,6 +309,58 @@ def probe(name: str, device: str, small: int, large: int) -> dict[str, Any]:
     return out
 
 
+def _forward_backward(model: torch.nn.Module, x: torch.Tensor) -> None:
+    torch.autograd.grad(model(x).logsumexp(dim=1).sum(), x)
+
+
+def routing_cost(name: str, device: str, sizes: list[int], seed: int) -> list[dict[str, Any]]:
+    """The binarized model's Linf routing search per forward pass, next to the model's pass.
+
+    ``BinarizedModel.route`` computes, on every forward pass, each input's
+    nearest clean sample: an ``S x S`` distance matrix over the input
+    dimension, so its cost grows with the square of the chunk size while the
+    model's grows linearly. Times are the fastest of five, after one warm-up
+    (the least disturbed by other jobs on a shared machine).
+    """
+    rows = []
+    for size in sizes:
+        problem = models.make_problem(name, size, seed, device)
+        x = ep.astensor(problem.x)
+        xg = problem.x.clone().requires_grad_(True)
+
+        model = problem.model
+        search = functools.partial(routing._nearest, x, x, math.inf)
+        step = functools.partial(_forward_backward, model, xg)
+        times = {}
+        for label, fn in (("routing", search), ("model", step)):
+            fn()
+            laps = []
+            for _ in range(5):
+                common.synchronize(device)
+                start = time.perf_counter()
+                fn()
+                common.synchronize(device)
+                laps.append(time.perf_counter() - start)
+            times[label] = min(laps)
+        rows.append(
+            {
+                "chunk": size,
+                "routing_ms": 1000 * times["routing"],
+                "model_ms": 1000 * times["model"],
+                "ratio": times["routing"] / times["model"],
+            }
+        )
+    return rows
+
+
+ROUTING_COLUMNS = [
+    common.Column("chunk (inputs per forward)", "chunk"),
+    common.Column("Linf routing search ms", "routing_ms", common.fixed(1)),
+    common.Column("model forward+backward ms", "model_ms", common.fixed(1)),
+    common.Column("routing / model", "ratio", common.ratio),
+]
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -368,6 +426,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="free GPU memory for the chunk arithmetic (default 79)",
     )
     parser.add_argument(
+        "--routing-sizes",
+        default="none",
+        help="chunk sizes at which to time the routing search against the model's forward "
+        "and backward pass, e.g. 512,2048 (default: none)",
+    )
+    parser.add_argument(
         "--probe",
         action="store_true",
         help="measure activation memory per image of ResNet-18 and ResNet-50",
@@ -425,6 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     extra["chunk_plans"] = plans
     print(f"\nauto_chunk_size for 4096 samples with {args.gpu_free_gib:g} GiB free on CUDA:\n")
     print(common.markdown_table(plans, PLAN_COLUMNS))
+    if args.routing_sizes != "none":
+        sizes = [int(v) for v in args.routing_sizes.split(",")]
+        routes = routing_cost(args.model, str(args.device), sizes, args.seed)
+        extra["routing"] = routes
+        print(f"\nrouting search per forward pass, {args.model}:\n")
+        print(common.markdown_table(routes, ROUTING_COLUMNS))
     if args.probe:
         probes = [probe(name, str(args.device), *args.probe_batches) for name in SCENARIOS]
         extra["probes"] = probes
