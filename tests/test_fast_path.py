@@ -6,11 +6,14 @@ model replayed from one random draw would make an attack look stronger than it
 is; both would be false results. On the CPU the capture is exercised through
 ``torch.compile`` with the ``"eager"`` backend, which needs no C++ compiler:
 the step is recorded by ``make_fx`` and replayed from the recording, as a CUDA
-graph replays its recording. The CUDA-graph recorder itself needs a GPU.
+graph replays its recording. The CUDA-graph runner's own logic (static
+buffers, write-back, warm-up, check) runs with a CPU tape recorder in place
+of ``torch.cuda.graph``; CUDA's capture itself needs a GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +25,11 @@ from digits_models import held_out, native_mlp
 import attacks
 from attacks import fast_path
 from attacks.gradient import linf_ascent, linf_limits, project_ball, steepest_step
+
+try:
+    from torch.utils._python_dispatch import TorchDispatchMode
+except ImportError:  # no torch (the module's tests skip) or a torch without it
+    TorchDispatchMode = None  # type: ignore[assignment,misc]
 
 pytestmark = pytest.mark.torch
 
@@ -46,11 +54,16 @@ def digits(torch: Any) -> tuple[Any, Any, np.ndarray]:
 
 
 def run_both(
-    make: Callable[[Any], attacks.Attack], model: Any, x: Any, y: Any, eps: float = EPS
+    make: Callable[[Any], attacks.Attack],
+    model: Any,
+    x: Any,
+    y: Any,
+    eps: float = EPS,
+    setting: Any = COMPILED,
 ) -> tuple[Any, Any, fast_path.FastPathStatus]:
     """The same attack eagerly and on the fast path (same seed): both results and the status."""
     eager = make(False)(model, x, y, epsilon=eps)
-    attack = make(COMPILED)
+    attack = make(setting)
     fast = attack(model, x, y, epsilon=eps)
     status = attack.last_fast_path  # type: ignore[attr-defined]
     assert status is not None
@@ -81,6 +94,104 @@ def test_captured_step_gives_the_eager_examples(name: str, digits: Any, torch: A
     robust = float((model(fast).argmax(1).numpy() == y).mean())
     clean = float((model(x).argmax(1).numpy() == y).mean())
     assert robust < clean - 0.1, "the attack did nothing: the comparison would prove little"
+
+
+class _Tape(TorchDispatchMode if TorchDispatchMode is not None else object):  # type: ignore[misc]
+    """Records every aten call (function, arguments, output) while executing it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, Any, Any, Any]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        self.calls.append((func, args, kwargs or {}, out))
+        return out
+
+
+class _TapeGraph:
+    """A CPU stand-in for ``torch.cuda.CUDAGraph``: replays the recorded calls in place.
+
+    Like a CUDA graph, a replay runs the recorded operations on the recorded
+    tensors: each call's output is overwritten with its new value, so later
+    calls read fresh values at the addresses they were recorded with. Unlike a
+    CUDA graph, recording also executes (the runner must not rely on either).
+    """
+
+    def __init__(self) -> None:
+        self.tape = _Tape()
+
+    def replay(self) -> None:
+        import torch
+
+        with torch.no_grad():  # a CUDA graph replays kernels, not autograd
+            for func, args, kwargs, out in self.tape.calls:
+                new = func(*args, **kwargs)
+                if func._schema.is_mutable:
+                    continue  # in-place and out= calls wrote already
+                olds = out if isinstance(out, tuple | list) else (out,)
+                news = new if isinstance(new, tuple | list) else (new,)
+                for old, value in zip(olds, news, strict=True):
+                    if isinstance(old, torch.Tensor) and old.data_ptr() != value.data_ptr():
+                        old.copy_(value)
+
+
+@pytest.fixture
+def tape_cuda(torch: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA-graph path of the fast path, run on the CPU with :class:`_Tape` as recorder.
+
+    What this checks is our side: static buffers, the write-back of outputs
+    that alias inputs, warm-up, the capture check and replays across restarts
+    and APGD's checkpoints. CUDA itself (streams, capture rules) needs a GPU.
+    """
+    if TorchDispatchMode is None:
+        pytest.skip("this torch has no TorchDispatchMode")
+
+    @contextlib.contextmanager
+    def record(graph: _TapeGraph, **_: Any) -> Iterator[None]:
+        with graph.tape:
+            yield
+
+    class Stream:
+        def __init__(self, *_: Any) -> None:
+            pass
+
+        def wait_stream(self, _: Any) -> None:
+            pass
+
+    for name, value in {
+        "CUDAGraph": _TapeGraph,
+        "graph": record,
+        "Stream": Stream,
+        "current_stream": lambda *_: Stream(),
+        "stream": lambda _: contextlib.nullcontext(),
+        "get_sync_debug_mode": lambda: 0,
+        "set_sync_debug_mode": lambda _: None,
+        "empty_cache": lambda: None,
+    }.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, _: None, raising=False)
+    plan = fast_path._plan
+
+    def on_cuda(setting: Any, model: Any, x: Any) -> fast_path.FastPathStatus:
+        status = plan(setting, model, x)
+        if status.kind == "torch.compile":
+            status.kind = "cuda-graph"
+        return status
+
+    monkeypatch.setattr(fast_path, "_plan", on_cuda)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_cuda_graph_runner_gives_the_eager_examples(
+    name: str, digits: Any, torch: Any, tape_cuda: None
+) -> None:
+    model, x, y = digits
+    eps = 0.4 if "l2" in name else EPS
+    eager, fast, status = run_both(ATTACKS[name], model, x, y, eps=eps, setting=True)
+    assert status.kind == "cuda-graph", status.reason
+    assert status.mismatch == 0.0
+    assert torch.equal(fast, eager)
 
 
 def test_a_wrong_recording_is_caught_and_the_attack_runs_eagerly(
