@@ -49,6 +49,8 @@ BALL_TOLERANCE = 1e-5
 ROUNDING = 2.4e-7
 
 UserAttack = Callable[[Any, Any, Any, float], Any]
+#: ``progress(phase, done, total)``: see :func:`binarization_test`.
+ProgressFn = Callable[[str, int, int], None]
 
 
 def default_inner_points(feature_dim: int, n_boundary: int) -> int:
@@ -86,6 +88,7 @@ def binarization_test(
     chunk_size: int | None = None,
     seed: int = 0,
     stacklevel: int = 2,
+    progress: ProgressFn | None = None,
 ) -> Report:
     """Run the binarization test of ``attack`` on ``model`` at the samples ``x``.
 
@@ -128,6 +131,13 @@ def binarization_test(
         seed: makes the run reproducible.
         stacklevel: of the warnings issued at the end (the report keeps them too);
             wrappers pass a larger value so warnings point at the user's code.
+        progress: optional ``fn(phase, done, total)``, called as each phase
+            ("sampling", "features", "fit", "attack", "verification") starts on
+            a chunk, with ``done`` the samples finished before that chunk, and
+            once more as ``("done", total, total)``. For live progress of long
+            runs (the plugin's ``--attack-test-progress``); ``done`` advances
+            per chunk, so a smaller ``chunk_size`` gives finer progress. It
+            only observes: results are the same with or without it.
 
     Raises:
         ValueError: bad epsilon, norm, sizes or inputs; FeatureError when no
@@ -179,6 +189,8 @@ def binarization_test(
     engine.n_inner = n_inner
     engine.options = settings
     engine.valid_input = valid_input
+    engine.progress = progress
+    engine.total = int(x_.shape[0])
     if engine.n_inner is None:
         dim = engine.features(x_[:1]).shape[-1]
         engine.n_inner = default_inner_points(dim, n_boundary)
@@ -189,6 +201,8 @@ def binarization_test(
     for start in range(0, x_.shape[0], chunk_size):
         engine.run_chunk(x_[start : start + chunk_size], start)
     settings["n_inner"] = engine.n_inner
+    if progress is not None:
+        progress("done", engine.total, engine.total)
     for warning in report.warnings:
         warnings.warn(warning, stacklevel=stacklevel)
     return report
@@ -241,8 +255,15 @@ class _Engine:
         self.n_inner: int | None = None
         self.options: dict[str, Any] = {}
         self.valid_input: Callable[[Any], Any] | None = None
+        self.progress: ProgressFn | None = None
+        self.total = 0
         for phase in ("sampling", "features", "fit", "attack", "verification"):
             report.timings[phase] = 0.0
+
+    def _phase(self, phase: str, done: int) -> None:
+        """Tell the progress callback, if any, that ``phase`` starts."""
+        if self.progress is not None:
+            self.progress(phase, done, self.total)
 
     def _timed(self, phase: str, start: float) -> float:
         now = time.perf_counter()
@@ -268,6 +289,7 @@ class _Engine:
         random = backend.RandomSource(self.seed + offset, x)
         bounds = (self.model.bounds.lower, self.model.bounds.upper)
         eps = ep.ones(x, (s,)) * self.epsilon
+        self._phase("sampling", offset)
         t = time.perf_counter()
 
         assert self.n_inner is not None
@@ -279,6 +301,7 @@ class _Engine:
         train = ep.concatenate([x.expand_dims(1), inner, boundary], axis=1)  # (S, n, ...)
         n = train.shape[1]
         labels = np.array([0] * (1 + n_in) + [1] * n_b)
+        self._phase("features", offset)
         t = self._timed("sampling", t)
 
         passes = opts["feature_passes"]
@@ -291,15 +314,18 @@ class _Engine:
                 f"{passes * n} training points per sample for {d} feature dimensions: a linear "
                 "readout rarely separates more points than dimensions, expect inconclusive samples"
             )
+        self._phase("fit", offset)
         t = self._timed("features", t)
 
         readouts = fit_readouts(feats, labels, opts["closeness"], self._logit_range(train))
         binarized = BinarizedModel(self.model, self.extractor, x, eps, self.p, readouts)
         guaranteed = self._guarantee(binarized, x, boundary, readouts)
+        self._phase("attack", offset)
         t = self._timed("fit", t)
 
         zeros = _zeros_labels(x)
         x_adv = self._run_attack(binarized, x, zeros, eps)
+        self._phase("verification", offset)
         t = self._timed("attack", t)
         if offset == 0:
             self.report.examples = _examples(x, x_adv, bounds)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from pytest_attacktest import bench, progress
 from pytest_attacktest.baselines import (
     DEFAULT_STORAGE,
     BaselineError,
@@ -347,6 +348,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"Folder of saved baselines. Overrides ini {INI_STORAGE}. "
         f"Default: {DEFAULT_STORAGE} in the rootdir.",
     )
+    bench.addoption(group)
+    progress.addoption(parser, group)
     parser.addini(
         INI_ENABLE,
         type="bool",
@@ -526,6 +529,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[results_key] = RunResults()
     if not _is_worker(config):
         config.pluginmanager.register(_ResultsReporter(config), _ResultsReporter.name)
+    progress.configure(config, enabled=session.enabled, is_worker=_is_worker(config))
+    bench.configure(config, enabled=session.enabled, samples=session.samples, seed=session.seed)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -759,6 +764,7 @@ class AttackTestFixture:
             threshold=settings.threshold,
             seed=settings.seed,
             stacklevel=3,  # warnings point at the test that called the fixture
+            progress=self._progress(),
             **settings.engine,  # type: ignore[arg-type]
         )
         claim = None
@@ -798,6 +804,12 @@ class AttackTestFixture:
             DEFAULT_CLAIM_TOLERANCE if self._session is None else self._session.claim_tolerance
         )
         return check_claim(settings.claim, tolerance, measurement, verdict)
+
+    def _progress(self) -> progress.Tracker | None:
+        """The engine's progress callback when live progress shows in this run."""
+        if self._node is None:
+            return None
+        return progress.tracker_for(self._node.config, self._node.nodeid)
 
     def _to_device(self, model: Any, x: Any, y: Any) -> tuple[Any, Any, Any]:
         device = None if self._session is None else self._session.device

@@ -334,6 +334,7 @@ def test_plugin_defaults_and_engine_keywords_agree_with_the_engine() -> None:
         "threshold",
         "seed",
         "stacklevel",
+        "progress",
     }
 
 
