@@ -10,7 +10,8 @@ can be run against any defense in one call.
 
 Weights are trained on scikit-learn's digits (no download) at first use and
 cached on disk, keyed by the defense's ``version`` and the training seed, so a
-changed defense never loads stale weights.
+changed defense never loads stale weights. Training holds a lock file, so
+parallel test workers sharing a cache train each defense once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import functools
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -195,8 +197,11 @@ class Defense:
         path = self.cache_path(seed)
         module = self._restore(self._memory.get(path) or _load(path))
         if module is None:
-            module = self._train(seed)
-            _save(path, module.state_dict())
+            with _exclusive(path):  # parallel workers: one trains, the others load
+                module = self._restore(_load(path))
+                if module is None:
+                    module = self._train(seed)
+                    _save(path, module.state_dict())
         self._memory[path] = {k: v.detach().clone() for k, v in module.state_dict().items()}
         module.eval()
         for parameter in module.parameters():
@@ -288,6 +293,31 @@ class Defense:
                 stacklevel=3,
                 **options,
             )
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (POSIX); without one, just run.
+
+    Only a missing ``fcntl`` (Windows) or an unwritable cache skips the lock:
+    then two processes may both train, which is slower but still correct.
+    """
+    handle = None
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    except (ImportError, OSError):
+        if handle is not None:
+            handle.close()
+            handle = None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
 
 
 def _load(path: Path) -> dict[str, torch.Tensor] | None:

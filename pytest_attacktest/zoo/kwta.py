@@ -5,8 +5,16 @@ input change swaps which units win, so the network jumps between linear
 pieces: the local gradient says little about the function a step away, and a
 single PGD run stalls at the jump near its start. Tramer, Carlini, Brendel and
 Madry (2020) broke k-WTA by attacks that do not trust one local gradient;
-here PGD with 20 random restarts (shorter runs from many starting points)
-passes where one 50-step run fails.
+here PGD with 40 random restarts of 10 steps passes where one 50-step run
+fails (100 steps do no better than 50: more steps do not help, more starting
+points do).
+
+Caveat, measured: the discontinuities also make the binarization test's
+readout generalize poorly, so for most samples some random point of the ball
+is already adversarial (``random_success_rate`` 0.9 on average). This entry
+therefore separates attacks that follow one gradient path from attacks that
+explore; it is the least tight entry of the zoo (over 3 trainings x 3 seeds
+PGD-50 scored 0.75-0.84 and the restarts 0.97-1.0).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from pytest_attacktest.zoo.base import AttackSpec, Defense, fit
 
 HIDDEN = 128
 WINNERS = 12
+LAYERS = 3
 
 
 class KWinners(torch.nn.Module):
@@ -33,16 +42,14 @@ class KWinners(torch.nn.Module):
 
 
 class KWTANet(torch.nn.Module):
-    """64-128-128-10 with k-WTA (12 of 128 units) after each hidden layer."""
+    """64-128-128-128-10 with k-WTA (12 of 128 units) after each hidden layer."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = torch.nn.Sequential(
-            torch.nn.Linear(64, HIDDEN),
-            KWinners(WINNERS),
-            torch.nn.Linear(HIDDEN, HIDDEN),
-            KWinners(WINNERS),
-        )
+        layers: list[torch.nn.Module] = []
+        for inputs in (64,) + (HIDDEN,) * (LAYERS - 1):
+            layers += [torch.nn.Linear(inputs, HIDDEN), KWinners(WINNERS)]
+        self.body = torch.nn.Sequential(*layers)
         self.head = torch.nn.Linear(HIDDEN, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +60,8 @@ DEFENSE = Defense(
     name="kwta",
     title="k-winners-take-all (discontinuous activations)",
     description=(
-        f"Two hidden layers of {HIDDEN} units, each followed by k-WTA keeping {WINNERS} units. "
+        f"{LAYERS} hidden layers of {HIDDEN} units, each followed by k-WTA keeping {WINNERS} "
+        "units. "
         "The function is piecewise linear with jumps wherever the winning set changes, so "
         "local gradients mislead a single PGD run."
     ),
@@ -69,14 +77,15 @@ DEFENSE = Defense(
         attack=lambda model: attacks.PGD("linf", steps=50),
     ),
     adaptive=AttackSpec(
-        name="PGD-20 x 20 restarts",
+        name="PGD-10 x 40 restarts",
         description=(
-            "Twenty short runs from random starts: some start on a piece from which the "
-            "gradient leads to the adversarial region."
+            "Forty short runs from random starts (400 gradient steps): some start on a piece "
+            "from which the gradient leads to the adversarial region."
         ),
-        attack=lambda model: attacks.PGD("linf", steps=20, restarts=20),
+        attack=lambda model: attacks.PGD("linf", steps=10, restarts=40),
     ),
     build=KWTANet,
+    version=2,
     train=lambda model: fit(model, epochs=150),
     # Sparse features: inner points share most winners, so few of them are separable.
     options=lambda model: {"n_inner": 10},

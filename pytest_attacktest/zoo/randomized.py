@@ -91,6 +91,7 @@ DEFENSE = Defense(
         attack=_eot_pgd,
     ),
     build=RandomShiftMLP,
-    train=lambda model: fit(model, epochs=400),
+    train=lambda model: fit(model, epochs=250),
+    version=2,
     options=lambda model: {"feature_passes": 24, "verify_passes": 8, "n_inner": 8},
 )
