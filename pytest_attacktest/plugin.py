@@ -292,7 +292,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="attack_test_claim_tolerance",
         metavar="TOL",
         help=f"How far the robust accuracy measured by a test with {MARKER}(claim=...) may "
-        f"differ from the claim (below it; above it, beyond its 95% interval), in [0, 1). Overrides ini {INI_CLAIM_TOLERANCE}. "
+        "differ from the claim (below it; above it, beyond its 95%% interval), in [0, 1). "
+        f"Overrides ini {INI_CLAIM_TOLERANCE}. "
         f"Default: {DEFAULT_CLAIM_TOLERANCE:g}.",
     )
     group.addoption(
