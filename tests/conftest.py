@@ -9,10 +9,26 @@ torch, TensorFlow and XLA read when they are first imported.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+
+import pytest
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
         os.environ.setdefault(variable, "1")
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test marked ``torch``, ``tensorflow`` or ``jax`` when that framework is absent.
+
+    Why: each tox env installs one framework (``numpy`` none), and a test that
+    needs another must skip there, saying which, rather than fail on an import.
+    Only the marker decides: an unmarked test that imports a missing framework
+    still fails, so an accidental framework import is never hidden.
+    """
+    for name in ("torch", "tensorflow", "jax"):
+        if item.get_closest_marker(name) is not None and importlib.util.find_spec(name) is None:
+            pytest.skip(f"{name} is not installed")

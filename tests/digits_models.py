@@ -14,6 +14,7 @@ import functools
 from typing import Any
 
 import numpy as np
+import pytest
 
 HIDDEN = 32
 
@@ -95,8 +96,11 @@ class _Adam:
 
 
 def torch_mlp(seed: int = 0) -> Any:
-    """The trained MLP as a ``torch.nn.Sequential`` in eval mode (fresh module, no grads)."""
-    import torch
+    """The trained MLP as a ``torch.nn.Sequential`` in eval mode (fresh module, no grads).
+
+    Skips the calling test when PyTorch is not installed (the ``numpy`` tox env).
+    """
+    torch = pytest.importorskip("torch")
 
     w1, b1, w2, b2 = mlp_weights(seed)
     l1, l2 = torch.nn.Linear(64, HIDDEN), torch.nn.Linear(HIDDEN, 10)
@@ -119,8 +123,8 @@ def numpy_mlp(seed: int = 0) -> Any:
 
 
 def jax_mlp(seed: int = 0) -> Any:
-    """The trained MLP as a pure JAX function."""
-    import jax.numpy as jnp
+    """The trained MLP as a pure JAX function (skips the calling test without JAX)."""
+    jnp = pytest.importorskip("jax.numpy")
 
     w1, b1, w2, b2 = (jnp.asarray(w) for w in mlp_weights(seed))
 
@@ -131,8 +135,8 @@ def jax_mlp(seed: int = 0) -> Any:
 
 
 def keras_mlp(seed: int = 0) -> Any:
-    """The trained MLP as a Keras 3 model with the same weights."""
-    import keras
+    """The trained MLP as a Keras 3 model with the same weights (skips without Keras)."""
+    keras = pytest.importorskip("keras")
 
     w1, b1, w2, b2 = mlp_weights(seed)
     model = keras.Sequential(
