@@ -235,7 +235,7 @@ TESTS = """
         attack_test(model, *data, attack=pgd)
 
 
-    @pytest.mark.attack_test(claim=0.05)
+    @pytest.mark.attack_test(claim=0.3)
     def test_pgd_claim(attack_test, model, data, pgd):
         attack_test(model, *data, attack=pgd)
 """
@@ -262,7 +262,9 @@ def test_save_then_compare_under_xdist_fails_on_regression(tmp_path: Path) -> No
     pytest.importorskip("torch")
     pytest.importorskip("xdist")
     path = make_project(tmp_path, TESTS)
-    args = ("--attack-test", "--attack-test-samples", "16")
+    # The tolerance keeps the claim test about baselines: the weakened attack
+    # below measures a higher robust accuracy, which alone must not fail it.
+    args = ("--attack-test", "--attack-test-samples", "16", "--attack-test-claim-tolerance", "0.1")
 
     saved = run_pytest(path, *args, "--attack-test-save", "base")
     saved.assert_outcomes(passed=2)
