@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from defense import QuantizedMLP, digits, load_model
+from torch_defense import QuantizedMLP, digits, load_model
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ The defense quantizes its input to a few grey levels before an MLP, a
 preprocessing that was published (in larger form) as a robustness
 mechanism. Quantization has zero gradient almost everywhere, so a plain
 gradient attack sees no signal and reports high robust accuracy: gradient
-masking, not robustness. The attack tests in ``test_attacks.py`` show that the
+masking, not robustness. The attack tests in ``test_torch_attacks.py`` show that the
 binarization test catches the weak evaluation and passes the adaptive one.
 
 The weights are trained on scikit-learn's digits at first use (a few seconds
