@@ -100,7 +100,9 @@ def value_and_grad(loss_fn: LossFn, x: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor,
     PyTorch uses ``torch.autograd.grad`` so no gradient lands in the model's
     parameters (EagerPy 0.30.0 calls ``backward()``, which accumulates there);
     TensorFlow asks the tape for zeros where the loss does not depend on x
-    (EagerPy passes TF's ``None`` on and crashes); JAX uses EagerPy's own.
+    (EagerPy passes TF's ``None`` on and crashes); JAX compiles the closure
+    once per attack run when that is safe (:mod:`attacks.jaxjit`), else uses
+    EagerPy's eager gradient.
     """
     framework = tensor_framework(x)
     if framework == "numpy":
@@ -123,8 +125,9 @@ def value_and_grad(loss_fn: LossFn, x: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor,
         # A non-differentiable op (tf.round) gives None; EagerPy would crash on it.
         grad = tape.gradient(loss.raw, x_, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return loss, aux, wrap(grad)
-    loss, aux, grad = ep.value_aux_and_grad(loss_fn, x)
-    return loss, aux, grad
+    from attacks import jaxjit
+
+    return jaxjit.value_and_grad(loss_fn, x)
 
 
 def _detach(t: ep.Tensor) -> ep.Tensor:
@@ -136,6 +139,23 @@ def wrap(raw: Any) -> ep.Tensor:
     """``ep.astensor`` with a precise type for mypy."""
     t: ep.Tensor = ep.astensor(raw)
     return t
+
+
+def _jax_key(seed: int, like: Any) -> Any:
+    """A JAX PRNG key on ``like``'s device, of the RBG kind.
+
+    Why RBG and not JAX's default threefry: XLA:CPU takes about 0.7 s of CPU
+    to compile a threefry draw, once per shape, and the binarization test
+    draws in several shapes; RBG draws (XLA's RngBitGenerator) compile in
+    half that and run faster. Statistical quality is what the attacks need;
+    the streams are reproducible for a seed on one backend.
+    """
+    import jax
+
+    key = jax.random.key(seed, impl="rbg")
+    if isinstance(like, jax.Array) and not isinstance(like, jax.core.Tracer):
+        key = jax.device_put(key, next(iter(like.devices())))  # draw where the data lives
+    return key
 
 
 class RandomSource:
@@ -162,9 +182,7 @@ class RandomSource:
 
             self._gen = tf.random.Generator.from_seed(seed_)
         elif self.framework == "jax":
-            import jax
-
-            self._gen = jax.random.PRNGKey(seed_)
+            self._gen = _jax_key(seed_, like.raw)
         else:
             self._gen = np.random.default_rng(seed_)
 

@@ -39,7 +39,7 @@ from typing import Any, Literal, TypeVar, overload
 import eagerpy as ep
 import numpy as np
 
-from attacks import eagerpy_fixes
+from attacks import eagerpy_fixes, jaxjit
 from attacks.norms import parse_p
 
 T = TypeVar("T")
@@ -132,11 +132,7 @@ def rescale_and_clip(
     the bounds allow otherwise.
     """
     (x_, delta_), restore = ep.astensors_(x, delta)
-    p_ = parse_p(p)
-    eta, _ = _rescale(x_, delta_, epsilon, p_, bounds)
-    lo, hi = _bounds_as_tensors(x_, bounds)
-    eta_b = eta.reshape((-1,) + (1,) * (x_.ndim - 1))
-    return restore(clip_to_bounds(x_ + eta_b * delta_, lo, hi))
+    return restore(_rescale_and_clip(x_, delta_, epsilon, parse_p(p), bounds))
 
 
 def clip_to_bounds(x: ep.Tensor, lo: ep.Tensor | float, hi: ep.Tensor | float) -> ep.Tensor:
@@ -149,13 +145,42 @@ def clip_to_bounds(x: ep.Tensor, lo: ep.Tensor | float, hi: ep.Tensor | float) -
 # --------------------------------------------------------------------------- internals
 
 
+def _rescale_and_clip(
+    x: ep.Tensor, delta: ep.Tensor, epsilon: Any, p: float, bounds: BoundsLike
+) -> ep.Tensor:
+    """The body of :func:`rescale_and_clip`: checks, then one compiled program for JAX."""
+    _check_inputs(x, delta)
+    return _solve_and_clip(x, delta, _epsilon_as_column(x, epsilon), p, bounds)
+
+
+@jaxjit.for_jax
+def _solve_and_clip(
+    x: ep.Tensor, delta: ep.Tensor, eps: ep.Tensor, p: float, bounds: BoundsLike
+) -> ep.Tensor:
+    eta, _ = _solve(x, delta, eps, p, bounds)
+    lo, hi = _bounds_as_tensors(x, bounds)
+    eta_b = eta.reshape((-1,) + (1,) * (x.ndim - 1))
+    return clip_to_bounds(x + eta_b * delta, lo, hi)
+
+
 def _rescale(
     x: ep.Tensor, delta: ep.Tensor, epsilon: Any, p: float, bounds: BoundsLike
 ) -> tuple[ep.Tensor, ep.Tensor]:
-    """Validate inputs and dispatch to the finite-p or the L-infinity solver."""
+    """Validate inputs (eagerly: a number epsilon is checked on the host) and solve."""
     _check_inputs(x, delta)
+    return _solve(x, delta, _epsilon_as_column(x, epsilon), p, bounds)
+
+
+@jaxjit.for_jax
+def _solve(
+    x: ep.Tensor, delta: ep.Tensor, eps: ep.Tensor, p: float, bounds: BoundsLike
+) -> tuple[ep.Tensor, ep.Tensor]:
+    """Dispatch to the finite-p or the L-infinity solver; ``eps`` is an (N, 1) column.
+
+    Pure tensor code, so JAX inputs run it as one compiled program per shape,
+    norm and bounds (epsilon is a tensor here, so its values never recompile).
+    """
     lo, hi = _bounds_as_tensors(x, bounds)
-    eps = _epsilon_as_column(x, epsilon)  # (N, 1)
 
     # Room each coordinate has in the direction it moves, flattened to (N, D).
     room = ep.where(delta >= 0, hi - x, x - lo)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import eagerpy as ep
 import numpy as np
 
-from attacks import backend
+from attacks import backend, jaxjit
 
 
 @dataclass
@@ -40,9 +40,16 @@ class Readouts:
 
     def logits(self, features: ep.Tensor, index: ep.Tensor | None = None) -> ep.Tensor:
         """``z`` for features ``(N, d)`` of samples ``index`` (default: 0..S-1 in order)."""
-        w = self.weight if index is None else self.weight[index]
-        b = self.bias if index is None else self.bias[index]
-        return (features * w).sum(axis=-1) + b
+        return _logits(features, self.weight, self.bias, index)
+
+
+@jaxjit.for_jax
+def _logits(
+    features: ep.Tensor, weight: ep.Tensor, bias: ep.Tensor, index: ep.Tensor | None
+) -> ep.Tensor:
+    w = weight if index is None else weight[index]
+    b = bias if index is None else bias[index]
+    return (features * w).sum(axis=-1) + b
 
 
 def fit_readouts(
@@ -65,6 +72,31 @@ def fit_readouts(
     """
     if not 0.0 <= closeness < 1.0:
         raise ValueError(f"closeness must be in [0, 1), got {closeness}")
+    label_tuple = tuple(int(v) for v in np.asarray(labels).reshape(-1))
+    weight, bias, margin, best_boundary = _fit(features, label_tuple, closeness, logit_range)
+    margin_np = backend.to_numpy(margin)
+    fitted = np.isfinite(margin_np) & (margin_np > 0)
+    return Readouts(
+        weight=weight,
+        bias=bias,
+        fitted=fitted,
+        train_margin=margin_np,
+        boundary_logit=backend.to_numpy(best_boundary),
+    )
+
+
+@jaxjit.for_jax
+def _fit(
+    features: ep.Tensor,
+    label_tuple: tuple[int, ...],
+    closeness: float,
+    logit_range: ep.Tensor | None,
+) -> tuple[ep.Tensor, ep.Tensor, ep.Tensor, ep.Tensor]:
+    """The fit on the device: weight, bias, training margin and best boundary logit.
+
+    Pure tensor code (labels as a tuple), so JAX runs it as one compiled program.
+    """
+    labels = np.asarray(label_tuple)
     framework = backend.tensor_framework(features)
     s, n, d = features.shape
     targets_np = np.where(labels == 1, 1.0, -1.0)
@@ -102,16 +134,8 @@ def fit_readouts(
             best_boundary * factor,
         )
 
-    margin_np = backend.to_numpy(margin)
-    fitted = np.isfinite(margin_np) & (margin_np > 0)
     dtype = features.dtype
-    return Readouts(
-        weight=weight.astype(dtype),
-        bias=bias.astype(dtype),
-        fitted=fitted,
-        train_margin=margin_np,
-        boundary_logit=backend.to_numpy(best_boundary),
-    )
+    return weight.astype(dtype), bias.astype(dtype), margin, best_boundary
 
 
 # ---------------------------------------------------------------------- per framework

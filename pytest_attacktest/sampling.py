@@ -19,12 +19,14 @@ import math
 
 import eagerpy as ep
 
+from attacks import jaxjit
 from attacks.backend import RandomSource
 from attacks.base import atleast_kd
 from attacks.gradient import random_point_in_ball
 from attacks.rescaling import rescale_and_clip
 
 
+@jaxjit.for_jax
 def repeat_each(x: ep.Tensor, k: int) -> ep.Tensor:
     """``(S, ...) -> (S * k, ...)``, each sample repeated k times consecutively."""
     s = x.shape[0]
