@@ -1,8 +1,9 @@
 """Property tests for every attack of the library: the threat-model contract.
 
-For random batches, budgets and seeds (hypothesis), on PyTorch and on a second
-framework: results keep shape, dtype and type; lie inside the bounds and the
-epsilon ball; inputs are not mutated; the same seed gives the same result.
+For random batches, budgets and seeds (hypothesis), on PyTorch, TensorFlow and
+JAX for gradient attacks and on NumPy, PyTorch and JAX for the others: results
+keep shape, dtype and type; lie inside the bounds and the epsilon ball; inputs
+are not mutated; the same seed gives the same result.
 Each registry entry uses a small step budget: these are contract tests, the
 strength tests live beside each attack.
 """
@@ -31,7 +32,7 @@ def _overshooting(model: Any, x: Any, y: Any, epsilon: Any) -> Any:
 #: (id, factory(seed) -> attack, budgets to draw epsilon from, frameworks)
 Entry = tuple[str, Callable[[int], Any], tuple[float, float], tuple[str, ...]]
 
-GRADIENT = ("torch", "tensorflow")
+GRADIENT = ("torch", "tensorflow", "jax")
 ALL = ("numpy", "torch", "jax")
 
 REGISTRY: list[Entry] = [
@@ -74,10 +75,12 @@ def _installed() -> set[str]:
 INSTALLED = _installed()
 
 
-def _cases() -> list[Any]:
+def _cases(jax: bool) -> list[Any]:
     cases = []
     for name, factory, budget, frameworks in REGISTRY:
         for framework in frameworks:
+            if (framework == "jax") != jax:
+                continue
             marks = [] if framework in INSTALLED else [pytest.mark.skip(f"{framework} missing")]
             cases.append(
                 pytest.param(factory, budget, framework, id=f"{name}-{framework}", marks=marks)
@@ -85,15 +88,18 @@ def _cases() -> list[Any]:
     return cases
 
 
-@pytest.mark.parametrize(("factory", "budget", "framework"), _cases())
+_DRAWS = {
+    "n": st.integers(1, 6),
+    "start": st.integers(0, 1700),
+    "fraction": st.floats(0.0, 1.0),
+    "seed": st.integers(0, 2**16),
+    "per_sample": st.booleans(),
+}
+
+
+@pytest.mark.parametrize(("factory", "budget", "framework"), _cases(jax=False))
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    n=st.integers(1, 6),
-    start=st.integers(0, 1700),
-    fraction=st.floats(0.0, 1.0),
-    seed=st.integers(0, 2**16),
-    per_sample=st.booleans(),
-)
+@given(**_DRAWS)
 def test_attack_contract(
     factory: Callable[[int], Any],
     budget: tuple[float, float],
@@ -104,6 +110,48 @@ def test_attack_contract(
     seed: int,
     per_sample: bool,
 ) -> None:
+    model = native_mlp(framework)
+    _check_contract(factory, budget, model, framework, n, start, fraction, seed, per_sample)
+
+
+@pytest.mark.parametrize(("factory", "budget", "framework"), _cases(jax=True))
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**{**_DRAWS, "n": st.sampled_from([1, 5])})
+def test_attack_contract_jax(
+    factory: Callable[[int], Any],
+    budget: tuple[float, float],
+    framework: str,
+    n: int,
+    start: int,
+    fraction: float,
+    seed: int,
+    per_sample: bool,
+) -> None:
+    """The same contract on JAX, with fewer examples.
+
+    XLA:CPU compiles every new shape of every operation (about 50 ms each) and
+    each attack run's gradient (about half a second), so a JAX example costs
+    ten times a PyTorch one: two batch sizes (one and several samples) and
+    three examples per attack. One ``attacks.Model`` per example lets the
+    reproducibility run reuse the first run's compiled gradient, as a user
+    attacking one model twice would.
+    """
+    model = attacks.Model(native_mlp(framework))
+    _check_contract(factory, budget, model, framework, n, start, fraction, seed, per_sample)
+
+
+def _check_contract(
+    factory: Callable[[int], Any],
+    budget: tuple[float, float],
+    model: Any,
+    framework: str,
+    n: int,
+    start: int,
+    fraction: float,
+    seed: int,
+    per_sample: bool,
+) -> None:
+    """Type, dtype, shape, bounds, ball, no mutation and reproducibility of one attack run."""
     x_all, y_all = digits()
     x, y = x_all[start : start + n], y_all[start : start + n]
     low, high = budget
@@ -112,7 +160,6 @@ def test_attack_contract(
     if per_sample:
         epsilon = np.linspace(low, eps_value, len(x))
         epsilon[0] = max(epsilon[0], low)
-    model = native_mlp(framework)
     xn, yn = to_native(framework, x), to_native(framework, y)
     attack = factory(seed)
 
