@@ -246,3 +246,32 @@ def test_for_jax_leaves_other_frameworks_and_unhashable_statics_alone() -> None:
     bounds = [np.zeros(4, np.float32), np.ones(4, np.float32)]  # arrays: unhashable, eager
     out = _scaled_clip(xj, sj, bounds)
     np.testing.assert_array_equal(np.asarray(out.raw), np.clip(x.raw, 0, 1))
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, float("inf")])
+def test_compiled_rescaling_matches_eager(p: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(0, 1, (5, 64)).astype(np.float32))
+    delta = jnp.asarray(rng.normal(size=(5, 64)).astype(np.float32))
+    eps = ep.astensor(jnp.asarray([0.1, 0.5, 1.0, 2.0, 4.0], dtype=jnp.float32))
+    compiled = np.asarray(attacks.rescale_and_clip(x, delta, eps, p=p))
+    monkeypatch.setattr(jaxjit, "JAX_JIT", False)
+    eager = np.asarray(attacks.rescale_and_clip(x, delta, eps, p=p))
+    np.testing.assert_allclose(compiled, eager, rtol=1e-6, atol=1e-7)
+
+
+def test_compiled_readout_fit_matches_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_attacktest.readout import fit_readouts
+
+    rng = np.random.default_rng(1)
+    features = ep.astensor(jnp.asarray(rng.normal(size=(4, 9, 32)).astype(np.float32)))
+    labels = np.array([0] * 8 + [1])
+    compiled = fit_readouts(features, labels, 0.9)
+    monkeypatch.setattr(jaxjit, "JAX_JIT", False)
+    eager = fit_readouts(features, labels, 0.9)
+    assert compiled.fitted.all()
+    np.testing.assert_array_equal(compiled.fitted, eager.fitted)
+    for name in ("weight", "bias"):
+        a, b = getattr(compiled, name).raw, getattr(eager, name).raw
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(compiled.train_margin, eager.train_margin, rtol=1e-4)
