@@ -53,9 +53,10 @@ results are then exactly the eager path's), when:
   graphs, draw in ways the eager model would not), and an attack that beats a
   frozen draw proves nothing about the randomized model. Attack randomized
   models through ``attacks.EOT``, eagerly;
-* the step cannot be recorded: it reads a value on the host (data-dependent
-  control flow, ``.item()``, ``nonzero``), it breaks ``torch.compile``'s graph,
-  or it changes a shape;
+* the step cannot be recorded: it waits for a value on the host
+  (data-dependent control flow, ``.item()``; on CUDA also ``nonzero`` and
+  host data copied in), it breaks ``torch.compile``'s graph, or it changes a
+  shape;
 * the recorded step disagrees with the eager step: every capture is checked
   once against an eager step from the same state (exactly for bit-exact
   backends, up to a share of at most ``1e-3`` of the elements for fused or
