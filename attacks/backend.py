@@ -47,6 +47,13 @@ def model_framework(model: Any) -> str | None:
 
         if isinstance(model, torch.nn.Module):
             return "torch"
+    if "keras" in sys.modules:
+        # A subclassed Keras model's class lives in the user's module: ask Keras.
+        import keras
+
+        if isinstance(model, keras.layers.Layer):
+            name = str(keras.backend.backend())
+            return name if name in FRAMEWORKS else None
     module = type(model).__module__.split(".")[0]
     if module in ("keras", "tf_keras") or (module == "tensorflow" and hasattr(model, "layers")):
         return "tensorflow"

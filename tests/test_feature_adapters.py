@@ -90,3 +90,20 @@ def test_the_native_jax_binarized_model_is_pure_jittable_and_differentiable() ->
     grad = jax.jit(jax.grad(lambda t: native(t)[:, 1].sum()))(points)
     expected = ((pre > 0) * weight[order]) @ w1.T
     np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_subclassed_keras_model_is_recognised_as_tensorflow() -> None:
+    """Its class lives in the test module, not in keras: the framework comes from Keras."""
+    keras = pytest.importorskip("keras")
+    from attacks import backend
+
+    class Net(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, x: Any) -> Any:
+            return self.dense(x)
+
+    assert type(Net()).__module__ == __name__
+    assert backend.model_framework(Net()) == keras.backend.backend() == "tensorflow"
