@@ -14,11 +14,18 @@ import os
 
 import pytest
 
+#: XLA's LLVM optimisation costs more than it saves on the tests' tiny models, and
+#: JAX compiles every new shape of every operation: level 0 cut the CPU time of
+#: the JAX test modules by a quarter (measured on XLA:CPU).
+_XLA_FAST_COMPILE = "--xla_backend_optimization_level=0"
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
         os.environ.setdefault(variable, "1")
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
-    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=false {_XLA_FAST_COMPILE}")
+else:
+    os.environ.setdefault("XLA_FLAGS", _XLA_FAST_COMPILE)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
