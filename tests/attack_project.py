@@ -1,6 +1,6 @@
 """A small defense repository for end-to-end runs of ``pytest --attack-test``.
 
-Shared by the claim-gate, baseline and HTML-report tests: a conftest that
+Shared by the plugin end-to-end, claim-gate, baseline and HTML-report tests: a conftest that
 trains a digits MLP in PyTorch (the idea of ``tests/digits_models.py``; the
 generated project cannot import our tests folder) and a helper that runs
 pytest on it in a subprocess, with the plugin loaded through its entry point

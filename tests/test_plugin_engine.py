@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import re
-import subprocess
-import sys
-import textwrap
-import time
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
+from attack_project import make_project, run_pytest
 
 from pytest_attacktest import binarization
 from pytest_attacktest.devices import (
@@ -40,58 +36,9 @@ from pytest_attacktest.session import AttackTestSession, RunResults
 
 torch = pytest.importorskip("torch")
 
-# The generated project cannot import our tests directory: it trains its own
-# copy of the digits MLP of tests/digits_models.py (fewer steps, same idea).
-# torch is imported inside the fixtures so that the run without the flag,
-# where every attack test is skipped, never loads it.
-CONFTEST = """
-    import functools
-
-    import numpy as np
-    import pytest
-
-
-    @functools.cache
-    def _digits():
-        import torch
-        from sklearn.datasets import load_digits
-
-        x, y = load_digits(return_X_y=True)
-        x = torch.from_numpy((x / 16.0).astype(np.float32))
-        return x, torch.from_numpy(y.astype(np.int64))
-
-
-    @functools.cache
-    def _model():
-        import torch
-
-        # One thread: tiny models gain nothing from more, and two processes
-        # (xdist) with two threads each on a busy 2-core machine crawl.
-        torch.set_num_threads(1)
-        torch.manual_seed(0)
-        x, y = _digits()
-        net = torch.nn.Sequential(
-            torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
-        )
-        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-        for _ in range(150):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[:-200]), y[:-200]).backward()
-            opt.step()
-        return net.eval()
-
-
-    @pytest.fixture
-    def model():
-        return _model()
-
-
-    @pytest.fixture
-    def data():
-        x, y = _digits()
-        return x[-64:], y[-64:]
-"""
-
+# The generated project (tests/attack_project.py) trains its own copy of the
+# digits MLP; torch is imported inside its fixtures so that the run without
+# the flag, where every attack test is skipped, never loads it.
 TESTS = """
     import pytest
 
@@ -138,26 +85,7 @@ NODEIDS = {
 
 
 def _project(path: Path) -> Path:
-    (path / "conftest.py").write_text(textwrap.dedent(CONFTEST))
-    (path / "test_attack.py").write_text(textwrap.dedent(TESTS))
-    (path / "pytest.ini").write_text("[pytest]\n")
-    return path
-
-
-def _run(path: Path, *args: str) -> pytest.RunResult:
-    """``python -m pytest`` in ``path``, plugin from its entry point, repo options left out."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:hypothesispytest", "-p", "no:cacheprovider"]
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [*cmd, *args], cwd=path, env=env, capture_output=True, text=True, timeout=600
-    )
-    return pytest.RunResult(
-        proc.returncode,
-        proc.stdout.splitlines(),
-        proc.stderr.splitlines(),
-        time.perf_counter() - start,
-    )
+    return make_project(path, TESTS)
 
 
 RUN_ARGS = (
@@ -285,7 +213,7 @@ def _check_junit(path: Path) -> None:
 
 def test_with_the_flag_verdicts_summary_json_and_junit(tmp_path: Path) -> None:
     path = _project(tmp_path)
-    result = _run(path, *RUN_ARGS, "--junitxml", "junit.xml")
+    result = run_pytest(path, *RUN_ARGS, "--junitxml", "junit.xml")
     _check_verdicts(result)
     _check_terminal_summary(result, path)
     _check_json(path)
@@ -295,7 +223,7 @@ def test_with_the_flag_verdicts_summary_json_and_junit(tmp_path: Path) -> None:
 def test_under_xdist_the_controller_merges_each_test_once(tmp_path: Path) -> None:
     pytest.importorskip("xdist")
     path = _project(tmp_path)
-    result = _run(path, *RUN_ARGS, "-n", "2", "--junitxml", "junit.xml")
+    result = run_pytest(path, *RUN_ARGS, "-n", "2", "--junitxml", "junit.xml")
     result.stdout.fnmatch_lines(["2 workers [[]5 items[]]"])
     _check_verdicts(result)
     _check_terminal_summary(result, path)  # printed once, by the controller
@@ -308,7 +236,7 @@ def test_under_xdist_the_controller_merges_each_test_once(tmp_path: Path) -> Non
 
 def test_without_the_flag_all_skip_and_no_summary(tmp_path: Path) -> None:
     path = _project(tmp_path)
-    result = _run(path, "-rs", "--attack-test-json", "out/attack.json")
+    result = run_pytest(path, "-rs", "--attack-test-json", "out/attack.json")
     result.assert_outcomes(skipped=5)
     result.stdout.fnmatch_lines(["SKIPPED [[]*[]] *: attack test: run with --attack-test*"])
     result.stdout.no_fnmatch_line("*= attack tests =*")
