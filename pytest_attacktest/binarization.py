@@ -19,6 +19,7 @@ attack must find it. The phases run for a whole chunk of samples at once:
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from attacks import backend
 from attacks.base import Attack, atleast_kd, check_inputs, lp_norms
 from attacks.models import Model, as_model
 from attacks.norms import norm_name, parse_p
+from pytest_attacktest.blocks import MAX_BLOCK, Blocks, block_size_for
 from pytest_attacktest.features import FeatureFn, feature_extractor
 from pytest_attacktest.readout import Readouts, fit_readouts
 from pytest_attacktest.report import MAX_EXAMPLE_VALUES, MAX_EXAMPLES, Report, SampleResult
@@ -181,9 +183,11 @@ def binarization_test(
         seed=seed,
         settings=settings,
     )
+    blocks = Blocks(block_size_for(x_.shape[1:], _itemsize(x_)))
     if y is not None:
         labels = np.asarray(backend.to_numpy(y)).reshape(-1)
-        predicted = backend.to_numpy(wrapped.logits(x_)).argmax(axis=1)
+        with _no_grad(x_):
+            predicted = backend.to_numpy(blocks.concatenate(wrapped.logits, x_)).argmax(axis=1)
         settings["clean_accuracy"] = float((predicted == labels).mean())
     engine = _Engine(wrapped, extractor, attack, p, float(epsilon), report, seed)
     engine.n_inner = n_inner
@@ -191,6 +195,7 @@ def binarization_test(
     engine.valid_input = valid_input
     engine.progress = progress
     engine.total = int(x_.shape[0])
+    engine.blocks = blocks
     if engine.n_inner is None:
         dim = engine.features(x_[:1]).shape[-1]
         engine.n_inner = default_inner_points(dim, n_boundary)
@@ -201,6 +206,12 @@ def binarization_test(
     for start in range(0, x_.shape[0], chunk_size):
         engine.run_chunk(x_[start : start + chunk_size], start)
     settings["n_inner"] = engine.n_inner
+    settings["forward_block"] = engine.blocks.size
+    halvings = engine.blocks.halvings + engine.attack_blocks.halvings
+    if halvings:
+        # Stated, not warned: results do not depend on it, but time and memory do.
+        settings["attack_batch"] = min(engine.attack_blocks.size, chunk_size)
+        settings["out_of_memory_retries"] = halvings
     if progress is not None:
         progress("done", engine.total, engine.total)
     for warning in report.warnings:
@@ -220,7 +231,7 @@ def auto_chunk_size(x: ep.Tensor, points_per_sample: int) -> int:
     points, per feature pass); with temporaries about three copies are alive.
     On CUDA the budget is half of the free memory, elsewhere 1 GiB.
     """
-    itemsize = 8 if "64" in str(x.dtype) else 4
+    itemsize = _itemsize(x)
     per_sample = 3 * points_per_sample * math.prod(x.shape[1:]) * itemsize
     budget = CPU_CHUNK_BYTES
     raw = x.raw
@@ -257,6 +268,10 @@ class _Engine:
         self.valid_input: Callable[[Any], Any] | None = None
         self.progress: ProgressFn | None = None
         self.total = 0
+        #: Forward passes over many points (features, validation, detector).
+        self.blocks = Blocks(MAX_BLOCK)
+        #: The attack's batch: the whole chunk until that runs out of memory.
+        self.attack_blocks = Blocks(sys.maxsize)
         for phase in ("sampling", "features", "fit", "attack", "verification"):
             report.timings[phase] = 0.0
 
@@ -272,14 +287,12 @@ class _Engine:
 
     def features(self, points: ep.Tensor, passes: int = 1) -> ep.Tensor:
         """Features of ``(M, ...)`` points, ``passes`` times: ``(passes, M, d)``."""
-        out = []
+
+        def extract(block: ep.Tensor) -> ep.Tensor:
+            return backend.wrap(self.extractor(block.raw))
+
         with _no_grad(points):
-            for _ in range(passes):
-                chunks = [
-                    backend.wrap(self.extractor(points[i : i + 4096].raw))
-                    for i in range(0, points.shape[0], 4096)
-                ]
-                out.append(ep.concatenate(chunks, axis=0) if len(chunks) > 1 else chunks[0])
+            out = [self.blocks.concatenate(extract, points) for _ in range(passes)]
         return ep.stack(out, axis=0)
 
     def run_chunk(self, x: ep.Tensor, offset: int) -> None:
@@ -299,6 +312,9 @@ class _Engine:
         invalid_setup = self._redraw_invalid(x, inner, boundary, eps, random, bounds)
         inner, boundary, rejected_training = invalid_setup
         train = ep.concatenate([x.expand_dims(1), inner, boundary], axis=1)  # (S, n, ...)
+        # The concatenation copied them: keep one copy alive through the chunk.
+        boundary = train[:, 1 + n_in :]
+        del inner
         n = train.shape[1]
         labels = np.array([0] * (1 + n_in) + [1] * n_b)
         self._phase("features", offset)
@@ -345,7 +361,7 @@ class _Engine:
             return ep.ones(train, (s,))
         flat = train.reshape((-1, *tuple(train.shape[2:])))
         with _no_grad(train):
-            logits = self.model.logits(flat).reshape((s, -1))
+            logits = self.blocks.concatenate(self.model.logits, flat).reshape((s, -1))
         return logits.max(axis=1) - logits.min(axis=1)
 
     def _redraw_invalid(
@@ -385,6 +401,10 @@ class _Engine:
         return inner, boundary, failed
 
     def _valid(self, points: ep.Tensor) -> ep.Tensor:
+        """The detector's mask for ``points``, asked in memory-sized blocks."""
+        return self.blocks.concatenate(self._valid_block, points)
+
+    def _valid_block(self, points: ep.Tensor) -> ep.Tensor:
         assert self.valid_input is not None
         mask = backend.wrap(self.valid_input(points.raw))
         if tuple(mask.shape) != (points.shape[0],):
@@ -408,10 +428,10 @@ class _Engine:
         ok = readouts.fitted.copy()
         with _no_grad(x):
             for _ in range(self.options["verify_passes"]):
-                clean_z = backend.to_numpy(binarized.readout_logit(x, index))
+                clean_z = self._blocked_logit(binarized, x, index)
                 z_b = np.stack(
                     [
-                        backend.to_numpy(binarized.readout_logit(boundary[:, j], index))
+                        self._blocked_logit(binarized, boundary[:, j], index)
                         for j in range(boundary.shape[1])
                     ],
                     axis=1,
@@ -424,6 +444,18 @@ class _Engine:
     def _run_attack(
         self, binarized: BinarizedModel, x: ep.Tensor, zeros: ep.Tensor, eps: ep.Tensor
     ) -> ep.Tensor:
+        """The attack on the whole chunk, or on parts of it when that runs out of memory.
+
+        The binarized model routes any subset of the chunk's samples to their
+        own readouts, so a part is attacked exactly as it would be in the whole
+        (random draws differ, as with any other batch split).
+        """
+        parts = self.attack_blocks.run(
+            lambda i, j: self._attack_part(binarized, x[i:j], zeros[i:j]), x.shape[0]
+        )
+        return parts[0] if len(parts) == 1 else ep.concatenate(parts, axis=0)
+
+    def _attack_part(self, binarized: BinarizedModel, x: ep.Tensor, zeros: ep.Tensor) -> ep.Tensor:
         if isinstance(self.attack, Attack):
             return backend.wrap(self.attack(binarized, x.raw, zeros.raw, epsilon=self.epsilon))
         native = binarized.as_native()
@@ -462,7 +494,7 @@ class _Engine:
         z_adv = np.full(s, np.inf)
         with _no_grad(x):
             for _ in range(self.options["verify_passes"]):
-                z = backend.to_numpy(binarized.readout_logit(x_adv, index)).astype(np.float64)
+                z = self._blocked_logit(binarized, x_adv, index).astype(np.float64)
                 adversarial &= z > 0
                 z_adv = np.minimum(z_adv, z)
             rejected = np.zeros(s, dtype=bool)
@@ -513,17 +545,15 @@ class _Engine:
                 )
             )
 
-    @staticmethod
     def _blocked_logit(
-        binarized: BinarizedModel, points: ep.Tensor, index: ep.Tensor
+        self, binarized: BinarizedModel, points: ep.Tensor, index: ep.Tensor
     ) -> np.ndarray:
-        """Readout logits of many points, in blocks of the feature pass's size."""
-        return np.concatenate(
-            [
-                backend.to_numpy(binarized.readout_logit(points[i : i + 4096], index[i : i + 4096]))
-                for i in range(0, points.shape[0], 4096)
-            ]
+        """Readout logits of many points (``index``: their samples), in memory-sized blocks."""
+        parts = self.blocks.run(
+            lambda i, j: backend.to_numpy(binarized.readout_logit(points[i:j], index[i:j])),
+            points.shape[0],
         )
+        return np.concatenate(parts)
 
     def _validation(
         self, binarized: BinarizedModel, x: ep.Tensor, eps: ep.Tensor, random: backend.RandomSource
@@ -569,6 +599,11 @@ def _check_settings(
         raise ValueError(f"max_inconclusive must be in [0, 1), got {max_inconclusive}")
     if n_boundary < 1 or (chunk_size is not None and chunk_size < 1):
         raise ValueError("n_boundary and chunk_size must be >= 1")
+
+
+def _itemsize(x: ep.Tensor) -> int:
+    """Bytes per element of ``x`` (float64 or float32 in practice)."""
+    return 8 if "64" in str(x.dtype) else 4
 
 
 def _index_dtype(x: ep.Tensor) -> Any:

@@ -62,9 +62,6 @@ DEFAULT_CLAIM_TOLERANCE = 0.0
 #: 48/64 must meet a claim of 0.75 although 0.75 - 0.0 is computed in floats.
 _FLOAT_GUARD = 1e-12
 
-#: Forward passes of the verification run in blocks of this many inputs.
-_BLOCK = 1024
-
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a binomial proportion (``(0, 1)`` when ``n == 0``).
@@ -292,7 +289,8 @@ def measure_robust_accuracy(
     from attacks import backend
     from attacks.base import Attack, check_inputs, lp_norms
     from attacks.models import Model, as_model
-    from pytest_attacktest.binarization import BALL_TOLERANCE, ROUNDING, _no_grad
+    from pytest_attacktest.binarization import BALL_TOLERANCE, ROUNDING, _itemsize, _no_grad
+    from pytest_attacktest.blocks import Blocks, block_size_for
 
     if y is None:
         raise ValueError(
@@ -306,12 +304,20 @@ def measure_robust_accuracy(
     if labels.shape[0] != n:
         raise ValueError(f"y must hold one label per input: {labels.shape[0]} labels, {n} inputs")
 
-    if isinstance(attack, Attack):
-        out = attack(model, x, y, epsilon=epsilon)
-    else:
-        native = wrapped.native if isinstance(model, Model) else model
-        out = attack(native, x, y, epsilon)
-    adv, _ = wrapped.adopt(out)
+    native = wrapped.native if isinstance(model, Model) else model
+
+    def attack_part(i: int, j: int) -> ep.Tensor:
+        # Whole batch unless the device runs out of memory, then halves (Blocks).
+        xs, ys = (x, y) if (i, j) == (0, n) else (x[i:j], y[i:j])
+        if isinstance(attack, Attack):
+            out = attack(model, xs, ys, epsilon=epsilon)
+        else:
+            out = attack(native, xs, ys, epsilon)
+        return wrapped.adopt(out)[0]
+
+    parts = Blocks(max(1, n)).run(attack_part, n)
+    adv = parts[0] if len(parts) == 1 else ep.concatenate(parts, axis=0)
+    blocks = Blocks(block_size_for(x_.shape[1:], _itemsize(x_)))
     if tuple(adv.shape) != tuple(x_.shape):
         raise ValueError(
             f"the attack returned shape {tuple(adv.shape)} for inputs of shape {tuple(x_.shape)}"
@@ -324,10 +330,7 @@ def measure_robust_accuracy(
         with _no_grad(points):
             for _ in range(verify_passes):
                 logits = np.concatenate(
-                    [
-                        backend.to_numpy(wrapped.logits(points[i : i + _BLOCK]))
-                        for i in range(0, n, _BLOCK)
-                    ]
+                    blocks.run(lambda i, j: backend.to_numpy(wrapped.logits(points[i:j])), n)
                 )
                 ok &= logits.argmax(axis=1) == labels
         return ok
