@@ -92,12 +92,7 @@ class Attack(ABC):
         """
         model_ = as_model(model)
         x_, restore = model_.adopt(x)
-        if self.uses_gradient and not model_.differentiable:
-            raise TypeError(
-                f"{type(self).__name__} needs gradients, but the model is a NumPy model; use a "
-                "gradient-free attack (attacks.Square, attacks.HopSkipJump) or a PyTorch, "
-                "TensorFlow or JAX model"
-            )
+        check_gradient_support(self, model_)
         check_inputs(x_, model_)
         y_ = _labels_like(x_, y, "y")
         target_ = None if target is None else _labels_like(x_, target, "target")
@@ -156,6 +151,20 @@ def _labels_like(x: ep.Tensor, labels: Any, name: str) -> ep.Tensor:
     if "int" not in str(t.dtype):
         raise TypeError(f"{name} must hold integer class indices, got dtype {t.dtype}")
     return t
+
+
+def check_gradient_support(attack: Attack, model: Model) -> None:
+    """Refuse a gradient attack on a model without gradients (a NumPy model).
+
+    Shared by ``Attack.__call__`` and the binarization test, which checks it
+    before sampling and fitting so that the error comes at once.
+    """
+    if attack.uses_gradient and not model.differentiable:
+        raise TypeError(
+            f"{type(attack).__name__} needs gradients, but the model is a NumPy model; use a "
+            "gradient-free attack (attacks.Square, attacks.HopSkipJump) or a PyTorch, "
+            "TensorFlow or JAX model"
+        )
 
 
 def check_inputs(

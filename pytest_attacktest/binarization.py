@@ -29,7 +29,7 @@ import eagerpy as ep
 import numpy as np
 
 from attacks import backend
-from attacks.base import Attack, atleast_kd, check_inputs, lp_norms
+from attacks.base import Attack, atleast_kd, check_gradient_support, check_inputs, lp_norms
 from attacks.models import Model, as_model
 from attacks.norms import norm_name, parse_p
 from pytest_attacktest.blocks import MAX_BLOCK, Blocks, block_size_for
@@ -159,6 +159,8 @@ def binarization_test(
             f"the attack's norm ({attack.norm}) differs from the test's ({norm_name(p)}): "
             "a test at one norm says nothing about an attack at another"
         )
+    if isinstance(attack, Attack):
+        check_gradient_support(attack, wrapped)
     extractor = feature_extractor(wrapped, features)
     name = repr(attack) if isinstance(attack, Attack) else getattr(attack, "__name__", repr(attack))
     settings = {

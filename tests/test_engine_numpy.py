@@ -94,9 +94,16 @@ def test_gradient_attack_on_a_numpy_model_names_the_gradient_free_ones(
 ) -> None:
     x, y = held_out(4)
     name = type(attack).__name__
+    calls = []
+
+    def counted_features(points: np.ndarray) -> np.ndarray:
+        calls.append(len(points))
+        return features(points)
+
     with pytest.raises(TypeError, match=f"{name} needs gradients") as info:
-        binarization_test(numpy_mlp(), x, y, attack=attack, epsilon=EPS, features=features)
+        binarization_test(numpy_mlp(), x, y, attack=attack, epsilon=EPS, features=counted_features)
     assert GRADIENT_FREE in str(info.value)
+    assert calls == []  # refused up front, before any sampling, feature pass or fit
 
 
 # The generated project uses the digits MLP of this directory and no ML framework.
