@@ -102,21 +102,21 @@ def _fit(
     targets_np = np.where(labels == 1, 1.0, -1.0)
 
     f64 = _as_float64(features)
-    # A constant column absorbs the bias; scaled to the features' size so the
-    # minimum-norm solution does not favour the bias over the weights.
-    scale = ep.maximum(f64.square().sum(axis=-1).mean(axis=-1).sqrt(), 1e-12)  # (S,)
-    ones = ep.ones(f64, (s, n, 1)) * scale.reshape((s, 1, 1))
-    aug = ep.concatenate([f64, ones], axis=-1)  # (S, n, d + 1)
-    gram = _batched_gram(framework, aug)  # (S, n, n)
-    jitter = 1e-10 * _trace(gram) / n + 1e-30
-    gram = gram + _eye_like(gram, n) * jitter.reshape((s, 1, 1))
+    # A constant column of value ``scale`` absorbs the bias, scaled to the
+    # features' size so the minimum-norm solution does not favour the bias over
+    # the weights. It is never built: it adds ``scale**2`` to every Gram entry.
+    gram = _batched_matmul(framework, f64, f64, transpose_b=True)  # (S, n, n)
+    row_sq = _diagonal(framework, gram)  # (S, n): squared feature norms
+    scale_sq = ep.maximum(row_sq.mean(axis=-1), 1e-24)  # (S,)
+    gram = gram + scale_sq.reshape((s, 1, 1))
+    jitter = 1e-10 * (row_sq.sum(axis=-1) + n * scale_sq) / n + 1e-30  # trace / n
     targets = _const(f64, np.broadcast_to(targets_np, (s, n)).copy()).expand_dims(-1)
-    alpha = _solve(framework, gram, targets)  # (S, n, 1)
-    w_aug = (aug * alpha).sum(axis=1)  # (S, d + 1)
-    weight = w_aug[:, :d]
-    bias = w_aug[:, d] * scale
-
-    z = (f64 * weight.expand_dims(1)).sum(axis=-1) + bias.expand_dims(1)  # (S, n)
+    alpha = _solve(framework, gram + _eye_like(gram, n) * jitter.reshape((s, 1, 1)), targets)
+    # w = F^T alpha, b = scale**2 * sum(alpha); the training logits F w + b are
+    # the (unjittered) augmented Gram matrix times alpha.
+    weight = _batched_matmul(framework, alpha, f64, transpose_a=True).reshape((s, d))
+    bias = scale_sq * alpha.sum(axis=(1, 2))
+    z = _batched_matmul(framework, gram, alpha).reshape((s, n))
     signed = z * _const(f64, targets_np).reshape((1, n))
     margin = signed.min(axis=1)
     boundary_mask = _const(f64, (labels == 1).astype(np.float64)).reshape((1, n))
@@ -172,21 +172,40 @@ def _eye_like(t: ep.Tensor, n: int) -> ep.Tensor:
     return _const(t, np.eye(n)).expand_dims(0)
 
 
-def _trace(gram: ep.Tensor) -> ep.Tensor:
-    n = gram.shape[-1]
-    return (gram * _eye_like(gram, n)).sum(axis=(1, 2))
-
-
-def _batched_gram(framework: str, a: ep.Tensor) -> ep.Tensor:
-    """``a @ a^T`` per batch entry (EagerPy's matmul is 2-D only)."""
+def _diagonal(framework: str, a: ep.Tensor) -> ep.Tensor:
+    """The diagonals of a batch of square matrices, ``(S, n, n) -> (S, n)``."""
     raw = a.raw
+    if framework == "torch":
+        return backend.wrap(raw.diagonal(dim1=1, dim2=2))
     if framework == "tensorflow":
         import tensorflow as tf
 
-        return backend.wrap(tf.linalg.matmul(raw, raw, transpose_b=True))
+        return backend.wrap(tf.linalg.diag_part(raw))
+    return backend.wrap(raw.diagonal(axis1=1, axis2=2))
+
+
+def _batched_matmul(
+    framework: str,
+    a: ep.Tensor,
+    b: ep.Tensor,
+    transpose_a: bool = False,
+    transpose_b: bool = False,
+) -> ep.Tensor:
+    """``a @ b`` per batch entry, either side transposed (EagerPy's matmul is 2-D only)."""
+    ra, rb = a.raw, b.raw
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        return backend.wrap(
+            tf.linalg.matmul(ra, rb, transpose_a=transpose_a, transpose_b=transpose_b)
+        )
     if framework == "torch":
-        return backend.wrap(raw @ raw.transpose(1, 2))
-    return backend.wrap(raw @ raw.swapaxes(1, 2))
+        ra = ra.transpose(1, 2) if transpose_a else ra
+        rb = rb.transpose(1, 2) if transpose_b else rb
+    else:
+        ra = ra.swapaxes(1, 2) if transpose_a else ra
+        rb = rb.swapaxes(1, 2) if transpose_b else rb
+    return backend.wrap(ra @ rb)
 
 
 def _solve(framework: str, a: ep.Tensor, b: ep.Tensor) -> ep.Tensor:
