@@ -21,12 +21,14 @@ the first two and checks the third by the engine's own arithmetic:
    binarization.py) picks for ResNet-18 at 32x32 and ResNet-50 at 224x224
    with 4096 samples on a GPU with ``--gpu-free-gib`` free (default 79, an
    80 GB H100), what its budget covers (the chunk's sampled points, counted
-   three times for temporaries), and what it does not count (the feature
-   pass over blocks of 4096 points, the attack's forward and backward pass
-   on the chunk). ``--routing-sizes`` times the binarized model's routing
-   search (nearest clean sample of every input, per forward pass) against
-   the model's forward and backward pass. ``--probe`` measures those two per image on the current
-   device, from two batch sizes so that fixed costs cancel (on a CPU from the
+   three times for temporaries), the block of forward passes
+   (``pytest_attacktest.blocks``: 64 MiB of input, at most 4096 points) and
+   what it does not count (the activations of a block, the attack's forward
+   and backward pass on the chunk; both are halved on out-of-memory).
+   ``--routing-sizes`` times the binarized model's routing search (nearest
+   clean sample of every input, per forward pass) against the model's
+   forward and backward pass. ``--probe`` measures those two per image on
+   the current device, from two batch sizes so that fixed costs cancel (on a CPU from the
    peak resident set of fresh processes: about a minute for ResNet-50).
 
 Usage (from the repository root)::
@@ -58,12 +60,12 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 try:
     import attacks
     import pytest_attacktest.binarization as engine
-    from pytest_attacktest import routing
+    from pytest_attacktest import blocks, routing
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(HERE.parent))
     import attacks
     import pytest_attacktest.binarization as engine
-    from pytest_attacktest import routing
+    from pytest_attacktest import blocks, routing
 
 
 def _sibling(name: str) -> Any:
@@ -258,7 +260,8 @@ def chunk_plan(
         "chunks": math.ceil(samples / chunk),
         "chunk_points_gib": chunk * per_sample / GIB,
         "train_points_per_chunk": train_points,
-        "feature_blocks_per_chunk": math.ceil(train_points / 4096),
+        "forward_block": (block := blocks.block_size_for(shape, itemsize)),
+        "feature_blocks_per_chunk": math.ceil(train_points / block),
     }
 
 
@@ -394,6 +397,7 @@ PLAN_COLUMNS = [
     common.Column("chunk", "chunk_size"),
     common.Column("chunks for 4096", "chunks"),
     common.Column("chunk points GiB", "chunk_points_gib", common.fixed(1)),
+    common.Column("forward block", "forward_block"),
     common.Column("feature blocks/chunk", "feature_blocks_per_chunk"),
 ]
 
@@ -500,13 +504,14 @@ def main(argv: list[str] | None = None) -> int:
         extra["probes"] = probes
         print()
         for p, plan in zip(probes, plans, strict=True):
-            # What the arithmetic leaves out: one feature block of 4096 points, and
-            # the attack's forward and backward pass on a whole chunk.
-            p["feature_block_gib"] = p["forward_mib_per_image"] * 4096 / 1024
+            # What the arithmetic leaves out: the activations of one block of
+            # forward passes, and the attack's forward and backward pass on a chunk.
+            block = plan["forward_block"]
+            p["feature_block_gib"] = p["forward_mib_per_image"] * block / 1024
             p["attack_chunk_gib"] = p["forward_backward_mib_per_image"] * plan["chunk_size"] / 1024
             print(
                 f"{p['model']}: {p['forward_mib_per_image']:.2f} MiB per image for a no-grad "
-                f"forward ({p['feature_block_gib']:.1f} GiB for a feature block of 4096), "
+                f"forward ({p['feature_block_gib']:.1f} GiB for a block of {block}), "
                 f"{p['forward_backward_mib_per_image']:.2f} MiB forward+backward "
                 f"({p['attack_chunk_gib']:.1f} GiB for an attack on a chunk of "
                 f"{plan['chunk_size']}); batches {p['batches']}, {p['how']}"

@@ -220,6 +220,9 @@ def test_4096_samples_at_224x224_take_many_bounded_chunks_on_80gb() -> None:
     assert plan["n_inner"] == 999
     assert 1 < plan["chunk_size"] < 64
     assert plan["chunk_points_gib"] <= plan["budget_gib"] <= 39.5
+    # A block of forward passes holds at most 64 MiB of these images, not 4096 of them.
+    assert plan["forward_block"] == 111
+    assert plan["forward_block"] * 3 * 224 * 224 * 4 <= 64 * 2**20
 
 
 def test_linearity_of_an_exact_line_and_of_a_bent_one() -> None:
