@@ -9,10 +9,15 @@ Wagner, 2017) is the classic reference, FMN (Pintor et al., 2021) and DDN
 
 All three run without epsilon (``ctx.epsilon is None``) and return, per sample,
 the smallest adversarial point they saw (the clean point where they saw none).
-With epsilon, FMN and DDN never let their adaptive radius exceed the budget
-(so they become budget-constrained searches that shrink towards the boundary)
-and stop once every sample has an adversarial inside it; C&W runs unchanged.
-The base class then projects into the ball.
+With epsilon, DDN never lets its adaptive radius exceed the budget (a
+budget-constrained search that shrinks towards the boundary); FMN follows its
+unbounded trajectory; both stop once every sample has an adversarial inside
+the budget. C&W runs unchanged. The base class then projects into the ball.
+
+FMN and C&W follow the gradient of a soft margin (:func:`soft_margin`) by
+default instead of the logit difference of the papers: the logit difference
+only sees the runner-up class, and the iterates then settle on the boundary
+with that class even where another class's boundary is much nearer.
 
 Every kept point is the very point whose logits were computed in the
 gradient pass, so what an attack reports as adversarial is what a fresh
@@ -30,7 +35,7 @@ import eagerpy as ep
 from attacks import backend
 from attacks.base import Attack, RunContext, atleast_kd, lp_norms
 from attacks.gradient import loss_and_logits, project_ball
-from attacks.losses import cross_entropy, is_adversarial, margin
+from attacks.losses import Loss, cross_entropy, is_adversarial, margin
 from attacks.norms import parse_p
 
 #: Relative margin kept inside an epsilon budget, larger than the base class's
@@ -42,6 +47,42 @@ BUDGET_SLACK = 1e-5
 _UNBOUNDED = 1e10
 
 _DUAL = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}
+
+#: The large negative offset that removes one class from a log-sum-exp.
+_LARGE = 1e9
+
+
+def soft_margin(logits: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None = None) -> ep.Tensor:
+    """The margin with the max over competing classes replaced by a log-sum-exp.
+
+    Untargeted ``log sum_{i!=y} exp(z_i) - z_y`` (the log-odds of not predicting
+    y); targeted ``z_t - log sum_{i!=t} exp(z_i)``. Why: its gradient is the
+    cross-entropy gradient divided by ``1 - p_y`` (``1 - p_t``), so it weighs
+    every competing class by its softmax share instead of following the
+    runner-up only, yet, unlike cross-entropy, it does not vanish when the
+    softmax saturates (it tends to the margin there). With two classes it is
+    the margin. Untargeted it bounds the margin from above, targeted from
+    below, so its sign alone does not decide success: the callers decide
+    success, and C&W which samples to push, on the margin itself.
+    """
+    own = target if target is not None else y
+    columns = ep.arange(logits, logits.shape[-1]).astype(own.dtype).reshape((1, -1))
+    is_own = columns == own.reshape((-1, 1))
+    others = ep.where(is_own, logits - _LARGE, logits)
+    top = others.max(axis=-1, keepdims=True)
+    lse = (others - top).exp().sum(axis=-1).log() + top[:, 0]
+    z_own = ep.where(is_own, logits, ep.zeros_like(logits)).sum(axis=-1)
+    return z_own - lse if target is not None else lse - z_own
+
+
+#: What FMN and C&W follow: ``"soft-margin"`` (default) or the papers' ``"margin"``.
+DIRECTION_LOSSES = {"soft-margin": soft_margin, "margin": margin}
+
+
+def _direction_loss(loss: str) -> Loss:
+    if loss not in DIRECTION_LOSSES:
+        raise ValueError(f"loss must be one of {sorted(DIRECTION_LOSSES)}, got {loss!r}")
+    return DIRECTION_LOSSES[loss]
 
 
 def _cosine(i: int, steps: int, start: float, end: float) -> float:
@@ -118,6 +159,16 @@ class FMN(Attack):
     the boundary without crossing it: 1 of 64 samples fooled (L2), 60 of 64
     (Linf, ``alpha_init=10``) and 62 of 64 (L1) in 100 steps; with them, all 64.
 
+    A third change: the loss followed is :func:`soft_margin` by default, not
+    the logit difference. With the logit difference the iterates settle on
+    the boundary with the clean point's runner-up class; on the digits MLP
+    (64 held-out digits, 50 steps, untargeted) 14 of 64 samples ended more
+    than 10% above PGD with bisection, most of them where a third class's
+    boundary is nearer (median L2 distance 0.458 vs 0.413 for PGD with
+    bisection, also at 200 steps); with the soft margin, at the same cost per
+    step, 3 of 64 and median 0.400 (Linf 0.0868 -> 0.0813, L1 0.905 -> 0.804;
+    least-likely targets unchanged within 1%).
+
     Args:
         norm: ``"l2"`` (default), ``"linf"`` or ``"l1"``.
         steps: iterations (paper default 100).
@@ -127,10 +178,20 @@ class FMN(Attack):
         alpha_final: final step length (default ``alpha_init / 100``).
         gamma_init: initial radius factor (paper: 0.05).
         gamma_final: final radius factor (0.001 as in the reference code).
+        loss: ``"soft-margin"`` (default) or ``"margin"`` (the logit
+            difference of the paper); the sign of the margin decides success.
         seed: unused (FMN is deterministic); kept for a uniform interface.
 
-    With epsilon the radius never exceeds the budget, and the run stops
-    early once every sample is fooled inside it.
+    With epsilon the run follows the same trajectory as without (the budget
+    does not bound the radius) and stops early once every sample is fooled
+    inside it. Why not bound the radius by the budget: for L1 the projected
+    steps on the budget's sphere then stall, non-adversarial, where the
+    unbounded run, shrinking from outside, finds adversarials well inside it
+    (digits MLP, 50 steps, logit difference, eps = 1.33: 4 samples missed
+    whose unbounded distance is 0.46-0.89 eps; over nine quantiles of the
+    distances, up to 4 more robust samples than the distances allow, and
+    never fewer); for L2 and Linf it made no difference. So the robust
+    accuracy at any eps is the one the distances of the run without it give.
     """
 
     minimizes_norm = True
@@ -144,6 +205,7 @@ class FMN(Attack):
         alpha_final: float | None = None,
         gamma_init: float = 0.05,
         gamma_final: float = 0.001,
+        loss: str = "soft-margin",
         seed: int | None = 0,
     ) -> None:
         p = parse_p(norm)
@@ -165,6 +227,8 @@ class FMN(Attack):
             )
         self.gamma_init = gamma_init
         self.gamma_final = gamma_final
+        self.loss = loss
+        self._loss = _direction_loss(loss)
         self.seed = seed
 
     def run(
@@ -175,9 +239,8 @@ class FMN(Attack):
         scale = hi - lo
         budget = _budget(ctx)
         worst = _worst_norm(x, p, ctx.bounds)
-        cap = worst if budget is None else ep.minimum(worst, budget)
-        radius = cap
-        fn = loss_and_logits(ctx.model, margin, y, target)
+        radius = worst
+        fn = loss_and_logits(ctx.model, self._loss, y, target)
         smallest = _Smallest(x, worst)
         x_adv = x
         for i in range(self.steps):
@@ -189,13 +252,16 @@ class FMN(Attack):
             smallest.update(x_adv, norms, adversarial)
             if smallest.done(budget, i, self.steps):
                 break
-            to_boundary = margin(logits, y, target).abs() / ep.maximum(lp_norms(grad, dual), 1e-12)
+            # the linear estimate of the distance to the followed loss's zero
+            to_boundary = self._loss(logits, y, target).abs() / ep.maximum(
+                lp_norms(grad, dual), 1e-12
+            )
             radius = ep.where(
                 adversarial,
                 ep.minimum(radius * (1 - gamma), smallest.norms),
                 ep.where(smallest.found, radius * (1 + gamma), norms * (1 + gamma) + to_boundary),
             )
-            radius = ep.minimum(radius, cap)
+            radius = ep.minimum(radius, worst)
             # clip first, then project: the projection of a point inside the bounds
             # stays inside them, and the radius is not lost to clipping afterwards
             x_adv = ep.clip(x_adv + alpha * _unit_l2(grad), lo, hi)
@@ -299,6 +365,20 @@ class CarliniWagnerL2(Attack):
     binary search: after each run, samples that were fooled halve towards
     their lower bound, the others grow tenfold until an upper bound is known.
 
+    Two changes to the paper, both at the same cost per step, measured on the
+    digits MLP (64 held-out digits, 5 runs x 100 steps, stepsize 0.05,
+    initial_const 1, untargeted; median L2 distance, PGD with bisection
+    0.413): the hinge is active where the margin falls short of
+    ``confidence``, but the term it pushes is :func:`soft_margin` (with the
+    logit difference the runs settle on the boundary with the clean point's
+    runner-up class: 0.468 -> 0.423); and each run of the binary search
+    starts from the last iterate of the previous one, not from x (pixels at
+    a bound start saturated in tanh space and take about
+    ``(7.25 - 1) / stepsize`` steps to move at all, so a fresh start wastes
+    each short run on leaving saturation again: 0.423 -> 0.414, and with
+    abort_early the runs end sooner). Least-likely targets: 1.136 -> 1.094
+    (PGD with bisection 1.107).
+
     Args:
         binary_search_steps: runs over ``c`` (9).
         steps: Adam steps per run (10000 in the paper; use fewer).
@@ -311,6 +391,10 @@ class CarliniWagnerL2(Attack):
         initial_const: starting ``c`` (0.001).
         abort_early: stop a run when the loss has not dropped by 0.01% over a
             tenth of its steps (one host read per tenth).
+        loss: what the hinge pushes: ``"soft-margin"`` (default) or
+            ``"margin"`` (the paper's logit difference).
+        warm_start: start each run from the previous run's last iterate
+            (default) instead of from x as the paper does.
         seed: unused (C&W is deterministic); kept for a uniform interface.
 
     With epsilon it runs unchanged; the base class projects the result into the ball.
@@ -327,6 +411,8 @@ class CarliniWagnerL2(Attack):
         confidence: float = 0.0,
         initial_const: float = 0.001,
         abort_early: bool = True,
+        loss: str = "soft-margin",
+        warm_start: bool = True,
         seed: int | None = 0,
     ) -> None:
         if binary_search_steps < 1 or steps < 1:
@@ -345,6 +431,9 @@ class CarliniWagnerL2(Attack):
         self.confidence = confidence
         self.initial_const = initial_const
         self.abort_early = abort_early
+        self.loss = loss
+        self._loss = _direction_loss(loss)
+        self.warm_start = warm_start
         self.seed = seed
 
     def run(
@@ -362,6 +451,7 @@ class CarliniWagnerL2(Attack):
         consts = zeros + self.initial_const
         lower, upper = zeros, zeros + _UNBOUNDED
         smallest = _Smallest(x, _worst_norm(x, 2.0, ctx.bounds))
+        w_start = w_clean
 
         for search_step in range(self.binary_search_steps):
             if search_step == self.binary_search_steps - 1 and self.binary_search_steps >= 10:
@@ -372,24 +462,31 @@ class CarliniWagnerL2(Attack):
                 x_adv = to_model(w)
                 logits = ctx.model(x_adv)
                 distance = (x_adv - x_reference).flatten(start=1).square().sum(axis=1)
-                shortfall = ep.maximum(self.confidence - margin(logits, y, target), 0.0)
-                return (distance + c * shortfall).sum(), logits
+                short = margin(logits, y, target) <= self.confidence
+                push = self.confidence - self._loss(logits, y, target)
+                return (distance + c * ep.where(short, push, ep.zeros_like(push))).sum(), logits
 
             found = zeros.bool()
-            w, m, v = w_clean, ep.zeros_like(x), ep.zeros_like(x)
+            w, m, v = w_start, ep.zeros_like(x), ep.zeros_like(x)
             previous = math.inf
             for step in range(self.steps):
-                loss, logits, grad = backend.value_and_grad(loss_fn, w)
+                _, logits, grad = backend.value_and_grad(loss_fn, w)
                 x_adv = to_model(w)
-                success = margin(logits, y, target) > self.confidence
+                margins = margin(logits, y, target)
+                success = margins > self.confidence
                 found = ep.logical_or(found, success)
                 smallest.update(x_adv, lp_norms(x_adv - x, 2.0), success)
                 w, m, v = _adam(w, grad, m, v, step + 1, self.stepsize)
                 if self.abort_early and step % _check_every(self.steps) == 0:
-                    current = float(loss.item())
+                    # the paper's objective (the hinge on the margin) at this iterate
+                    distance = (x_adv - x_reference).flatten(start=1).square().sum(axis=1)
+                    hinge = ep.maximum(self.confidence - margins, 0.0)
+                    current = float((distance + c * hinge).sum().item())
                     if not current <= 0.9999 * previous:
                         break
                     previous = current
+            if self.warm_start:
+                w_start = w
 
             upper = ep.where(found, ep.minimum(upper, consts), upper)
             lower = ep.where(found, lower, ep.maximum(lower, consts))
