@@ -207,6 +207,10 @@ class FMN(Attack):
     distances, up to 4 more robust samples than the distances allow, and
     never fewer); for L2 and Linf it made no difference. So the robust
     accuracy at any eps is the one the distances of the run without it give.
+    The price is in very short runs, which may end before the radius has
+    shrunk back below the budget: with the soft margin, robust samples summed
+    over the nine quantiles (of 576) were, bounded vs unbounded, L1 308 vs
+    313 at 10 steps, 297 vs 295 at 25; L2 and Linf within 1 either way.
     """
 
     minimizes_norm = True
