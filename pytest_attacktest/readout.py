@@ -112,11 +112,15 @@ def _fit(
     jitter = 1e-10 * (row_sq.sum(axis=-1) + n * scale_sq) / n + 1e-30  # trace / n
     targets = _const(f64, np.broadcast_to(targets_np, (s, n)).copy()).expand_dims(-1)
     alpha = _solve(framework, gram + _eye_like(gram, n) * jitter.reshape((s, 1, 1)), targets)
-    # w = F^T alpha, b = scale**2 * sum(alpha); the training logits F w + b are
-    # the (unjittered) augmented Gram matrix times alpha.
+    # w = F^T alpha, b = scale**2 * sum(alpha). The training logits are computed
+    # from w and b as the readout will compute them, not read off Gram @ alpha:
+    # in float32 (JAX without x64) the two differ by enough that a closeness
+    # shift taken from the idealised values can push the boundary point back.
     weight = _batched_matmul(framework, alpha, f64, transpose_a=True).reshape((s, d))
     bias = scale_sq * alpha.sum(axis=(1, 2))
-    z = _batched_matmul(framework, gram, alpha).reshape((s, n))
+    z = _batched_matmul(framework, f64, weight.expand_dims(-1)).reshape((s, n)) + bias.expand_dims(
+        1
+    )
     signed = z * _const(f64, targets_np).reshape((1, n))
     margin = signed.min(axis=1)
     boundary_mask = _const(f64, (labels == 1).astype(np.float64)).reshape((1, n))

@@ -8,8 +8,12 @@ pseudo-inverse of the augmented matrix, and both must agree.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import pytest
+from digits_models import held_out, mlp_weights
 from framework_support import FRAMEWORKS, to_native
 
 from attacks import backend
@@ -46,8 +50,7 @@ def test_fit_equals_the_pseudo_inverse_interpolator(framework: str) -> None:
     weight, bias, logits = _oracle(features, labels, closeness)
     got_w = backend.to_numpy(readouts.weight).astype(np.float64)
     got_b = backend.to_numpy(readouts.bias).astype(np.float64)
-    # float32 results (JAX without x64 fits in float32 throughout)
-    rtol = 1e-3 if framework == "jax" else 1e-5
+    rtol = 1e-5  # float64 fits (to_native switches JAX's x64 on)
     np.testing.assert_allclose(got_w, weight, rtol=rtol, atol=rtol * np.abs(weight).max())
     np.testing.assert_allclose(got_b, bias, rtol=rtol, atol=rtol * np.abs(bias).max())
     assert readouts.fitted.all()
@@ -57,6 +60,47 @@ def test_fit_equals_the_pseudo_inverse_interpolator(framework: str) -> None:
         readouts.boundary_logit, logits[:, labels == 1].max(axis=1), rtol=rtol
     )
     np.testing.assert_allclose(readouts.boundary_logit, 1 - closeness, rtol=10 * rtol)
+
+
+@pytest.fixture
+def jax_float32() -> Iterator[Any]:
+    """JAX with x64 off for one test (``to_native`` switches it on for the whole process)."""
+    jax = pytest.importorskip("jax")
+    x64 = bool(jax.config.read("jax_enable_x64"))
+    jax.config.update("jax_enable_x64", False)
+    try:
+        yield jax.numpy
+    finally:
+        jax.config.update("jax_enable_x64", x64)
+
+
+def test_reported_logits_are_the_readouts_own_in_float32(jax_float32: Any) -> None:
+    """Margin and boundary logit are what the returned weights compute, in float32.
+
+    JAX without x64 fits in float32, where the solve is inexact for the hidden
+    features of nearby points (the engine's case). The closeness shift must be
+    taken from the logits the readout really computes: taken from the
+    idealised ``Gram @ alpha`` it put a quarter of these boundary points back
+    on the wrong side.
+    """
+    w1, b1, _, _ = mlp_weights(0)
+    x, _ = held_out(16)
+    rng = np.random.default_rng(0)
+    s, n = 16, 17
+    points = np.clip(x[:, None, :] + rng.uniform(-0.1, 0.1, size=(s, n, 64)), 0, 1)
+    points[:, 0] = x
+    features = np.maximum(points @ w1 + b1, 0).astype(np.float32)
+    labels = np.array([0] * (n - 1) + [1])
+    readouts = fit_readouts(backend.wrap(jax_float32.asarray(features)), labels, closeness=0.999)
+    assert str(readouts.weight.dtype) == "float32"
+    ok = readouts.fitted
+    assert ok.sum() >= s - 2
+    w = backend.to_numpy(readouts.weight).astype(np.float64)
+    b = backend.to_numpy(readouts.bias).astype(np.float64)
+    z = np.einsum("snd,sd->sn", features.astype(np.float64), w) + b[:, None]
+    assert (z[ok][:, -1] > 0).all()  # the boundary point is still adversarial after the shift
+    assert (z[ok][:, :-1] < 0).all()
+    np.testing.assert_allclose(readouts.boundary_logit[ok], z[ok][:, -1], rtol=0.05)
 
 
 def test_unseparable_points_are_not_fitted() -> None:
