@@ -97,9 +97,10 @@ class APGD(Attack):
         seed: seed of the random starts (``None``: fresh randomness).
         compile: the step loop's fast path, as for :class:`attacks.PGD`:
             ``"auto"`` (default; a CUDA graph on CUDA for PyTorch models that pass
-            the checks, eager elsewhere), ``True``, a dict of ``torch.compile``
-            arguments, or ``False``. The checkpoints run in Python between
-            replays; ``last_fast_path`` tells how the last call ran.
+            the checks, eager elsewhere), ``True`` (``torch.compile``; ``jax.jit``
+            for JAX models), a dict of ``torch.compile`` arguments, or ``False``.
+            The checkpoints run in Python between replays; ``last_fast_path``
+            tells how the last call ran.
     """
 
     def __init__(
@@ -138,7 +139,7 @@ class APGD(Attack):
 
     @property
     def last_fast_path(self) -> fast_path.FastPathStatus | None:
-        """How the step loop of the last call ran (eager, CUDA graph, torch.compile) and why."""
+        """How the step loop of the last call ran (eager, CUDA graph, torch.compile, jax.jit)."""
         return self._last_fast_path
 
     def run(

@@ -216,7 +216,9 @@ class PGD(Attack):
             ``"auto"`` (default): on CUDA, PyTorch models that pass the checks
             (eval mode, not randomized, no host reads in the step) have their
             step captured in a CUDA graph; elsewhere the loop is eager.
-            ``True``: also off CUDA, with ``torch.compile``. A dict: ``torch.compile``
+            ``True``: also off CUDA, with ``torch.compile``; for JAX models the
+            whole loop as one ``jax.jit`` program (4x faster steps on XLA:CPU,
+            about a second of compilation per call). A dict: ``torch.compile``
             with these keyword arguments, on any device. ``False``: eager.
             ``last_fast_path`` tells how the last call ran, and why.
     """
@@ -250,7 +252,7 @@ class PGD(Attack):
 
     @property
     def last_fast_path(self) -> fast_path.FastPathStatus | None:
-        """How the step loop of the last call ran (eager, CUDA graph, torch.compile) and why."""
+        """How the step loop of the last call ran (eager, CUDA graph, torch.compile, jax.jit)."""
         return self._last_fast_path
 
     def run(

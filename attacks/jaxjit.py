@@ -213,7 +213,9 @@ def fallback_reason(loss_fn: LossFn) -> str | None:
 
 def value_and_grad(loss_fn: LossFn, x: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor, ep.Tensor]:
     """``(loss, aux, d loss / d x)`` for a JAX ``loss_fn(x) -> (scalar, aux)``, compiled if safe."""
-    if not JAX_JIT:
+    if not JAX_JIT or _is_tracer(x.raw):
+        # Inside a trace (a whole attack step compiled by attacks.fast_path) the
+        # plain gradient is traced into that program: nothing to cache here.
         return eager_value_and_grad(loss_fn, x)
     code, key, entry = _entry(loss_fn)
     misses = _MISSES.setdefault(code, [0, 0])
@@ -256,6 +258,12 @@ def eager_value_and_grad(loss_fn: LossFn, x: ep.Tensor) -> tuple[ep.Tensor, ep.T
             "it as a pure function, or pass randomness in another way"
         ) from error
     return loss, aux, grad
+
+
+def _is_tracer(raw: Any) -> bool:
+    import jax
+
+    return isinstance(raw, jax.core.Tracer)
 
 
 class _Impure(Exception):

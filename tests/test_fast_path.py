@@ -287,15 +287,15 @@ def test_data_dependent_model_is_not_captured(digits: Any, torch: Any) -> None:
     assert torch.equal(fast, eager)
 
 
-def test_non_torch_model_runs_eagerly(torch: Any) -> None:
-    jax = pytest.importorskip("jax")
-    model = native_mlp("jax")
+def test_tensorflow_model_runs_eagerly(torch: Any) -> None:
+    tf = pytest.importorskip("tensorflow")
+    model = native_mlp("tensorflow")
     x, y = held_out(N)
-    xj = jax.numpy.asarray(x)
-    eager = attacks.PGD(steps=5, compile=False)(model, xj, y, epsilon=EPS)
+    xt = tf.convert_to_tensor(x)
+    eager = attacks.PGD(steps=5, compile=False)(model, xt, y, epsilon=EPS)
     attack = attacks.PGD(steps=5, compile=True)
-    with pytest.warns(RuntimeWarning, match="the fast path is for PyTorch models"):
-        fast = attack(model, xj, y, epsilon=EPS)
+    with pytest.warns(RuntimeWarning, match="the fast path is for PyTorch and JAX models"):
+        fast = attack(model, xt, y, epsilon=EPS)
     assert attack.last_fast_path is not None
     assert attack.last_fast_path.kind == "eager"
     np.testing.assert_array_equal(np.asarray(fast), np.asarray(eager))
