@@ -274,3 +274,21 @@ def test_binarization_benchmark_runs_both_modes_and_records_them(tmp_path: Path)
     )
     assert document["metadata"]["seed"] == 0
     assert document["metadata"]["settings"]["model"] == "mlp"
+
+
+# --------------------------------------------------------------------------- JAX step
+
+
+def test_jax_step_benchmark_runs_both_loops_on_the_same_attack() -> None:
+    """The child measurement: the jit loop really is jax.jit and finds what the eager one does."""
+    pytest.importorskip("jax")
+    jax_step = _load("jax_step")
+    eager = jax_step.child(batch=16, steps=3, compile_=False, seed=0, hidden=16)
+    jit = jax_step.child(batch=16, steps=3, compile_=True, seed=0, hidden=16)
+    assert eager["fast_path"] == "eager"
+    assert jit["fast_path"] == "jax.jit"
+    assert jit["robust_accuracy"] == eager["robust_accuracy"]
+    assert eager["robust_accuracy"] < 1.0  # three steps at eps 0.1 fool some of the batch
+    for result in (eager, jit):
+        assert result["call1_cpu_s"] > 0
+        assert result["call2_cpu_s"] > 0
