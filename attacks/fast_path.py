@@ -186,8 +186,7 @@ def _plan(setting: CompileSetting, model: Model, x: ep.Tensor) -> FastPathStatus
     if model.framework != "torch":
         return FastPathStatus(
             EAGER,
-            f"the model is a {model.framework} model; the fast path is for PyTorch and JAX "
-            "models",
+            f"the model is a {model.framework} model; the fast path is for PyTorch and JAX models",
             warn=explicit,
         )
     device = x.raw.device
