@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The GPU measurements of benchmarks/RESULTS.md, in parts that each fit one
+# 10-minute call of a lent GPU machine (an H100 or H200 with PyTorch and JAX but
+# without EagerPy, Foolbox or torchattacks, and no package index).
+#
+# Why a script: a session's GPU time is short (30 minutes); every part writes
+# its JSON and log under $OUT (default ./gpu-results) so that a part cut off by
+# its time limit still returns what it finished.
+#
+# Before the first call, on the machine with the package index (repository root):
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       -d .whl eagerpy==0.30.0 foolbox==3.3.4 torchattacks==3.5.1 GitPython gitdb smmap
+# then on the GPU machine, with `.whl` carried:
+#   bash benchmarks/gpu_session.sh tests        # the CUDA tests, first (1-2 min)
+#   bash benchmarks/gpu_session.sh throughput   # PGD/APGD at batch 512 and 64, fast path
+#   bash benchmarks/gpu_session.sh e2e18        # whole test, ResNet-18 32x32, 512 samples
+#   bash benchmarks/gpu_session.sh e2e50        # whole test, ResNet-50 224x224, 512 samples
+#   bash benchmarks/gpu_session.sh scale18      # 64..4096 samples, ResNet-18
+#   bash benchmarks/gpu_session.sh scale50      # ResNet-50 224x224: probe, chunks, 64..512
+#   bash benchmarks/gpu_session.sh dry          # print the commands only
+# ResNet-50 at 4096 samples is about 4.4 million forward passes (tens of
+# minutes): `scale50` measures the per-chunk peak and the time curve up to 512,
+# from which 4096 follows (equal chunks, one chunk's peak); run
+# `python benchmarks/scale.py --device cuda --model resnet50 --sizes 4096
+# --chunk-size auto` in the background (setsid) to see it whole.
+set -euo pipefail
+
+part="${1:-dry}"
+out="${OUT:-gpu-results}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -d .whl ] && [ "$part" != dry ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+
+run() {  # run NAME COMMAND...: the command's output goes to the terminal and $out/NAME.log
+    local name="$1"
+    shift
+    echo "== $name: $*"
+    if [ "$part" = dry ]; then
+        return 0
+    fi
+    "$@" 2>&1 | tee "$out/$name.log"
+}
+
+py=python3
+bench=benchmarks
+case "$part" in
+tests | dry)
+    run env $py -c "import torch, jax, eagerpy; print(torch.__version__, torch.cuda.get_device_name(), jax.__version__, jax.devices(), eagerpy.__version__)"
+    run tests $py -m pytest -q -p no:cacheprovider -p pytest_attacktest.plugin tests/test_gpu.py tests/test_fast_path.py tests/test_blocks.py
+    ;;&
+throughput | dry)
+    run pgd-512 $py $bench/attack_throughput.py --device cuda --batch 512 --json "$out/pgd-cuda-512.json"
+    run pgd-64 $py $bench/attack_throughput.py --device cuda --batch 64 --json "$out/pgd-cuda-64.json"
+    ;;&
+e2e18 | dry)
+    run e2e18 $py $bench/binarization.py --device cuda --model resnet18 --samples 512 --baseline-samples 64 --what-if-position-routing --json "$out/e2e-resnet18-512.json"
+    run e2e18-minnorm $py $bench/binarization.py --device cuda --model resnet18 --samples 512 --baseline-samples 64 --baseline-readout min-norm --json "$out/e2e-resnet18-512-minnorm.json"
+    ;;&
+e2e50 | dry)
+    run e2e50 $py $bench/binarization.py --device cuda --model resnet50 --samples 512 --baseline-samples 16 --json "$out/e2e-resnet50-512.json"
+    ;;&
+scale18 | dry)
+    run scale18 $py $bench/scale.py --device cuda --model resnet18 --chunk-size auto --json "$out/scale-resnet18-auto.json"
+    ;;&
+scale50 | dry)
+    run scale50 $py $bench/scale.py --device cuda --model resnet50 --sizes 64,128,256,512 --chunk-size auto --probe --routing-sizes 22,512 --json "$out/scale-resnet50.json"
+    ;;&
+tests | throughput | e2e18 | e2e50 | scale18 | scale50 | dry) ;;
+*)
+    echo "unknown part '$part': tests, throughput, e2e18, e2e50, scale18, scale50 or dry" >&2
+    exit 2
+    ;;
+esac
