@@ -231,18 +231,33 @@ def auto_chunk_size(x: ep.Tensor, points_per_sample: int) -> int:
 
     Each sample carries ``points_per_sample`` inputs (training and validation
     points, per feature pass); with temporaries about three copies are alive.
-    On CUDA the budget is half of the free memory, elsewhere 1 GiB.
+    The budget is half of the free device memory where the framework tells it
+    (PyTorch on CUDA; JAX on an accelerator, from its allocator's limit and
+    use), elsewhere 1 GiB: a 1 GiB budget on a GPU would make a chunk of
+    224x224 images a single sample and lose the batching.
     """
     itemsize = _itemsize(x)
     per_sample = 3 * points_per_sample * math.prod(x.shape[1:]) * itemsize
-    budget = CPU_CHUNK_BYTES
+    free = _free_device_bytes(x)
+    budget = CPU_CHUNK_BYTES if free is None else free // 2
+    return int(max(1, min(MAX_CHUNK, x.shape[0], budget // max(1, per_sample))))
+
+
+def _free_device_bytes(x: ep.Tensor) -> int | None:
+    """Free memory of ``x``'s accelerator, or None on a CPU or where it is not known."""
     raw = x.raw
-    if backend.tensor_framework(x) == "torch" and raw.device.type == "cuda":
+    framework = backend.tensor_framework(x)
+    if framework == "torch" and raw.device.type == "cuda":
         import torch
 
         free, _ = torch.cuda.mem_get_info(raw.device)
-        budget = free // 2
-    return int(max(1, min(MAX_CHUNK, x.shape[0], budget // max(1, per_sample))))
+        return int(free)
+    if framework == "jax":
+        device = next(iter(raw.devices()))
+        stats = device.memory_stats() if device.platform != "cpu" else None
+        if stats and "bytes_limit" in stats:
+            return max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
+    return None
 
 
 class _Engine:

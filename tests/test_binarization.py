@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+from unittest import mock
 
 import eagerpy as ep
 import numpy as np
@@ -396,3 +397,29 @@ def test_automatic_chunk_size_respects_the_memory_budget(monkeypatch: Any) -> No
     xs, ys = _data(20)
     report = binarization_test(torch_mlp(), xs, ys, attack=attacks.PGD(steps=20), epsilon=EPS)
     assert report.settings["chunk_size"] == 20
+
+
+def test_automatic_chunk_size_uses_a_jax_accelerators_free_memory(monkeypatch: Any) -> None:
+    """On a JAX GPU the budget is half of the allocator's free memory, not the CPU's 1 GiB."""
+    jnp = pytest.importorskip("jax.numpy")
+    from pytest_attacktest import binarization as engine
+
+    points = 10_000  # points per sample: 369 MB of 3x32x32 inputs per sample (x3)
+    per_sample = 3 * points * 3 * 32 * 32 * 4
+    x = ep.astensor(jnp.zeros((100, 3, 32, 32), dtype=jnp.float32))
+    assert engine.auto_chunk_size(x, points) == engine.CPU_CHUNK_BYTES // per_sample == 2
+
+    class FakeGpu:
+        platform = "gpu"
+
+        def memory_stats(self) -> dict[str, int]:
+            return {"bytes_limit": 60 * 2**30, "bytes_in_use": 20 * 2**30}
+
+    class OnGpu:
+        def devices(self) -> set[Any]:
+            return {FakeGpu()}
+
+    fake = mock.Mock(wraps=x)
+    fake.raw, fake.shape, fake.dtype = OnGpu(), x.shape, x.dtype
+    monkeypatch.setattr(engine.backend, "tensor_framework", lambda t: "jax")
+    assert engine.auto_chunk_size(fake, points) == (20 * 2**30) // per_sample == 58
