@@ -44,6 +44,7 @@ __all__ = [
     "VisibleGpus",
     "WorkerDevice",
     "assign_gpu",
+    "early_value",
     "list_gpus",
     "mapping_lines",
     "parse_nvidia_smi",
@@ -357,7 +358,7 @@ _assigned_key = pytest.StashKey[WorkerDevice]()
 _visible_before_key = pytest.StashKey["str | None"]()
 
 
-def _early_value(config: pytest.Config, dest: str, ini: str) -> Any:
+def early_value(config: pytest.Config, dest: str, ini: str) -> Any:
     """An option's raw value before ``config.option`` is filled: command line, else ini."""
     cli = getattr(config.known_args_namespace, dest, None)
     if cli is not None:
@@ -417,9 +418,9 @@ def pin_xdist_worker(
     """
     if _assigned_key in config.stash or not started_as_xdist_worker():
         return
-    if str(_early_value(config, *device) or "").strip() != "cuda":
+    if str(early_value(config, *device) or "").strip() != "cuda":
         return
-    if not _early_value(config, *enable):
+    if not early_value(config, *enable):
         return
     worker = os.environ["PYTEST_XDIST_WORKER"]
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)

@@ -61,6 +61,7 @@ from pytest_attacktest.baselines import (
 from pytest_attacktest.claims import DEFAULT_CLAIM_TOLERANCE, ClaimResult
 from pytest_attacktest.devices import (
     WORKER_OUTPUT_KEY,
+    early_value,
     mapping_lines,
     pin_xdist_worker,
     record_xdist_worker,
@@ -100,11 +101,13 @@ __all__ = [
     "INI_DEVICE",
     "INI_ENABLE",
     "INI_HTML",
+    "INI_JAX_CACHE",
     "INI_JSON",
     "INI_SAMPLES",
     "INI_SEED",
     "INI_STORAGE",
     "INI_THRESHOLD",
+    "JAX_CACHE_FLAG",
     "JSON_FLAG",
     "MARKER",
     "NEVER_CALLED",
@@ -138,6 +141,7 @@ SAVE_FLAG = "--attack-test-save"
 COMPARE_FLAG = "--attack-test-compare"
 COMPARE_FAIL_FLAG = "--attack-test-compare-fail"
 STORAGE_FLAG = "--attack-test-storage"
+JAX_CACHE_FLAG = "--attack-test-jax-cache"
 INI_ENABLE = "attack_test"
 INI_SEED = "attack_test_seed"
 INI_SAMPLES = "attack_test_samples"
@@ -147,6 +151,7 @@ INI_JSON = "attack_test_json"
 INI_CLAIM_TOLERANCE = "attack_test_claim_tolerance"
 INI_HTML = "attack_test_html"
 INI_STORAGE = "attack_test_storage"
+INI_JAX_CACHE = "attack_test_jax_cache"
 
 SKIP_REASON = f"attack test: run with {FLAG} (or set {INI_ENABLE} = true in the ini file) to run it"
 
@@ -205,10 +210,28 @@ def _pin_gpu(config: pytest.Config) -> None:
     )
 
 
+def _jax_cache(config: pytest.Config) -> None:
+    """With ``--attack-test-jax-cache DIR`` in a run of attack tests: XLA's persistent cache."""
+    raw = early_value(config, "attack_test_jax_cache", INI_JAX_CACHE)
+    if not raw or not early_value(config, "attack_test", INI_ENABLE):
+        return
+    path = Path(os.path.expanduser(str(raw)))
+    if not path.is_absolute():  # as other paths: the command line's from the invocation dir
+        cli = getattr(config.known_args_namespace, "attack_test_jax_cache", None)
+        base = config.invocation_params.dir
+        if cli is None and config.inipath is not None:
+            base = config.inipath.parent
+        path = base / path
+    from pytest_attacktest import jax_cache
+
+    jax_cache.enable(path)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
-    """Pin the worker's GPU before any conftest file imports a framework."""
+    """Pin the worker's GPU and set JAX's cache before any conftest file imports a framework."""
     _pin_gpu(early_config)
+    _jax_cache(early_config)
 
 
 # --------------------------------------------------------------------------- options
@@ -340,6 +363,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "baseline's value, or an absolute number. Repeatable.",
     )
     group.addoption(
+        JAX_CACHE_FLAG,
+        action="store",
+        default=None,
+        dest="attack_test_jax_cache",
+        metavar="DIR",
+        help="Keep JAX's compiled programs in DIR across runs (XLA's persistent cache: the "
+        "first JAX attack test of a run then compiles little). Process-wide, so your own "
+        f"JAX programs are cached too. Overrides ini {INI_JAX_CACHE}.",
+    )
+    group.addoption(
         STORAGE_FLAG,
         action="store",
         type=parse_json_path,
@@ -403,6 +436,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="string",
         default="",
         help=f"HTML report path (relative to the ini file), overridden by {HTML_FLAG}.",
+    )
+    parser.addini(
+        INI_JAX_CACHE,
+        type="string",
+        default="",
+        help=f"XLA compilation cache folder for JAX (relative to the ini file), overridden by "
+        f"{JAX_CACHE_FLAG}.",
     )
     parser.addini(
         INI_STORAGE,
