@@ -640,13 +640,13 @@ class _JaxJitRunner(_Runner):
     def __init__(self, step: Step, state: State) -> None:
         import jax
 
-        from attacks.jaxjit import _same_trace
+        from attacks.jaxjit import same_trace
 
         raw_step = _raw_step(step)
         raws = tuple(t.raw for t in state)
         first = jax.make_jaxpr(lambda *r: raw_step(*r))(*raws)
         second = jax.make_jaxpr(lambda *r: raw_step(*r))(*raws)
-        if not _same_trace(first, second):
+        if not same_trace(first, second):
             raise CaptureError(
                 "two traces of the step differ (hidden randomness or state in the model, "
                 "e.g. np.random): a compiled step would freeze one draw"

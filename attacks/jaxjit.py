@@ -282,7 +282,7 @@ def _compile(key: tuple[Any, ...], x: ep.Tensor) -> Compiled:
     # cached second trace would compare the first with itself.
     first = jax.make_jaxpr(lambda raw: forward(raw))(x.raw)
     second = jax.make_jaxpr(lambda raw: forward(raw))(x.raw)
-    if not _same_trace(first, second):
+    if not same_trace(first, second):
         raise _Impure(
             "two traces of the model differ (hidden randomness or state, e.g. np.random): "
             "compiling would freeze one draw"
@@ -291,7 +291,7 @@ def _compile(key: tuple[Any, ...], x: ep.Tensor) -> Compiled:
     return compiled
 
 
-def _same_trace(a: Any, b: Any) -> bool:
+def same_trace(a: Any, b: Any) -> bool:
     """Whether two closed jaxprs are the same program with the same constants."""
     import jax
 

@@ -32,7 +32,7 @@ from attacks import backend
 from attacks.base import Attack, atleast_kd, check_gradient_support, check_inputs, lp_norms
 from attacks.models import Model, as_model
 from attacks.norms import norm_name, parse_p
-from pytest_attacktest.blocks import MAX_BLOCK, Blocks, block_size_for
+from pytest_attacktest.blocks import Blocks, block_size_for
 from pytest_attacktest.features import FeatureFn, feature_extractor
 from pytest_attacktest.readout import Readouts, fit_readouts
 from pytest_attacktest.report import MAX_EXAMPLE_VALUES, MAX_EXAMPLES, Report, SampleResult
@@ -191,13 +191,12 @@ def binarization_test(
         with _no_grad(x_):
             predicted = backend.to_numpy(blocks.concatenate(wrapped.logits, x_)).argmax(axis=1)
         settings["clean_accuracy"] = float((predicted == labels).mean())
-    engine = _Engine(wrapped, extractor, attack, p, float(epsilon), report, seed)
+    engine = _Engine(wrapped, extractor, attack, p, float(epsilon), report, seed, blocks)
     engine.n_inner = n_inner
     engine.options = settings
     engine.valid_input = valid_input
     engine.progress = progress
     engine.total = int(x_.shape[0])
-    engine.blocks = blocks
     if engine.n_inner is None:
         dim = engine.features(x_[:1]).shape[-1]
         engine.n_inner = default_inner_points(dim, n_boundary)
@@ -272,6 +271,7 @@ class _Engine:
         epsilon: float,
         report: Report,
         seed: int,
+        blocks: Blocks,
     ) -> None:
         self.model = model
         self.extractor = extractor
@@ -286,7 +286,7 @@ class _Engine:
         self.progress: ProgressFn | None = None
         self.total = 0
         #: Forward passes over many points (features, validation, detector).
-        self.blocks = Blocks(MAX_BLOCK)
+        self.blocks = blocks
         #: The attack's batch: the whole chunk until that runs out of memory.
         self.attack_blocks = Blocks(sys.maxsize)
         for phase in ("sampling", "features", "fit", "attack", "verification"):
@@ -467,10 +467,9 @@ class _Engine:
         own readouts, so a part is attacked exactly as it would be in the whole
         (random draws differ, as with any other batch split).
         """
-        parts = self.attack_blocks.run(
+        return self.attack_blocks.gather(
             lambda i, j: self._attack_part(binarized, x[i:j], zeros[i:j]), x.shape[0]
         )
-        return parts[0] if len(parts) == 1 else ep.concatenate(parts, axis=0)
 
     def _attack_part(self, binarized: BinarizedModel, x: ep.Tensor, zeros: ep.Tensor) -> ep.Tensor:
         if isinstance(self.attack, Attack):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -84,8 +85,6 @@ def release_device_memory() -> None:
     torch is already loaded (a TF or JAX user never imports it).
     """
     gc.collect()
-    import sys
-
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -136,7 +135,11 @@ class Blocks:
             start = stop
         return out
 
+    def gather(self, fn: Callable[[int, int], ep.Tensor], n: int) -> ep.Tensor:
+        """:meth:`run`, the blocks' tensors concatenated along the first axis (``n >= 1``)."""
+        parts = self.run(fn, n)
+        return parts[0] if len(parts) == 1 else ep.concatenate(parts, axis=0)
+
     def concatenate(self, fn: Callable[[ep.Tensor], ep.Tensor], points: ep.Tensor) -> ep.Tensor:
         """``fn`` over the first axis of ``points`` in blocks, results concatenated."""
-        parts = self.run(lambda i, j: fn(points[i:j]), points.shape[0])
-        return parts[0] if len(parts) == 1 else ep.concatenate(parts, axis=0)
+        return self.gather(lambda i, j: fn(points[i:j]), points.shape[0])

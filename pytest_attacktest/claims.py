@@ -315,8 +315,7 @@ def measure_robust_accuracy(
             out = attack(native, xs, ys, epsilon)
         return wrapped.adopt(out)[0]
 
-    parts = Blocks(max(1, n)).run(attack_part, n)
-    adv = parts[0] if len(parts) == 1 else ep.concatenate(parts, axis=0)
+    adv = Blocks(n).gather(attack_part, n)
     blocks = Blocks(block_size_for(x_.shape[1:], _itemsize(x_)))
     if tuple(adv.shape) != tuple(x_.shape):
         raise ValueError(

@@ -215,16 +215,10 @@ def _jax_cache(config: pytest.Config) -> None:
     raw = early_value(config, "attack_test_jax_cache", INI_JAX_CACHE)
     if not raw or not early_value(config, "attack_test", INI_ENABLE):
         return
-    path = Path(os.path.expanduser(str(raw)))
-    if not path.is_absolute():  # as other paths: the command line's from the invocation dir
-        cli = getattr(config.known_args_namespace, "attack_test_jax_cache", None)
-        base = config.invocation_params.dir
-        if cli is None and config.inipath is not None:
-            base = config.inipath.parent
-        path = base / path
+    from_cli = getattr(config.known_args_namespace, "attack_test_jax_cache", None) is not None
     from pytest_attacktest import jax_cache
 
-    jax_cache.enable(path)
+    jax_cache.enable(_resolve_path(config, str(raw), from_cli))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -474,15 +468,21 @@ def _path_option(config: pytest.Config, dest: str, ini: str, flag: str) -> Path 
     """A path option: relative to the invocation dir (CLI) or the ini file's dir."""
     cli: str | None = config.getoption(dest)
     if cli is not None:
-        return _absolute(Path(os.path.expanduser(cli)), config.invocation_params.dir)
+        return _resolve_path(config, cli, from_cli=True)
     raw = _option(config, dest, ini, parse_json_path)
-    if raw is None:
-        return None
-    inidir = config.inipath.parent if config.inipath else config.invocation_params.dir
-    return _absolute(Path(os.path.expanduser(raw)), inidir)
+    return None if raw is None else _resolve_path(config, raw, from_cli=False)
 
 
-def _absolute(path: Path, base: Path) -> Path:
+def _resolve_path(config: pytest.Config, value: str, from_cli: bool) -> Path:
+    """A path option's value made absolute.
+
+    Relative to the invocation dir when it came from the command line, else to
+    the ini file's dir (the invocation dir when there is no ini file).
+    """
+    base = config.invocation_params.dir
+    if not from_cli and config.inipath is not None:
+        base = config.inipath.parent
+    path = Path(os.path.expanduser(value))
     return path if path.is_absolute() else base / path
 
 
