@@ -155,12 +155,17 @@ def track(
 ) -> tuple[ep.Tensor, ep.Tensor]:
     """Success tracking, per sample: ``found`` so far, and the point to return.
 
-    ``best`` is the first adversarial iterate of a sample already fooled and the
-    latest checked iterate of the others, so after the last check it is the
-    result as it stands, with no final selection. Two kernels (one x-sized
-    ``where``) on top of the success check.
+    ``best`` is the latest adversarial iterate of a sample fooled so far, and
+    the latest checked iterate of the others, so after the last check it is
+    the result as it stands, with no final selection. Why the latest and not
+    the first: the attack ascends its loss, so later adversarial iterates lie
+    deeper in the adversarial region, and on accelerators, where forward
+    passes change with the batch, a point barely past the boundary in the
+    attack's pass can fall back in the pass that verifies it. Two x-sized
+    ``where`` kernels on top of the success check.
     """
-    best = ep.where(atleast_kd(found, x_adv.ndim), best, x_adv)
+    keep = ep.logical_and(found, ep.logical_not(adversarial))
+    best = ep.where(atleast_kd(keep, x_adv.ndim), best, x_adv)
     return ep.logical_or(found, adversarial), best
 
 
