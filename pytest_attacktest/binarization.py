@@ -34,7 +34,7 @@ from attacks.models import Model, as_model
 from attacks.norms import norm_name, parse_p
 from pytest_attacktest.blocks import Blocks, block_size_for
 from pytest_attacktest.features import FeatureFn, feature_extractor
-from pytest_attacktest.readout import Readouts, fit_readouts
+from pytest_attacktest.readout import MIN_CLOSENESS, NOISE_FACTOR, Readouts, fit_readouts
 from pytest_attacktest.report import MAX_EXAMPLE_VALUES, MAX_EXAMPLES, Report, SampleResult
 from pytest_attacktest.routing import BinarizedModel
 from pytest_attacktest.sampling import boundary_points, inner_points, repeat_each
@@ -49,6 +49,9 @@ MAX_INNER = 999  #: the reference's usual count; capped by the feature dimension
 BALL_TOLERANCE = 1e-5
 #: Absolute slack for float32 rounding of x + delta (half an ulp near 1, doubled).
 ROUNDING = 2.4e-7
+#: Inner points per sample evaluated twice to measure forward-pass noise
+#: (with the clean point and the boundary points).
+NOISE_INNER = 8
 
 UserAttack = Callable[[Any, Any, Any, float], Any]
 #: ``progress(phase, done, total)``: see :func:`binarization_test`.
@@ -208,6 +211,7 @@ def binarization_test(
         engine.run_chunk(x_[start : start + chunk_size], start)
     settings["n_inner"] = engine.n_inner
     settings["forward_block"] = engine.blocks.size
+    settings.update(_noise_settings(report))
     halvings = engine.blocks.halvings + engine.attack_blocks.halvings
     if halvings:
         # Stated, not warned: results do not depend on it, but time and memory do.
@@ -350,7 +354,9 @@ class _Engine:
         self._phase("fit", offset)
         t = self._timed("features", t)
 
-        readouts = fit_readouts(feats, labels, opts["closeness"], self._logit_range(train))
+        noise = self._feature_noise(train, feats, n_b)
+        readouts = fit_readouts(feats, labels, opts["closeness"], self._logit_range(train), noise)
+        del noise
         binarized = BinarizedModel(self.model, self.extractor, x, eps, self.p, readouts)
         guaranteed = self._guarantee(binarized, x, boundary, readouts)
         self._phase("attack", offset)
@@ -367,6 +373,35 @@ class _Engine:
         self._timed("verification", t)
         for i in range(s):
             self.report.samples[-s + i].index = offset + i
+
+    def _feature_noise(self, train: ep.Tensor, feats: ep.Tensor, n_b: int) -> ep.Tensor:
+        """Fresh features minus fitted ones for some training points: ``(S, m, d)``.
+
+        The clean point, the boundary points and the first ``NOISE_INNER``
+        inner points of every sample are evaluated again in another batch
+        composition (point-major instead of sample-major) and another block
+        size, as the attack and the verification will evaluate them. On a GPU
+        that moves the features (convolution algorithms chosen by batch size,
+        TF32, reduced precision); a randomized defense moves them by its
+        randomness. The readout fit keeps its margins above what this shows.
+        """
+        s, n = train.shape[0], train.shape[1]
+        k = min(NOISE_INNER, n - 1 - n_b)
+        picked = ep.concatenate([train[:, : 1 + k], train[:, n - n_b :]], axis=1)
+        m = picked.shape[1]
+        point_major = picked.transpose((1, 0, *range(2, picked.ndim)))
+        flat = point_major.reshape((m * s, *tuple(train.shape[2:])))
+        other = Blocks(max(1, min(self.blocks.size, m * s) // 2))
+
+        def extract(block: ep.Tensor) -> ep.Tensor:
+            return backend.wrap(self.extractor(block.raw))
+
+        with _no_grad(train):
+            fresh = other.concatenate(extract, flat)
+        d = fresh.shape[-1]
+        fresh = fresh.reshape((m, s, d)).transpose((1, 0, 2))
+        fitted = ep.concatenate([feats[:, : 1 + k], feats[:, n - n_b : n]], axis=1)
+        return fresh.astype(fitted.dtype) - fitted
 
     def _logit_range(self, train: ep.Tensor) -> ep.Tensor | None:
         """Per sample, the target span of the readout's logits (None: no rescaling)."""
@@ -433,16 +468,17 @@ class _Engine:
 
     def _guarantee(
         self, binarized: BinarizedModel, x: ep.Tensor, boundary: ep.Tensor, readouts: Readouts
-    ) -> np.ndarray:
-        """Per sample: the fitted readout works in the final model, as evaluated there.
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per sample: the clean point is class 0, the best boundary point class 1.
 
-        The best boundary training point must be class 1 and the clean point
-        class 0 in fresh forward passes of the model the attack will see
-        (float32, after the closeness shift).
+        Evaluated in fresh forward passes of the model the attack will see
+        (float32, after the closeness shift, in another batch composition
+        than the fit), in every one of ``verify_passes``.
         """
         s = x.shape[0]
         index = ep.arange(x, s).astype(_index_dtype(x))
-        ok = readouts.fitted.copy()
+        clean_ok = np.ones(s, dtype=bool)
+        boundary_ok = np.ones(s, dtype=bool)
         with _no_grad(x):
             for _ in range(self.options["verify_passes"]):
                 clean_z = self._blocked_logit(binarized, x, index)
@@ -453,10 +489,11 @@ class _Engine:
                     ],
                     axis=1,
                 )
-                ok &= (clean_z < 0) & (z_b.max(axis=1) > 0)
+                clean_ok &= clean_z < 0
+                boundary_ok &= z_b.max(axis=1) > 0
         best = z_b.argmax(axis=1)
         binarized.guaranteed = ep.stack([boundary[i, int(best[i])] for i in range(s)], axis=0)
-        return np.asarray(ok)
+        return clean_ok, boundary_ok
 
     def _run_attack(
         self, binarized: BinarizedModel, x: ep.Tensor, zeros: ep.Tensor, eps: ep.Tensor
@@ -490,7 +527,7 @@ class _Engine:
         x_adv: ep.Tensor,
         eps: ep.Tensor,
         readouts: Readouts,
-        guaranteed: np.ndarray,
+        guaranteed: tuple[np.ndarray, np.ndarray],
         rejected_training: np.ndarray,
         random: backend.RandomSource,
     ) -> None:
@@ -529,20 +566,7 @@ class _Engine:
                 f"{tuple(self.model.bounds)}: they get no credit"
             )
         for i in range(s):
-            if rejected_training[i]:
-                reason = "the detector (valid_input) rejected the training points in 10 redraws"
-            elif not readouts.fitted[i]:
-                reason = (
-                    "the linear readout could not separate the inner from the boundary points "
-                    "(see train_margin); fewer inner points or a richer feature layer help"
-                )
-            elif not guaranteed[i]:
-                reason = (
-                    "the guaranteed adversarial is not adversarial in the final model (or the "
-                    "clean point is); a randomized defense may need more feature_passes"
-                )
-            else:
-                reason = ""
+            reason = _setup_failure(i, readouts, guaranteed, rejected_training)
             self.report.samples.append(
                 SampleResult(
                     index=i,
@@ -558,6 +582,8 @@ class _Engine:
                     outside_bounds=bool(outside_bounds[i]),
                     rejected=bool(rejected[i]),
                     train_margin=float(readouts.train_margin[i]),
+                    noise=float(readouts.noise[i]),
+                    closeness=float(readouts.closeness[i]),
                 )
             )
 
@@ -595,6 +621,65 @@ class _Engine:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _noise_settings(report: Report) -> dict[str, Any]:
+    """What the report states about forward-pass noise and the margins it allowed."""
+    noise = np.array([r.noise for r in report.samples], dtype=np.float64)
+    applied = np.array([r.closeness for r in report.samples], dtype=np.float64)
+    finite = np.isfinite(noise)
+    if not finite.any():
+        return {}
+    return {
+        "noise_margin_factor": NOISE_FACTOR,
+        "forward_noise_median": float(np.median(noise[finite])),
+        "forward_noise_max": float(noise[finite].max()),
+        "closeness_applied_min": float(np.nanmin(applied)),
+        "closeness_applied_median": float(np.nanmedian(applied)),
+    }
+
+
+def _setup_failure(
+    i: int,
+    readouts: Readouts,
+    guaranteed: tuple[np.ndarray, np.ndarray],
+    rejected_training: np.ndarray,
+) -> str:
+    """Why sample ``i`` could not be set up, and what the user can change ("" when it could).
+
+    The texts are the same for every sample (the report groups them); the
+    sample's own figures are in its ``noise`` and ``closeness`` fields.
+    """
+    noise = (
+        "fresh forward passes in other batch compositions move the readout logits (the "
+        "sample's noise; TF32, autocast or cuDNN algorithm choice on a GPU, or the defense's "
+        "randomness)"
+    )
+    float32 = "run the test's forward passes in float32 (TF32 and autocast off)"
+    clean_ok, boundary_ok = guaranteed
+    if rejected_training[i]:
+        return "the detector (valid_input) rejected the training points in 10 redraws"
+    if not readouts.fitted[i]:
+        return (
+            "the linear readout could not separate the inner from the boundary points "
+            "(see train_margin); fewer inner points (n_inner) or a richer feature layer help"
+        )
+    if not readouts.robust[i]:
+        return (
+            f"forward-pass noise: {noise}, and a margin of {NOISE_FACTOR:g} times that at the "
+            f"clean and the guaranteed point leaves a closeness below {MIN_CLOSENESS:g}, where "
+            f"random points would hit the adversarial region; {float32}"
+        )
+    if not clean_ok[i]:
+        return (
+            f"the clean point is classified adversarial in a fresh forward pass: {noise}; {float32}"
+        )
+    if not boundary_ok[i]:
+        return (
+            "the guaranteed adversarial is not adversarial in a fresh forward pass: "
+            f"{noise}; {float32}"
+        )
+    return ""
 
 
 def _check_settings(

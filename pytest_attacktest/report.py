@@ -47,6 +47,11 @@ class SampleResult:
         rejected: the detector (``valid_input``) rejected the attack's point.
         train_margin: smallest signed margin of the fitted readout over the
             sample's training points (> 0 when it separates them all).
+        noise: largest change of the readout logit that a fresh forward pass
+            (another batch composition) made at a training point, relative to
+            the readout's logit span; 0 on exact arithmetic.
+        closeness: the decision-boundary closeness applied: the configured
+            one, or less where the noise needed a wider margin.
     """
 
     index: int
@@ -62,6 +67,8 @@ class SampleResult:
     outside_bounds: bool = False
     rejected: bool = False
     train_margin: float = math.nan
+    noise: float = math.nan
+    closeness: float = math.nan
 
 
 @dataclass

@@ -343,6 +343,9 @@ def test_with_keras_on_another_backend_the_native_model_is_a_plain_tf_callable(
         fitted=np.ones(4, dtype=bool),
         train_margin=np.ones(4),
         boundary_logit=np.ones(4),
+        noise=np.zeros(4),
+        closeness=np.full(4, 0.999),
+        robust=np.ones(4, dtype=bool),
     )
     model = attacks.Model(keras_mlp())
     binarized = BinarizedModel(

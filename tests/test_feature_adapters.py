@@ -69,6 +69,9 @@ def test_the_native_jax_binarized_model_is_pure_jittable_and_differentiable() ->
         fitted=np.ones(4, dtype=bool),
         train_margin=np.ones(4),
         boundary_logit=np.ones(4),
+        noise=np.zeros(4),
+        closeness=np.full(4, 0.999),
+        robust=np.ones(4, dtype=bool),
     )
     binarized = BinarizedModel(
         attacks.Model(jax_mlp(), framework="jax"),
