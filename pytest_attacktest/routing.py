@@ -36,9 +36,9 @@ ROUTING_TOLERANCE = 1e-4
 def _nearest(x: ep.Tensor, clean: ep.Tensor, p: float) -> tuple[ep.Tensor, ep.Tensor]:
     """Index of the nearest clean sample for every input, and the Lp distance to it.
 
-    The candidate is the nearest clean sample in L2 (one matrix product); for
-    L1 and Linf the distance returned is the exact Lp distance to that
-    candidate. Why not an exact Lp search: it needs an (N, S, D) difference per
+    The candidate is the nearest clean sample in L2 (one matrix product); the
+    distance returned is the exact Lp distance to that candidate. Why not an
+    exact Lp search: it needs an (N, S, D) difference per
     forward pass, hundreds of times the cost of a small model's own pass at
     S = 512, and routing needs only to find the ball an input lies in. Balls of
     distinct test samples at attack epsilons are far apart, so a point inside
@@ -51,8 +51,10 @@ def _nearest(x: ep.Tensor, clean: ep.Tensor, p: float) -> tuple[ep.Tensor, ep.Te
     squares = xf.square().sum(axis=1, keepdims=True) + cf.square().sum(axis=1).expand_dims(0)
     d2 = squares - 2 * (xf @ cf.transpose())
     index = d2.argmin(axis=1)
-    if p == 2:
-        return index, ep.maximum(d2.min(axis=1), 0.0).sqrt()
+    # The distance itself is exact, whatever the candidate search cost: the
+    # matrix product may run in reduced precision (TF32 on GPUs, JAX's default
+    # matmul precision there), and its cancellation loses the small distances
+    # that decide whether a point lies inside a ball.
     return index, lp_norms(xf - cf[index], p)
 
 
