@@ -11,6 +11,7 @@ cached per process.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,43 @@ def _cross_entropy_grads(
     d_logits = (probs - target) / len(x)
     d_pre = (d_logits @ w2.T) * (pre > 0)
     return [x.T @ d_pre, d_pre.sum(axis=0), hidden.T @ d_logits, d_logits.sum(axis=0)]
+
+
+@functools.cache
+def deep_mlp_weights(sizes: tuple[int, ...] = (64, 128, 64, 10), seed: int = 0) -> list[np.ndarray]:
+    """Train a deeper ReLU MLP in NumPy (float64, full-batch Adam, 300 steps); float32 weights.
+
+    ``[w1, b1, w2, b2, ...]`` with ``h = relu(h @ w + b)`` between layers. Its
+    64-d last hidden layer makes a feature cloud that is nearly degenerate in a
+    small ball, where a float32 readout fit loses separability.
+    """
+    x, y = digits()
+    inputs, target = x[:-200].astype(np.float64), np.eye(10)[y[:-200]]
+    rng = np.random.default_rng(seed)
+    params: list[np.ndarray] = []
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        bound = 1 / fan_in**0.5
+        params += [
+            rng.uniform(-bound, bound, (fan_in, fan_out)),
+            rng.uniform(-bound, bound, fan_out),
+        ]
+    adam = _Adam(params, lr=1e-2)
+    for _ in range(300):
+        activations = [inputs]
+        for i in range(0, len(params), 2):
+            pre = activations[-1] @ params[i] + params[i + 1]
+            activations.append(pre if i == len(params) - 2 else np.maximum(pre, 0))
+        logits = activations[-1]
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        delta = (probs - target) / len(inputs)
+        grads: list[np.ndarray] = [np.empty(0)] * len(params)
+        for i in range(len(params) - 2, -1, -2):
+            grads[i], grads[i + 1] = activations[i // 2].T @ delta, delta.sum(axis=0)
+            if i:
+                delta = (delta @ params[i].T) * (activations[i // 2] > 0)
+        adam.step(grads)
+    return [p.astype(np.float32) for p in params]
 
 
 class _Adam:

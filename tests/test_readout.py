@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from digits_models import held_out, mlp_weights
+from digits_models import deep_mlp_weights, held_out, mlp_weights
 from framework_support import FRAMEWORKS, to_native
 
 from attacks import backend
@@ -101,6 +101,31 @@ def test_reported_logits_are_the_readouts_own_in_float32(jax_float32: Any) -> No
     assert (z[ok][:, -1] > 0).all()  # the boundary point is still adversarial after the shift
     assert (z[ok][:, :-1] < 0).all()
     np.testing.assert_allclose(readouts.boundary_logit[ok], z[ok][:, -1], rtol=0.05)
+
+
+def test_jax_float32_fits_nearly_degenerate_features_in_float64(jax_float32: Any) -> None:
+    """Deep hidden features of points in a small ball: a float32 solve loses them.
+
+    JAX without x64 cannot hold float64 on the device; the fit runs in float64
+    on the host and the readout comes back in float32 on the features' device.
+    With the solve in float32, 23 of 48 such samples were "could not separate".
+    """
+    w1, b1, w2, b2 = deep_mlp_weights()[:4]
+    x, _ = held_out(16)
+    rng = np.random.default_rng(0)
+    s, n = 16, 32
+    points = np.clip(x[:, None, :] + rng.uniform(-0.1, 0.1, size=(s, n, 64)), 0, 1)
+    points[:, 0] = x
+    hidden = np.maximum(np.maximum(points @ w1 + b1, 0) @ w2 + b2, 0).astype(np.float32)
+    labels = np.array([0] * (n - 1) + [1])
+    readouts = fit_readouts(backend.wrap(jax_float32.asarray(hidden)), labels, closeness=0.999)
+    assert str(readouts.weight.dtype) == "float32"
+    assert readouts.fitted.all(), readouts.train_margin
+    w = backend.to_numpy(readouts.weight).astype(np.float64)
+    b = backend.to_numpy(readouts.bias).astype(np.float64)
+    z = np.einsum("snd,sd->sn", hidden.astype(np.float64), w) + b[:, None]
+    assert (z[:, -1] > 0).all()
+    assert (z[:, :-1] < 0).all()
 
 
 def test_unseparable_points_are_not_fitted() -> None:
