@@ -6,7 +6,7 @@
   most evaluation code does (``torchattacks.PGD``, hand-written loops), with an
   optional penalty term, which makes it the joint classifier-and-detector
   attack of Carlini and Wagner (2017). ``attacks.PGD`` instead returns the
-  first adversarial iterate it meets.
+  latest adversarial iterate it met, even if later iterates left the region.
 * :class:`OnModel`: runs any attack on a wrapped model, e.g. ``attacks.EOT``
   around the model the attack is given (the binarized model in a test), which
   is how EOT reaches a randomized defense inside the binarization test.
