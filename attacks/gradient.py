@@ -151,20 +151,25 @@ def loss_and_logits(
 
 
 def track(
-    found: ep.Tensor, best: ep.Tensor, x_adv: ep.Tensor, adversarial: ep.Tensor
+    found: ep.Tensor,
+    best: ep.Tensor,
+    x_adv: ep.Tensor,
+    adversarial: ep.Tensor,
+    latest: bool = True,
 ) -> tuple[ep.Tensor, ep.Tensor]:
     """Success tracking, per sample: ``found`` so far, and the point to return.
 
-    ``best`` is the latest adversarial iterate of a sample fooled so far, and
-    the latest checked iterate of the others, so after the last check it is
-    the result as it stands, with no final selection. Why the latest and not
-    the first: the attack ascends its loss, so later adversarial iterates lie
-    deeper in the adversarial region, and on accelerators, where forward
-    passes change with the batch, a point barely past the boundary in the
-    attack's pass can fall back in the pass that verifies it. Two x-sized
-    ``where`` kernels on top of the success check.
+    ``best`` is the latest (or, with ``latest=False``, the first) adversarial
+    iterate of a sample fooled so far, and the latest checked iterate of the
+    others, so after the last check it is the result as it stands, with no
+    final selection. Why the latest by default (AutoAttack's choice too): the
+    attack ascends its loss, so later adversarial iterates lie deeper in the
+    adversarial region; on accelerators, where forward passes change with
+    the batch, and on randomized models, a point barely past the boundary in
+    the attack's pass can fall back in the pass that verifies it. One or two
+    x-sized ``where`` kernels on top of the success check.
     """
-    keep = ep.logical_and(found, ep.logical_not(adversarial))
+    keep = ep.logical_and(found, ep.logical_not(adversarial)) if latest else found
     best = ep.where(atleast_kd(keep, x_adv.ndim), best, x_adv)
     return ep.logical_or(found, adversarial), best
 
@@ -217,6 +222,10 @@ class PGD(Attack):
         loss: ``"ce"`` (default), ``"margin"``, ``"dlr"`` or a callable
             ``(logits, y, target) -> (N,)`` to maximise.
         seed: seed of the random starts (``None``: fresh randomness).
+        keep: ``"latest"`` (default): return the latest adversarial iterate,
+            the deepest one an ascending attack found; ``"first"``: stop
+            caring at the first iterate that fooled the model once (early
+            stopping; fragile on randomized models and noisy accelerators).
         compile: the step loop's fast path (:mod:`attacks.fast_path`).
             ``"auto"`` (default): on CUDA, PyTorch models that pass the checks
             (eval mode, not randomized, no host reads in the step) have their
@@ -239,10 +248,14 @@ class PGD(Attack):
         restarts: int = 1,
         loss: str | Loss = "ce",
         seed: int | None = 0,
+        keep: str = "latest",
         compile: fast_path.CompileSetting = "auto",
     ) -> None:
         if steps < 1 or restarts < 1:
             raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
+        if keep not in ("latest", "first"):
+            raise ValueError(f"keep must be 'latest' or 'first', got {keep!r}")
+        self.keep = keep
         self.p = _gradient_norm(norm)
         self.steps = steps
         self.rel_stepsize = 2.5 / steps if rel_stepsize is None else rel_stepsize
@@ -272,6 +285,7 @@ class PGD(Attack):
         )
         fn = loss_and_logits(ctx.model, self._loss, y, target)
         p, bounds = self.p, ctx.bounds
+        latest = self.keep == "latest"
         if math.isinf(p):
             lower, upper = linf_limits(x, eps, bounds)
 
@@ -285,7 +299,8 @@ class PGD(Attack):
         def pgd_step(state: fast_path.State) -> fast_path.State:
             x_adv, found, best = state
             _, logits, grad = backend.value_and_grad(fn, x_adv)
-            found, best = track(found, best, x_adv, is_adversarial(logits, y, target))
+            adversarial = is_adversarial(logits, y, target)
+            found, best = track(found, best, x_adv, adversarial, latest)
             return ascend(x_adv, grad), found, best
 
         name = type(self).__name__
@@ -296,7 +311,7 @@ class PGD(Attack):
             x_adv = random_start(ctx, x, eps, p) if self.random_start else x
             x_adv, found, best = loop.run((x_adv, found, best), self.steps)
             found, best = track(
-                found, best, x_adv, is_adversarial(ctx.model.logits(x_adv), y, target)
+                found, best, x_adv, is_adversarial(ctx.model.logits(x_adv), y, target), latest
             )
         self._last_fast_path = fast_path.finish(loop)
         return best

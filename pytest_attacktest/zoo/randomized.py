@@ -75,12 +75,12 @@ DEFENSE = Defense(
     ),
     epsilon=0.2,
     weak=AttackSpec(
-        name="PGD-50 (CE)",
+        name="PGD-50 (CE), first success",
         description=(
-            "One random pass per step; it keeps the first point that fooled a single pass, "
-            "which fresh verification passes reject."
+            "One random pass per step; it keeps the first point that fooled a single pass "
+            "(early stopping, keep='first'), which fresh verification passes reject."
         ),
-        attack=lambda model: attacks.PGD("linf", steps=50),
+        attack=lambda model: attacks.PGD("linf", steps=50, keep="first"),
     ),
     adaptive=AttackSpec(
         name="PGD-30 on EOT-16",
