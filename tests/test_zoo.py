@@ -327,3 +327,24 @@ def test_parallel_workers_share_one_training(
         models = list(pool.map(lambda d: d.model(), defenses))
     assert calls == [1]
     assert all(torch.equal(m.weight, models[0].weight) for m in models)
+
+
+# ---------------------------------------------------------------------- GPU-like numerics
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_weak_attack_still_fails_under_gpu_like_numerics(name: str) -> None:
+    """The noise-aware readout must not make the test easier: weak stays weak.
+
+    Every linear layer's output is perturbed as TF32 would on a GPU
+    (``tests/gpu_numerics.py``); the engine widens its margins to the noise it
+    measures, and the documented weak attack must still fail.
+    """
+    from gpu_numerics import TF32_LIKE, torch_gpu_like
+
+    defense = zoo.get(name)
+    model = defense.model()
+    with torch_gpu_like(model, TF32_LIKE):
+        weak = defense.run(defense.weak, model=model)
+    assert weak.verdict != "passed", weak.summary()
+    assert weak.settings["forward_noise_max"] > 0
