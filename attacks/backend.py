@@ -95,7 +95,10 @@ def to_numpy(t: Any) -> np.ndarray:
     if isinstance(t, ep.Tensor):
         t = t.raw
     if hasattr(t, "detach"):
-        return np.asarray(t.detach().cpu().numpy())
+        t = t.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: autocast outputs
+            t = t.float()
+        return np.asarray(t.numpy())
     if hasattr(t, "numpy"):
         return np.asarray(t.numpy())
     return np.asarray(t)

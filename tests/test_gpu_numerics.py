@@ -127,6 +127,32 @@ def test_pgd_passes_on_the_keras_convnet_under_gpu_like_numerics() -> None:
     assert report.settings["forward_noise_median"] > 0
 
 
+class Autocast(torch.nn.Module):
+    """The model as users run it on GPUs: its forward under bf16 autocast."""
+
+    def __init__(self, net: Any) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Any) -> Any:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.net(x)
+
+
+def test_pgd_passes_under_bf16_autocast_channels_last_and_gpu_like_numerics() -> None:
+    """bf16 logits (which NumPy cannot hold) and features; readouts stay float32."""
+    net = torch_convnet().to(memory_format=torch.channels_last)
+    x, y = _data()
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch_gpu_like(net, 1e-3):
+        report = binarization_test(
+            Autocast(net).eval(), x, y, attack=attacks.PGD("linf", steps=20), epsilon=EPS
+        )
+    assert report.n_inconclusive <= 0.05 * SAMPLES, report.summary()
+    assert report.verdict == "passed", report.summary()
+    assert report.settings["forward_noise_median"] > 0
+
+
 # ---------------------------------------------------------------------- no easier
 
 
