@@ -83,6 +83,7 @@ from pytest_attacktest.options import (
     parse_threshold,
     resolve_settings,
 )
+from pytest_attacktest.outcomes import AttackTestFailed
 from pytest_attacktest.session import AttackTestSession, RunResults, phase_outcome, plain
 from pytest_attacktest.terminal import summary_rows
 
@@ -823,8 +824,10 @@ class AttackTestFixture:
 
         Raises:
             SettingsError: invalid overrides, or no epsilon anywhere.
-            pytest.fail.Exception: the attack missed (verdict "failed"), the
-                test could not be set up (verdict "error"), or the claim gate failed.
+            AttackTestFailed: the attack missed (verdict "failed"), with or
+                without a failed claim gate; a subclass of ``pytest.fail.Exception``.
+            pytest.fail.Exception: the test could not be set up (verdict
+                "error"), or the claim gate failed on an attack that passed.
         """
         self.calls += 1
         settings = apply_kwargs(self.settings, overrides)
@@ -864,13 +867,17 @@ class AttackTestFixture:
             claim = self._claim(model, x, y, attack, settings, report.verdict)
         seconds = time.perf_counter() - start
         self._record(report, seconds, claim)
+        # A weak attack (verdict "failed") raises AttackTestFailed, also when a
+        # claim failed with it: xfail(raises=AttackTestFailed) matches it and
+        # nothing else (a setup error, a claim gate alone, bad settings).
+        fail = AttackTestFailed if report.verdict == "failed" else pytest.fail.Exception
         if claim is not None and not claim.passed:
             setup = f"{ERROR_VERDICT}\n" if report.verdict == "error" else ""
-            pytest.fail(f"{claim.summary()}\n{setup}{report.summary()}", pytrace=False)
+            raise fail(f"{claim.summary()}\n{setup}{report.summary()}", pytrace=False)
         if report.verdict == "error":
             pytest.fail(f"{ERROR_VERDICT}\n{report.summary()}", pytrace=False)
         if not report.passed:
-            pytest.fail(report.summary(), pytrace=False)
+            raise AttackTestFailed(report.summary(), pytrace=False)
         return report
 
     def _claim(

@@ -1,4 +1,4 @@
-"""Faults around the plugin's run: Ctrl-C, report paths.
+"""Faults around the plugin's run: Ctrl-C, report paths, setup errors under ``xfail``.
 
 Each test is named after the case it covers. End-to-end runs go through a
 subprocess with the plugin loaded by its entry point (``attack_project`` for
@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 from attack_project import make_project, run_pytest
 from test_plugin import MARKED_AND_FIXTURE, run, write
+
+import pytest_attacktest
+from pytest_attacktest import AttackTestFailed
 
 
 @pytest.fixture(autouse=True)
@@ -231,3 +234,90 @@ def test_report_write_failure_at_session_end_keeps_the_summary(pytester: pytest.
     )
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+# --------------------------------------------------------------------------- xfail
+
+
+def test_attack_test_failed_is_exported_and_cannot_be_swallowed() -> None:
+    assert pytest_attacktest.AttackTestFailed is AttackTestFailed
+    assert "AttackTestFailed" in pytest_attacktest.__all__
+    assert issubclass(AttackTestFailed, pytest.fail.Exception)
+    assert not issubclass(AttackTestFailed, Exception)  # ``except Exception`` cannot catch it
+
+
+XFAIL_TESTS = """
+    import pytest
+
+    import attacks
+    from pytest_attacktest import AttackTestFailed
+
+    pytestmark = [
+        pytest.mark.attack_test(epsilon=0.1, norm="linf", n_validation=8),
+        pytest.mark.xfail(strict=True, raises=AttackTestFailed, reason="weak attack"),
+    ]
+
+
+    def unchanged(native, x, y, epsilon):
+        return x  # no attack at all: misses every guaranteed adversarial
+
+
+    def test_weak_attack_is_xfail(attack_test, model, data):
+        attack_test(model, *data, attack=unchanged)
+
+
+    def test_norm_mismatch_is_a_failure(attack_test, model, data):
+        attack_test(model, *data, attack=attacks.PGD("l2", steps=5))
+
+
+    def test_missing_feature_layer_is_a_failure(attack_test, model, data):
+        attack_test(model, *data, attack=unchanged, features="no_such_layer")
+
+
+    def test_bad_setting_is_a_failure(attack_test, model, data):
+        attack_test(model, *data, attack=unchanged, n_inner="many")
+
+
+    @pytest.mark.xfail(strict=True, reason="bare xfail: any failure satisfies it")
+    def test_bare_xfail_is_satisfied_by_a_setup_error(attack_test, model, data):
+        attack_test(model, *data, attack=attacks.PGD("l2", steps=5))
+"""
+
+
+def test_xfail_raises_attack_test_failed_setup_error_is_a_failure_weak_attack_is_xfail(
+    tmp_path: Path,
+) -> None:
+    """``xfail(strict=True, raises=AttackTestFailed)``: only a weak attack is an XFAIL.
+
+    A norm that differs between the attack and the marker, a feature layer
+    that does not exist or a bad setting fail the test: the attack was never
+    tested. The bare ``xfail`` beside them shows what the README warns about.
+    """
+    pytest.importorskip("torch")
+    path = make_project(tmp_path, XFAIL_TESTS)
+    result = run_pytest(path, "--attack-test", "--attack-test-samples", "16", "-rxX", "-v")
+    result.assert_outcomes(failed=3, xfailed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_weak_attack_is_xfail XFAIL*",
+            "*::test_norm_mismatch_is_a_failure FAILED*",
+            "*::test_missing_feature_layer_is_a_failure FAILED*",
+            "*::test_bad_setting_is_a_failure FAILED*",
+            "*::test_bare_xfail_is_satisfied_by_a_setup_error XFAIL*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*the attack's norm (l2) differs from the test's (linf)*"])
+
+
+def test_examples_mark_weak_attacks_with_raises_attack_test_failed() -> None:
+    """The examples show the pattern the README documents: ``xfail`` with ``raises=``."""
+    root = Path(__file__).resolve().parent.parent / "examples"
+    marked = 0
+    for source in sorted(root.glob("*_defense/test_*.py")):
+        text = source.read_text()
+        if "pytest.mark.xfail(" in text:
+            marked += 1
+            assert text.count("pytest.mark.xfail(") == text.count("raises=AttackTestFailed"), source
+    assert marked == 4
+    readme = (root.parent / "README.md").read_text()
+    assert "xfail(strict=True, raises=AttackTestFailed" in readme
