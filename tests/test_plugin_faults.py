@@ -21,6 +21,7 @@ from test_plugin import MARKED_AND_FIXTURE, run, write
 
 import pytest_attacktest
 from pytest_attacktest import AttackTestFailed
+from pytest_attacktest.session import RunResults
 
 
 @pytest.fixture(autouse=True)
@@ -131,6 +132,29 @@ def test_ctrl_c_interrupted_run_saves_no_baseline(tmp_path: Path) -> None:
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["--attack-test-save partial: the run was interrupted: nothing*"])
     assert not (path / ".attacktest").exists()
+
+
+def test_ctrl_c_results_without_teardown_are_interrupted_unless_already_failed() -> None:
+    """The merge rule behind the runs above: no teardown phase, no finished test."""
+    results = RunResults()
+    passing = [{"verdict": "passed", "asr": 1.0, "n_samples": 8, "n_inconclusive": 0, "seconds": 1}]
+    for phase, outcome in (("setup", "passed"), ("call", "passed"), ("teardown", "passed")):
+        results.add("t.py::done", phase, outcome, passing if phase == "call" else None)
+    results.add("t.py::in_call", "setup", "passed", None)  # Ctrl-C during the call
+    results.add("t.py::in_teardown", "setup", "passed", None)  # Ctrl-C during teardown
+    results.add("t.py::in_teardown", "call", "passed", passing)
+    results.add("t.py::failed_first", "setup", "passed", None)
+    results.add("t.py::failed_first", "call", "failed", None)
+    assert results.entries["t.py::in_call"]["outcome"] == "passed"  # what the summary said
+    assert results.finish() == ["t.py::in_call", "t.py::in_teardown"]
+    outcomes = {nodeid: entry["outcome"] for nodeid, entry in results.entries.items()}
+    assert outcomes == {
+        "t.py::done": "passed",
+        "t.py::in_call": "interrupted",
+        "t.py::in_teardown": "interrupted",
+        "t.py::failed_first": "failed",
+    }
+    assert [e["nodeid"] for e in results.ran()] == sorted(outcomes)  # all are listed
 
 
 # --------------------------------------------------------------------------- report paths
