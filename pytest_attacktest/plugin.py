@@ -523,8 +523,10 @@ def _unwritable_file(path: Path) -> str | None:
 def _file_option(
     config: pytest.Config, dest: str, ini: str, flag: str, example: str
 ) -> Path | None:
-    """A report file path; a directory there, or a path that cannot be written, is a
-    usage error naming the option and the problem."""
+    """A report file path; a directory or a path that cannot be written is a usage error.
+
+    The error names the option (or ini option), the path and the problem.
+    """
     path = _path_option(config, dest, ini, flag)
     if path is None:
         return None
