@@ -197,9 +197,9 @@ class RunResults:
         once, at the session's end, before anything is printed or written.
         """
         cut: list[str] = []
-        for nodeid, phases in self._phases.items():
-            entry = self.entries[nodeid]
-            if "teardown" not in phases and entry["outcome"] not in ("failed", "error"):
+        for nodeid, entry in self.entries.items():
+            phases = self._phases.get(nodeid, {})
+            if "teardown" not in phases and entry.get("outcome") not in ("failed", "error"):
                 entry["outcome"] = "interrupted"
                 cut.append(nodeid)
         return sorted(cut)

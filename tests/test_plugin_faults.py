@@ -93,7 +93,8 @@ def test_ctrl_c_interrupted_test_is_interrupted_never_passed(tmp_path: Path, wor
     if workers:
         args += ["-n", str(workers)]
     result = run_pytest(path, *args, new_session=True)
-    assert result.ret == pytest.ExitCode.INTERRUPTED, result.stdout.str()
+    print(result.stdout.str(), result.stderr.str(), sep="\n")  # shown when an assert fails
+    assert result.ret == pytest.ExitCode.INTERRUPTED
     document = json.loads((path / "out.json").read_text())
     tests = {t["nodeid"].split("::")[-1]: t for t in document["tests"]}
     assert tests["test_a_finishes"]["outcome"] == "passed"
@@ -129,6 +130,7 @@ def test_ctrl_c_interrupted_run_saves_no_baseline(tmp_path: Path) -> None:
         "partial",
         new_session=True,
     )
+    print(result.stdout.str(), result.stderr.str(), sep="\n")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["--attack-test-save partial: the run was interrupted: nothing*"])
     assert not (path / ".attacktest").exists()
