@@ -4,6 +4,8 @@ The pytest plugin lives in :mod:`pytest_attacktest.plugin` and is registered
 through the ``pytest11`` entry point, so pytest imports this package on every
 run: it imports no ML framework (nor NumPy) until one of the engine's names is
 used. ``from pytest_attacktest import binarization_test`` loads the engine.
+``AttackTestFailed`` (what a weak attack's test fails with, for
+``xfail(raises=...)``) imports pytest only.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Report", "SampleResult", "binarization_test"]
+__all__ = ["AttackTestFailed", "Report", "SampleResult", "binarization_test"]
 
 if TYPE_CHECKING:
     from pytest_attacktest.binarization import binarization_test
+    from pytest_attacktest.outcomes import AttackTestFailed
     from pytest_attacktest.report import Report, SampleResult
 
 
@@ -25,6 +28,10 @@ def __getattr__(name: str) -> Any:
         from pytest_attacktest.binarization import binarization_test
 
         return binarization_test
+    if name == "AttackTestFailed":
+        from pytest_attacktest.outcomes import AttackTestFailed
+
+        return AttackTestFailed
     if name in ("Report", "SampleResult"):
         from pytest_attacktest import report
 

@@ -39,7 +39,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import numbers
+import os
 import re
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,22 +244,75 @@ def stored_baselines(storage: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+#: How many numbers a save tries before giving up (each try lost a race to another save).
+_SAVE_TRIES = 1000
+
+
+def _next_number(storage: Path) -> int:
+    """One more than the highest stored number (1 in an empty folder)."""
+    taken = [int(m.group(1)) for p in stored_baselines(storage) if (m := _FILE.fullmatch(p.name))]
+    return 1 + max(taken, default=0)
+
+
+def _claim_file(storage: Path, name: str, text: str) -> Path:
+    """Create the next free ``NNNN_name.json`` holding ``text``, atomically; return its path.
+
+    Two runs that save at once (CI jobs sharing a storage folder) see the same
+    highest number. Claiming a number with a plain write let the second
+    overwrite the first. Here the complete file is written under a temporary
+    name, then hard-linked to its number: ``os.link`` fails when that name
+    exists, so each number is taken once, and a reader never sees a partial
+    file. The loser takes the next number. Where hard links are not supported,
+    ``O_CREAT | O_EXCL`` claims the number, then the text is written.
+    """
+    # Not mkstemp: its files are private (0600), and a hard link keeps the mode;
+    # O_EXCL with 0666 gives the usual mode under the umask.
+    temp = storage / f".saving-{uuid.uuid4().hex}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        use_link = True
+        for _ in range(_SAVE_TRIES):
+            path = storage / f"{_next_number(storage):04d}_{name}.json"
+            try:
+                if use_link:
+                    os.link(temp, path)
+                    return path
+                claimed = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue  # another save took this number first
+            except OSError:
+                if not use_link:
+                    raise
+                use_link = False  # no hard links on this file system: O_EXCL from now on
+                continue
+            with os.fdopen(claimed, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            return path
+    finally:
+        os.unlink(temp)
+    raise BaselineError(
+        f"cannot save the baseline in {storage}: {_SAVE_TRIES} numbers in a row were taken "
+        "by other saves"
+    )
+
+
 def save_baseline(storage: Path, name: str, document: Mapping[str, Any]) -> Path:
     """Write ``document`` as the next ``NNNN_name.json`` in ``storage`` (created if needed).
+
+    Safe against concurrent saves: each gets its own number and file (see
+    :func:`_claim_file`).
 
     Raises:
         BaselineError: the folder cannot be created or written.
     """
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
     try:
         storage.mkdir(parents=True, exist_ok=True)
-        existing = stored_baselines(storage)
-        number = 1 + max((int(_FILE.fullmatch(p.name).group(1)) for p in existing), default=0)  # type: ignore[union-attr]
-        path = storage / f"{number:04d}_{name}.json"
-        text = json.dumps(document, indent=2, allow_nan=False)
-        path.write_text(text + "\n", encoding="utf-8")
+        return _claim_file(storage, name, text)
     except OSError as exc:
         raise BaselineError(f"cannot save the baseline in {storage}: {exc}") from None
-    return path
 
 
 def find_baseline(storage: Path, name: str | None) -> Path:
@@ -292,10 +348,17 @@ def find_baseline(storage: Path, name: str | None) -> Path:
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
-    """Read a baseline file.
+    """Read a baseline file and check every field the comparison reads.
+
+    Why check here: the file is data from outside the run (edited by hand,
+    truncated, merged badly). A field of the wrong type (``"asr": "high"``)
+    used to crash the session's end, and a ``NaN`` (which Python's JSON
+    reader accepts) compares as no change, a silent pass. Loading happens
+    before the first test, so a bad baseline is a usage error at the start.
 
     Raises:
-        BaselineError: unreadable, not JSON, or another format version.
+        BaselineError: unreadable, not JSON, another format version, or a
+            malformed field (naming the file and the field).
     """
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -306,7 +369,60 @@ def load_baseline(path: Path) -> dict[str, Any]:
             f"{path} is not a baseline of format {FORMAT_VERSION} (saved by another version "
             "of pytest-attacktest?); save a new one with --attack-test-save NAME"
         )
+    problem = _malformed(document)
+    if problem is not None:
+        raise BaselineError(
+            f"malformed baseline {path}: {problem}; fix the file, or save a new baseline "
+            "with --attack-test-save NAME"
+        )
     return document
+
+
+#: The figures of a stored test that must be a number or null, with their range.
+_SHARES = ("asr", "robust_accuracy", "inconclusive", "claim")
+_COUNTS = ("n_samples", "n_inconclusive")
+_WORDS = ("outcome", "verdict", "claim_verdict")
+
+
+def _bad_number(value: object, low: float, high: float) -> bool:
+    """Not null and not a finite real number in ``[low, high]`` (``true`` is no number)."""
+    if value is None:
+        return False
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return True
+    number = float(value)
+    return not (math.isfinite(number) and low <= number <= high)
+
+
+def _malformed(document: Mapping[str, Any]) -> str | None:
+    """The first malformed field of a baseline document, in words, or ``None``."""
+    if not isinstance(document.get("metadata", {}), dict):
+        return f"'metadata' is {document['metadata']!r}; expected an object"
+    tests = document.get("tests", {})
+    if not isinstance(tests, dict):
+        return f"'tests' is {tests!r}; expected an object of test id -> figures"
+    for nodeid, figures in tests.items():
+        where = f"tests[{nodeid!r}]"
+        if not isinstance(figures, dict):
+            return f"{where} is {figures!r}; expected an object of figures"
+        for key in _SHARES:
+            if _bad_number(figures.get(key), 0.0, 1.0):
+                return f"{where}.{key} is {figures[key]!r}; expected a number in [0, 1] or null"
+        if _bad_number(figures.get("time"), 0.0, math.inf):
+            return f"{where}.time is {figures['time']!r}; expected seconds >= 0 or null"
+        for key in _COUNTS:
+            value = figures.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                return f"{where}.{key} is {value!r}; expected a whole number >= 0 or null"
+        for key in _WORDS:
+            value = figures.get(key)
+            if value is not None and not isinstance(value, str):
+                return f"{where}.{key} is {value!r}; expected a string or null"
+        if not isinstance(figures.get("calls", []), list):
+            return f"{where}.calls is {figures['calls']!r}; expected a list"
+    return None
 
 
 # --------------------------------------------------------------------------- comparison

@@ -83,6 +83,7 @@ from pytest_attacktest.options import (
     parse_threshold,
     resolve_settings,
 )
+from pytest_attacktest.outcomes import AttackTestFailed
 from pytest_attacktest.session import AttackTestSession, RunResults, phase_outcome, plain
 from pytest_attacktest.terminal import summary_rows
 
@@ -486,15 +487,59 @@ def _resolve_path(config: pytest.Config, value: str, from_cli: bool) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _unwritable_folder(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (created if missing), or ``None``.
+
+    Checked before the first test, so that a report or baseline that cannot be
+    written is a usage error at the start, not a loss at the end of a long
+    run. Nothing is created here: the folder's nearest existing ancestor must
+    be a folder this process may write into. A failure that this cannot
+    foresee (a full disk) is still reported at the end (``_ResultsReporter``).
+    """
+    existing = folder
+    try:
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is not a folder"
+    except OSError as exc:
+        return f"{existing} cannot be read ({exc.strerror or exc})"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write in {existing}"
+    return None
+
+
+def _unwritable_file(path: Path) -> str | None:
+    """Why the report file ``path`` cannot be written, or ``None`` (see ``_unwritable_folder``)."""
+    try:
+        exists = path.exists()
+    except OSError as exc:
+        return f"{path} cannot be read ({exc.strerror or exc})"
+    if exists and not os.access(path, os.W_OK):
+        return "the file exists and is not writable"
+    return None if exists else _unwritable_folder(path.parent)
+
+
 def _file_option(
     config: pytest.Config, dest: str, ini: str, flag: str, example: str
 ) -> Path | None:
-    """A report file path; a directory there is a usage error naming the option."""
+    """A report file path; a directory or a path that cannot be written is a usage error.
+
+    The error names the option (or ini option), the path and the problem.
+    """
     path = _path_option(config, dest, ini, flag)
-    if path is not None and path.is_dir():
-        name = flag if config.getoption(dest) is not None else f"ini option {ini}"
+    if path is None:
+        return None
+    name = flag if config.getoption(dest) is not None else f"ini option {ini}"
+    if path.is_dir():
         raise pytest.UsageError(
             f"{name}: {path} is a directory; give a file name such as {example}"
+        )
+    problem = _unwritable_file(path)
+    if problem is not None:
+        raise pytest.UsageError(
+            f"{name}: cannot write the report to {path}: {problem}; give a path in a folder "
+            "you can write to"
         )
     return path
 
@@ -526,6 +571,15 @@ def _resolve_session(config: pytest.Config) -> AttackTestSession:
             f"first with {SAVE_FLAG} NAME"
         )
     storage = _path_option(config, "attack_test_storage", INI_STORAGE, STORAGE_FLAG)
+    if storage is None:
+        storage = config.rootpath / DEFAULT_STORAGE
+    save_name: str | None = config.getoption("attack_test_save")
+    problem = None if save_name is None else _unwritable_folder(storage)
+    if problem is not None:
+        raise pytest.UsageError(
+            f"{SAVE_FLAG} {save_name}: cannot save the baseline in {storage}: {problem}; "
+            f"point {STORAGE_FLAG} at a folder you can write to"
+        )
     return AttackTestSession(
         enabled=enabled,
         enabled_by=enabled_by,
@@ -538,8 +592,8 @@ def _resolve_session(config: pytest.Config) -> AttackTestSession:
         html_path=_file_option(
             config, "attack_test_html", INI_HTML, HTML_FLAG, "attack-tests.html"
         ),
-        storage=storage if storage is not None else config.rootpath / DEFAULT_STORAGE,
-        save_name=config.getoption("attack_test_save"),
+        storage=storage,
+        save_name=save_name,
         compare=compare_name,
         compare_fail=tuple(compare_fail),
     )
@@ -772,8 +826,10 @@ class AttackTestFixture:
 
         Raises:
             SettingsError: invalid overrides, or no epsilon anywhere.
-            pytest.fail.Exception: the attack missed (verdict "failed"), the
-                test could not be set up (verdict "error"), or the claim gate failed.
+            AttackTestFailed: the attack missed (verdict "failed"), with or
+                without a failed claim gate; a subclass of ``pytest.fail.Exception``.
+            pytest.fail.Exception: the test could not be set up (verdict
+                "error"), or the claim gate failed on an attack that passed.
         """
         self.calls += 1
         settings = apply_kwargs(self.settings, overrides)
@@ -813,13 +869,17 @@ class AttackTestFixture:
             claim = self._claim(model, x, y, attack, settings, report.verdict)
         seconds = time.perf_counter() - start
         self._record(report, seconds, claim)
+        # A weak attack (verdict "failed") raises AttackTestFailed, also when a
+        # claim failed with it: xfail(raises=AttackTestFailed) matches it and
+        # nothing else (a setup error, a claim gate alone, bad settings).
+        fail = AttackTestFailed if report.verdict == "failed" else pytest.fail.Exception
         if claim is not None and not claim.passed:
             setup = f"{ERROR_VERDICT}\n" if report.verdict == "error" else ""
-            pytest.fail(f"{claim.summary()}\n{setup}{report.summary()}", pytrace=False)
+            raise fail(f"{claim.summary()}\n{setup}{report.summary()}", pytrace=False)
         if report.verdict == "error":
             pytest.fail(f"{ERROR_VERDICT}\n{report.summary()}", pytrace=False)
         if not report.passed:
-            pytest.fail(report.summary(), pytrace=False)
+            raise AttackTestFailed(report.summary(), pytrace=False)
         return report
 
     def _claim(
@@ -1023,6 +1083,8 @@ class _ResultsReporter:
         self.saved: Path | None = None
         self.save_error: str | None = None
         self.save_note: str | None = None
+        self.write_errors: list[str] = []
+        self.interrupted: list[str] = []
         self.comparison: Comparison | None = None
         self.baseline: dict[str, Any] | None = None
         self.baseline_path: Path | None = None
@@ -1049,18 +1111,29 @@ class _ResultsReporter:
         A regression sets the session's exit status to "tests failed" when it
         was a success, as pytest-cov does for its coverage threshold: the run
         fails without any test being marked failed, and the summary says why.
+        So does a report that cannot be written: the paths were checked before
+        the first test, and what still fails here (a full disk, a folder
+        removed during the run) becomes an error line in the summary, never an
+        exception that would lose the summary.
+
+        First, tests cut off by Ctrl-C (or a crashed worker) are marked
+        ``interrupted`` (:meth:`RunResults.finish`): what finished is kept.
         """
+        self.interrupted = self.results.finish()
         self._compare(session)
         self._save(session)
         path = self.session.json_path
         if path is not None:
-            self.results.write_json(
-                path,
-                self.session,
-                pytest_version=pytest.__version__,
-                exitstatus=int(session.exitstatus),
-            )
-            self.written = path
+            try:
+                self.results.write_json(
+                    path,
+                    self.session,
+                    pytest_version=pytest.__version__,
+                    exitstatus=int(session.exitstatus),
+                )
+                self.written = path
+            except OSError as exc:
+                self._write_failed(session, JSON_FLAG, path, exc)
         html_path = self.session.html_path
         if html_path is not None:
             from pytest_attacktest.html_report import render_html
@@ -1068,14 +1141,28 @@ class _ResultsReporter:
             document = self.results.document(
                 self.session, pytest_version=pytest.__version__, exitstatus=int(session.exitstatus)
             )
-            html_path.parent.mkdir(parents=True, exist_ok=True)
-            html_path.write_text(render_html(document), encoding="utf-8")
-            self.html_written = html_path
+            try:
+                html_path.parent.mkdir(parents=True, exist_ok=True)
+                html_path.write_text(render_html(document), encoding="utf-8")
+                self.html_written = html_path
+            except OSError as exc:
+                self._write_failed(session, HTML_FLAG, html_path, exc)
+
+    def _write_failed(self, session: pytest.Session, flag: str, path: Path, exc: OSError) -> None:
+        """Keep a report's write error for the summary; the run then fails (exit status 1)."""
+        self.write_errors.append(f"{flag}: cannot write {path}: {exc.strerror or exc}")
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _compare(self, session: pytest.Session) -> None:
         if self.baseline is None or self.baseline_path is None:
             return
-        current = {str(e["nodeid"]): figures_of(e) for e in self.results.ran()}
+        # An interrupted test has no figures; it is listed as "not run", not as a regression.
+        current = {
+            str(e["nodeid"]): figures_of(e)
+            for e in self.results.ran()
+            if e["outcome"] != "interrupted"
+        }
         self.comparison = compare(
             self.baseline, current, self.session.compare_fail, name=self.baseline_path.stem
         )
@@ -1090,6 +1177,10 @@ class _ResultsReporter:
         ran = self.results.ran()
         if not ran:
             self.save_note = "no attack test ran: nothing saved"
+            return
+        if session.exitstatus == pytest.ExitCode.INTERRUPTED or self.interrupted:
+            # A baseline of part of the tests would later compare as "not run", silently.
+            self.save_note = "the run was interrupted: nothing saved"
             return
         from pytest_attacktest import __version__
 
@@ -1131,6 +1222,12 @@ class _ResultsReporter:
             terminalreporter.write_sep("=", "attack tests")
         for line in summary_rows(ran) if ran else []:
             terminalreporter.write_line(line)
+        if self.interrupted:
+            terminalreporter.write_line(
+                f"INTERRUPTED: {len(self.interrupted)} attack test(s) did not finish and have "
+                f"no verdict: {', '.join(self.interrupted)}",
+                red=True,
+            )
         if self.results.workers:
             terminalreporter.write_line(f"devices ({DEVICE_FLAG} cuda, one GPU per worker):")
             for line in mapping_lines(self.results.workers):
@@ -1158,6 +1255,8 @@ class _ResultsReporter:
             terminalreporter.write_line(
                 f"ERROR: {SAVE_FLAG} {self.session.save_name}: {self.save_error}", red=True
             )
+        for error in self.write_errors:
+            terminalreporter.write_line(f"ERROR: {error}; the session fails", red=True, bold=True)
         if self.written is not None:
             terminalreporter.write_sep("-", f"attack test report written to {self.written}")
         if self.html_written is not None:

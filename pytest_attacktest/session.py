@@ -140,7 +140,8 @@ class RunResults:
     """Every attack test of the run, by node id, merged from its phase reports.
 
     Attributes:
-        entries: node id -> entry: ``nodeid``, ``outcome``, ``verdict``, ``asr``,
+        entries: node id -> entry: ``nodeid``, ``outcome`` (as pytest counts it, or
+            ``"interrupted"``, see :meth:`finish`), ``verdict``, ``asr``,
             ``n_samples``, ``n_inconclusive``, ``seconds`` and ``reports`` (one
             ``Report.to_dict()`` per fixture call, plus its ``seconds``).
         device_warned: the "device not applied" warning was shown in this process.
@@ -183,6 +184,25 @@ class RunResults:
         robust = [c["robust_accuracy"] for c in claims if c.get("robust_accuracy") is not None]
         entry["robust_accuracy"] = min(robust) if robust else None
         entry["claim_verdict"] = _worst_verdict([c["verdict"] for c in claims])
+
+    def finish(self) -> list[str]:
+        """Mark the tests that started but never finished as ``interrupted``; return their ids.
+
+        pytest reports a teardown phase for every test it finishes, whatever
+        happened before it. A test without one was cut off: Ctrl-C (or
+        ``pytest.exit``) during it, or a crashed xdist worker. Its setup report
+        says "passed", and without this its merged outcome would read
+        "passed" although its attack was never judged. A test whose call had
+        already failed keeps that outcome: it did not pass either way. Called
+        once, at the session's end, before anything is printed or written.
+        """
+        cut: list[str] = []
+        for nodeid, entry in self.entries.items():
+            phases = self._phases.get(nodeid, {})
+            if "teardown" not in phases and entry.get("outcome") not in ("failed", "error"):
+                entry["outcome"] = "interrupted"
+                cut.append(nodeid)
+        return sorted(cut)
 
     def ran(self) -> list[dict[str, Any]]:
         """Entries of tests that ran (not skipped), by node id."""

@@ -93,15 +93,27 @@ def make_project(path: Path, tests: str) -> Path:
     return path
 
 
-def run_pytest(path: Path, *args: str, env: dict[str, str] | None = None) -> pytest.RunResult:
-    """``python -m pytest`` in ``path``, plugin from its entry point, repo options left out."""
+def run_pytest(
+    path: Path, *args: str, env: dict[str, str] | None = None, new_session: bool = False
+) -> pytest.RunResult:
+    """``python -m pytest`` in ``path``, plugin from its entry point, repo options left out.
+
+    ``new_session``: run it in a process group of its own, so a test inside may
+    send SIGINT to its group (what Ctrl-C in a terminal does) without reaching us.
+    """
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     environ.pop("ATTACK_WEAKEN", None)
     environ.update(env or {})
     cmd = [sys.executable, "-m", "pytest", "-p", "no:hypothesispytest", "-p", "no:cacheprovider"]
     start = time.perf_counter()
     proc = subprocess.run(
-        [*cmd, *args], cwd=path, env=environ, capture_output=True, text=True, timeout=600
+        [*cmd, *args],
+        cwd=path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=new_session,
     )
     return pytest.RunResult(
         proc.returncode,

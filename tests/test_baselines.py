@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,163 @@ def test_load_refuses_other_files(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"format": 99, "tests": {}}))
     with pytest.raises(BaselineError, match="not a baseline of format 1"):
         load_baseline(bad)
+
+
+def _stored(figures: object) -> dict[str, Any]:
+    """A baseline document holding one test with ``figures``."""
+    return {"format": FORMAT_VERSION, "metadata": {}, "tests": {"t.py::a": figures}}
+
+
+def _good_figures(**changes: object) -> dict[str, Any]:
+    return {**figures_of(_entry("t.py::a", 1.0, robust=0.4)), **changes}
+
+
+@pytest.mark.parametrize(
+    ("document", "field", "expected"),
+    [
+        (_stored(_good_figures(asr="high")), "tests['t.py::a'].asr is 'high'", "in [0, 1]"),
+        (_stored(_good_figures(asr=float("nan"))), "tests['t.py::a'].asr is nan", "in [0, 1]"),
+        (_stored(_good_figures(asr=1.5)), "tests['t.py::a'].asr is 1.5", "in [0, 1]"),
+        (_stored(_good_figures(asr=True)), "tests['t.py::a'].asr is True", "in [0, 1]"),
+        (
+            _stored(_good_figures(robust_accuracy=[0.4])),
+            "tests['t.py::a'].robust_accuracy is [0.4]",
+            "in [0, 1]",
+        ),
+        (
+            _stored(_good_figures(inconclusive=float("inf"))),
+            "tests['t.py::a'].inconclusive is inf",
+            "in [0, 1]",
+        ),
+        (_stored(_good_figures(time="1s")), "tests['t.py::a'].time is '1s'", "seconds >= 0"),
+        (_stored(_good_figures(time=-1)), "tests['t.py::a'].time is -1", "seconds >= 0"),
+        (_stored(_good_figures(n_samples=-8)), "tests['t.py::a'].n_samples is -8", "whole number"),
+        (_stored(_good_figures(n_samples=8.5)), "tests['t.py::a'].n_samples is 8.5", "whole"),
+        (_stored(_good_figures(verdict=1)), "tests['t.py::a'].verdict is 1", "a string"),
+        (_stored(_good_figures(calls={})), "tests['t.py::a'].calls is {}", "a list"),
+        (_stored("fast"), "tests['t.py::a'] is 'fast'", "an object of figures"),
+        ({"format": FORMAT_VERSION, "tests": ["t.py::a"]}, "'tests' is ['t.py::a']", "object"),
+        ({"format": FORMAT_VERSION, "metadata": 3, "tests": {}}, "'metadata' is 3", "object"),
+    ],
+)
+def test_malformed_baseline_asr_high_is_refused_naming_file_and_field(
+    tmp_path: Path, document: dict[str, Any], field: str, expected: str
+) -> None:
+    """A stored baseline with a field of the wrong type or range is refused on load."""
+    path = tmp_path / "0001_main.json"
+    path.write_text(json.dumps(document))  # NaN and inf as JSON's NaN / Infinity
+    with pytest.raises(BaselineError) as info:
+        load_baseline(path)
+    message = str(info.value)
+    assert message.startswith(f"malformed baseline {path}: ")
+    assert field in message
+    assert expected in message
+    assert "--attack-test-save NAME" in message
+    # The same figures, well formed, load (the check is not over-eager).
+    path.write_text(json.dumps(_stored(_good_figures(asr=None, time=0))))
+    assert load_baseline(path)["tests"]["t.py::a"]["asr"] is None
+
+
+def test_malformed_baseline_is_a_usage_error_before_any_test(tmp_path: Path) -> None:
+    """``"asr": "high"`` in the compared baseline stops the run at the start, naming it."""
+    make_project(tmp_path, TESTS)
+    storage = tmp_path / ".attacktest"
+    storage.mkdir()
+    bad = storage / "0001_main.json"
+    bad.write_text(json.dumps(_stored(_good_figures(asr="high"))))
+    result = run_pytest(tmp_path, "--attack-test", "--attack-test-compare")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    expected = f"--attack-test-compare: malformed baseline {bad}: tests['t.py::a'].asr is 'high'"
+    assert expected in result.stderr.str()
+    result.stdout.no_fnmatch_line("*passed*")
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_concurrent_baseline_saves_keep_every_file_with_distinct_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
+) -> None:
+    """Saves that all see the same highest number each get their own number and file.
+
+    Every thread's first look at the folder waits until all have looked, so
+    all of them pick number 1 first: the worst race, every time. Without hard
+    links (some network and FUSE file systems) the O_EXCL fallback is used.
+    """
+    import threading
+
+    import pytest_attacktest.baselines as baselines
+
+    savers = 6
+    storage = tmp_path / "store"
+    storage.mkdir()
+    barrier = threading.Barrier(savers, timeout=30)
+    looked = threading.local()
+    scan = baselines.stored_baselines
+
+    def slow_scan(folder: Path) -> list[Path]:
+        found = scan(folder)
+        if not getattr(looked, "once", False):
+            looked.once = True
+            barrier.wait()
+        return found
+
+    monkeypatch.setattr(baselines, "stored_baselines", slow_scan)
+    if not links:
+
+        def no_link(source: object, target: object) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    paths: dict[int, Path] = {}
+    errors: list[BaseException] = []
+
+    def save(index: int) -> None:
+        try:
+            doc = baseline_document([_entry(f"t.py::run{index}", 1.0)], {"run": index})
+            paths[index] = save_baseline(storage, "ci", doc)
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(savers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    monkeypatch.undo()
+    names = sorted(p.name for p in stored_baselines(storage))
+    assert names == [f"{n:04d}_ci.json" for n in range(1, savers + 1)]
+    assert sorted(p.name for p in storage.iterdir()) == names  # no temporary file left
+    for index, path in paths.items():
+        assert load_baseline(path)["metadata"]["run"] == index  # each its own content
+
+
+def test_concurrent_baseline_saves_in_processes_keep_every_file(tmp_path: Path) -> None:
+    """Several processes released at once save into one folder: none is overwritten."""
+    import subprocess
+    import sys
+
+    savers, each = 6, 20
+    storage, go = tmp_path / "store", tmp_path / "go"
+    code = (
+        "import pathlib, sys, time\n"
+        "from pytest_attacktest.baselines import save_baseline\n"
+        "go = pathlib.Path(sys.argv[2])\n"
+        "while not go.exists():\n"
+        "    time.sleep(0.001)\n"
+        f"for n in range({each}):\n"
+        "    save_baseline(pathlib.Path(sys.argv[1]), 'ci', "
+        "{'format': 1, 'metadata': {'run': sys.argv[3], 'n': n}, 'tests': {}})\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(storage), str(go), str(i)])
+        for i in range(savers)
+    ]
+    go.touch()
+    assert [proc.wait(timeout=120) for proc in procs] == [0] * savers
+    files = stored_baselines(storage)
+    assert [p.name for p in files] == [f"{n:04d}_ci.json" for n in range(1, each * savers + 1)]
+    saved = {(doc["metadata"]["run"], doc["metadata"]["n"]) for doc in map(load_baseline, files)}
+    assert saved == {(str(i), n) for i in range(savers) for n in range(each)}
 
 
 def test_compare_flags_regressions_and_lists_new_and_missing_tests() -> None:
