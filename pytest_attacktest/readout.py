@@ -218,8 +218,8 @@ def _fit(
     """The fit on the device.
 
     Returns weight, bias, training margin, the best boundary logit after the
-    shift, the fitted span (best boundary minus clean logit), the largest
-    noise-induced logit change, the closeness applied and the clean point's
+    shift, the fitted span (best boundary minus clean logit), the
+    root-mean-square noise-induced logit change, the closeness applied and the clean point's
     logit after the shift: all in the final readout's units. Pure tensor code
     (labels as a tuple), so JAX runs it as one compiled program.
     """
