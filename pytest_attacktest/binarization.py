@@ -161,7 +161,7 @@ def binarization_test(
         )
     if isinstance(attack, Attack):
         check_gradient_support(attack, wrapped)
-    extractor = feature_extractor(wrapped, features)
+    extractor = feature_extractor(wrapped, features, probe=x_[:8].raw)
     name = repr(attack) if isinstance(attack, Attack) else getattr(attack, "__name__", repr(attack))
     settings = {
         "n_inner": n_inner,

@@ -1,0 +1,144 @@
+"""Issue 13, engine side: hostile models, attacks and inputs never give a silent pass.
+
+Each test is named after a case of the issue. False-pass cases assert that
+the verdict is not ``passed``; the others assert a clear error or the right
+behaviour. All on the digits MLP trained in the tests, CPU only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from digits_models import held_out, torch_mlp
+
+import attacks
+from pytest_attacktest import binarization_test
+from pytest_attacktest.features import FeatureError, feature_extractor
+
+torch = pytest.importorskip("torch")
+
+EPS = 0.1
+
+
+def _data(n: int = 32) -> tuple[Any, Any]:
+    x, y = held_out(n)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _split_mlp() -> tuple[Any, Any]:
+    """The digits MLP as (body: Linear + ReLU, head: Linear)."""
+    mlp = torch_mlp()
+    return torch.nn.Sequential(mlp[0], mlp[1]), mlp[2]
+
+
+# ---------------------------------------------------------------------- 1. feature layer
+
+
+class HeadDeclaredFirst(torch.nn.Module):
+    """``head(round(4 * body(x)) / 4)`` with ``head`` registered before ``body``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        body, head = _split_mlp()
+        self.head = head
+        self.body = body
+
+    def forward(self, x: Any) -> Any:
+        return self.head(torch.round(4 * self.body(x)) / 4)
+
+
+def test_feature_layer_by_registration_order_is_not_a_false_pass() -> None:
+    """The quantization between body and head stays in the binarized model: PGD fails."""
+    x, y = _data()
+    model = HeadDeclaredFirst().eval()
+    extract = feature_extractor(model, None, probe=x[:4])
+    with torch.no_grad():
+        hidden = torch.round(4 * model.body(x[:4])) / 4
+        assert torch.equal(extract(x[:4]), hidden)  # the head's input, not the body's
+    report = binarization_test(model, x, y, attack=attacks.PGD("linf", steps=20), epsilon=0.2)
+    assert report.verdict != "passed", report.summary()
+
+
+def test_unused_linear_registered_last_is_ignored() -> None:
+    body, head = _split_mlp()
+
+    class WithUnused(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = body, head
+            self.unused = torch.nn.Linear(10, 3)
+
+        def forward(self, x: Any) -> Any:
+            return self.head(self.body(x))
+
+    x, y = _data(16)
+    report = binarization_test(
+        WithUnused().eval(), x, y, attack=attacks.PGD("linf", steps=30), epsilon=EPS
+    )
+    assert report.passed, report.summary()
+
+
+def test_feature_layer_temperature_after_the_final_linear_is_found() -> None:
+    body, head = _split_mlp()
+
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = body, head
+
+        def forward(self, x: Any) -> Any:
+            return 10 * self.head(self.body(x))
+
+    x, _ = _data(4)
+    with torch.no_grad():
+        assert torch.equal(feature_extractor(Scaled(), None, probe=x)(x), body(x))
+
+
+def test_feature_layer_ambiguous_or_missing_is_refused_naming_the_layers() -> None:
+    body, head = _split_mlp()
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head, self.other = body, head, torch.nn.Linear(32, 10)
+
+        def forward(self, x: Any) -> Any:
+            h = self.body(x)
+            return self.head(h) + self.other(h)
+
+    class NotFromALinear(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.probe = torch.nn.Linear(64, 10)
+
+        def forward(self, x: Any) -> Any:
+            self.probe(x)
+            return x[:, :10] * 2
+
+    class NeverCalled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, x: Any) -> Any:
+            return x[:, :10] * 2
+
+    x, y = _data(4)
+    with pytest.raises(FeatureError, match=r"several Linear layers \('head', 'other'\).*features="):
+        binarization_test(TwoHeads(), x, y, attack=attacks.PGD(steps=2), epsilon=EPS)
+    with pytest.raises(FeatureError, match=r"not computed from any Linear.*'probe'.*features="):
+        binarization_test(NotFromALinear(), x, y, attack=attacks.PGD(steps=2), epsilon=EPS)
+    with pytest.raises(FeatureError, match=r"none of the torch.nn.Linear layers.*features="):
+        binarization_test(NeverCalled(), x, y, attack=attacks.PGD(steps=2), epsilon=EPS)
+
+
+def test_feature_layer_probe_leaves_batchnorm_statistics_and_rng_alone() -> None:
+    body, head = _split_mlp()
+    model = torch.nn.Sequential(body, torch.nn.BatchNorm1d(32), head).train()
+    before = [b.clone() for b in model.buffers()]
+    rng = torch.get_rng_state()
+    x, _ = _data(8)
+    feature_extractor(model, None, probe=x)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))
+    assert torch.equal(rng, torch.get_rng_state())
