@@ -33,6 +33,7 @@ from attacks.base import Attack, atleast_kd, check_gradient_support, check_input
 from attacks.models import Model, as_model
 from attacks.norms import norm_name, parse_p
 from pytest_attacktest.blocks import Blocks, block_size_for
+from pytest_attacktest.checks import private_copy, same_values
 from pytest_attacktest.features import FeatureFn, feature_extractor
 from pytest_attacktest.readout import Readouts, fit_readouts
 from pytest_attacktest.report import MAX_EXAMPLE_VALUES, MAX_EXAMPLES, Report, SampleResult
@@ -154,6 +155,7 @@ def binarization_test(
     wrapped = as_model(model)
     x_, _ = wrapped.adopt(x)
     check_inputs(x_, wrapped, "put normalisation inside the model and pass inputs in the bounds")
+    x_ = private_copy(x_)  # the engine's own clean points: nothing the user runs can move them
     if isinstance(attack, Attack) and not math.isclose(attack.p, p):
         raise ValueError(
             f"the attack's norm ({attack.norm}) differs from the test's ({norm_name(p)}): "
@@ -472,6 +474,24 @@ class _Engine:
         )
 
     def _attack_part(self, binarized: BinarizedModel, x: ep.Tensor, zeros: ep.Tensor) -> ep.Tensor:
+        # The attack gets its own copy: one that writes into its input must not
+        # move the clean points distances are measured from (nor the user's data).
+        given = private_copy(x)
+        try:
+            return self._attack_copy(binarized, given, zeros)
+        finally:
+            if not same_values(given, x):
+                self._warn_once(
+                    f"the attack {self.report.attack} modified its input (the clean points) in "
+                    "place; distances are measured from the engine's own copy of the clean "
+                    "points, but the attack should work on a copy (x = x.clone())"
+                )
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self.report.warnings:
+            self.report.warnings.append(message)
+
+    def _attack_copy(self, binarized: BinarizedModel, x: ep.Tensor, zeros: ep.Tensor) -> ep.Tensor:
         if isinstance(self.attack, Attack):
             return backend.wrap(self.attack(binarized, x.raw, zeros.raw, epsilon=self.epsilon))
         native = binarized.as_native()

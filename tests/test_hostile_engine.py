@@ -142,3 +142,35 @@ def test_feature_layer_probe_leaves_batchnorm_statistics_and_rng_alone() -> None
     feature_extractor(model, None, probe=x)
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))
     assert torch.equal(rng, torch.get_rng_state())
+
+
+# ---------------------------------------------------------------------- 2. in-place attacks
+
+
+def test_in_place_attack_is_not_a_false_pass_and_leaves_the_data_alone() -> None:
+    """An attack writing a 3-epsilon PGD result into its input gets no credit."""
+    x, y = _data()
+    clean = x.clone()
+
+    def in_place(model: Any, xs: Any, ys: Any, epsilon: float) -> Any:
+        far = attacks.PGD("linf", steps=20)(model, xs, ys, epsilon=3 * epsilon)
+        return xs.add_(far - xs)
+
+    report = binarization_test(torch_mlp(), x, y, attack=in_place, epsilon=EPS)
+    assert report.verdict != "passed", report.summary()
+    assert any("modified its input" in w for w in report.warnings)
+    assert all(s.distance > 2 * EPS for s in report.samples)
+    assert torch.equal(x, clean)  # the caller's data (a session fixture's) is unchanged
+
+
+def test_in_place_noise_attack_is_a_random_attack() -> None:
+    x, y = _data()
+    clean = x.clone()
+
+    def noise_in_place(model: Any, xs: Any, ys: Any, epsilon: float) -> Any:
+        return xs.copy_(torch.rand_like(xs))
+
+    report = binarization_test(torch_mlp(), x, y, attack=noise_in_place, epsilon=EPS)
+    assert report.verdict == "failed", report.summary()
+    assert any("modified its input" in w for w in report.warnings)
+    assert torch.equal(x, clean)
