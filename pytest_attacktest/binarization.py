@@ -18,12 +18,13 @@ attack must find it. The phases run for a whole chunk of samples at once:
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec
 
 import eagerpy as ep
 import numpy as np
@@ -35,6 +36,7 @@ from attacks.norms import norm_name, parse_p
 from pytest_attacktest.blocks import Blocks, block_size_for
 from pytest_attacktest.checks import private_copy, same_values
 from pytest_attacktest.features import FeatureFn, feature_extractor
+from pytest_attacktest.modelstate import preserved
 from pytest_attacktest.readout import Readouts, fit_readouts
 from pytest_attacktest.report import MAX_EXAMPLE_VALUES, MAX_EXAMPLES, Report, SampleResult
 from pytest_attacktest.routing import BinarizedModel
@@ -54,6 +56,7 @@ ROUNDING = 2.4e-7
 UserAttack = Callable[[Any, Any, Any, float], Any]
 #: ``progress(phase, done, total)``: see :func:`binarization_test`.
 ProgressFn = Callable[[str, int, int], None]
+_P = ParamSpec("_P")
 
 
 def default_inner_points(feature_dim: int, n_boundary: int) -> int:
@@ -67,6 +70,24 @@ def default_inner_points(feature_dim: int, n_boundary: int) -> int:
     return int(max(1, min(MAX_INNER, feature_dim // 2 - n_boundary)))
 
 
+def _keeps_model_state(test: Callable[_P, Report]) -> Callable[_P, Report]:
+    """Run ``test`` with the user's torch modules restored afterwards (see :mod:`.modelstate`).
+
+    Why around the whole test as well as around each attack: the engine's own
+    forward passes of a model left in training mode update its batch-norm
+    statistics, and a later test of the session must see the model as the
+    user left it.
+    """
+
+    @functools.wraps(test)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> Report:
+        with preserved(args[0] if args else kwargs.get("model")):
+            return test(*args, **kwargs)
+
+    return run
+
+
+@_keeps_model_state
 def binarization_test(
     model: Any,
     x: Any,
@@ -217,8 +238,8 @@ def binarization_test(
         settings["out_of_memory_retries"] = halvings
     if progress is not None:
         progress("done", engine.total, engine.total)
-    for warning in report.warnings:
-        warnings.warn(warning, stacklevel=stacklevel)
+    for warning in report.warnings:  # + 1: the frame of _keeps_model_state
+        warnings.warn(warning, stacklevel=stacklevel + 1)
     return report
 
 
@@ -478,7 +499,8 @@ class _Engine:
         # move the clean points distances are measured from (nor the user's data).
         given = private_copy(x)
         try:
-            return self._attack_copy(binarized, given, zeros)
+            with preserved(self.model):  # the user's module as it was, whatever the attack did
+                return self._attack_copy(binarized, given, zeros)
         finally:
             if not same_values(given, x):
                 self._warn_once(

@@ -174,3 +174,70 @@ def test_in_place_noise_attack_is_a_random_attack() -> None:
     assert report.verdict == "failed", report.summary()
     assert any("modified its input" in w for w in report.warnings)
     assert torch.equal(x, clean)
+
+
+# ---------------------------------------------------------------------- 3. the user's model state
+
+
+def _stateful_model() -> Any:
+    """The digits MLP with dropout and batch norm, in training mode, one layer frozen."""
+    body, head = _split_mlp()
+    model = torch.nn.Sequential(body, torch.nn.BatchNorm1d(32), torch.nn.Dropout(0.1), head)
+    model.train()
+    head.weight.requires_grad_(False)
+    return model
+
+
+def _meddle(model: Any, xs: Any, ys: Any, epsilon: float) -> Any:
+    """A hostile attack function: switches modes, freezes everything, updates statistics."""
+    model.eval()
+    for module in model.modules():
+        module.train()
+    model(torch.rand_like(xs))  # batch-norm statistics move
+    model.requires_grad_(False)
+    return xs.clone()
+
+
+def _paths() -> list[Any]:
+    paths: list[Any] = [attacks.PGD("linf", steps=3), _meddle]
+    try:
+        import torchattacks
+
+        paths.append(attacks.FromTorchattacks(torchattacks.PGD, steps=3, alpha=0.02))
+    except ImportError:
+        pass
+    try:
+        import foolbox
+
+        paths.append(attacks.FromFoolbox(foolbox.attacks.LinfPGD(steps=3)))
+    except ImportError:
+        pass
+    return paths
+
+
+@pytest.mark.parametrize("attack", _paths(), ids=lambda a: type(a).__name__)
+def test_user_model_state_is_unchanged_on_every_attack_path(attack: Any) -> None:
+    from pytest_attacktest.modelstate import state_of
+
+    model = _stateful_model()
+    before = state_of(model)
+    x, y = _data(8)
+    binarization_test(model, x, y, attack=attack, epsilon=EPS, n_inner=8, n_validation=4)
+    assert state_of(model) == before
+    assert model.training
+    assert model[2].training  # dropout still on
+
+
+def test_native_binarized_module_eval_leaves_the_defense_mode_alone() -> None:
+    """``as_native().eval()`` (torchattacks calls it) switches only the wrapper."""
+    seen: list[bool] = []
+    model = _stateful_model()
+
+    def look(native: Any, xs: Any, ys: Any, epsilon: float) -> Any:
+        native.eval()
+        seen.append(model.training)
+        return xs
+
+    x, y = _data(4)
+    binarization_test(model, x, y, attack=look, epsilon=EPS, n_inner=8, n_validation=4)
+    assert seen == [True]
