@@ -34,7 +34,7 @@ from attacks.base import Attack, atleast_kd, check_gradient_support, check_input
 from attacks.models import Model, as_model
 from attacks.norms import norm_name, parse_p
 from pytest_attacktest.blocks import Blocks, block_size_for
-from pytest_attacktest.checks import private_copy, same_values
+from pytest_attacktest.checks import boolean_mask, private_copy, same_values
 from pytest_attacktest.features import FeatureFn, feature_extractor
 from pytest_attacktest.modelstate import preserved
 from pytest_attacktest.readout import Readouts, fit_readouts
@@ -446,13 +446,7 @@ class _Engine:
 
     def _valid_block(self, points: ep.Tensor) -> ep.Tensor:
         assert self.valid_input is not None
-        mask = backend.wrap(self.valid_input(points.raw))
-        if tuple(mask.shape) != (points.shape[0],):
-            raise ValueError(
-                f"valid_input must return a boolean mask of shape ({points.shape[0]},), "
-                f"got shape {tuple(mask.shape)}"
-            )
-        return mask.astype(bool) if backend.tensor_framework(mask) == "numpy" else mask
+        return boolean_mask(self.valid_input(points.raw), points.shape[0], like=points)
 
     def _guarantee(
         self, binarized: BinarizedModel, x: ep.Tensor, boundary: ep.Tensor, readouts: Readouts

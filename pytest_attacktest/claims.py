@@ -337,10 +337,9 @@ def measure_robust_accuracy(
     def accepted(points: ep.Tensor) -> np.ndarray:
         if valid_input is None:
             return np.ones(n, dtype=bool)
-        mask = np.asarray(backend.to_numpy(valid_input(points.raw))).astype(bool).reshape(-1)
-        if mask.shape != (n,):
-            raise ValueError(f"valid_input must return a boolean mask of shape ({n},)")
-        return mask
+        from pytest_attacktest.checks import boolean_mask
+
+        return np.asarray(backend.to_numpy(boolean_mask(valid_input(points.raw), n)))
 
     lo, hi = wrapped.bounds
     distance = backend.to_numpy(lp_norms(adv - x_, p)).astype(np.float64)

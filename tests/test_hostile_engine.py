@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from digits_models import held_out, torch_mlp
 
@@ -241,3 +242,61 @@ def test_native_binarized_module_eval_leaves_the_defense_mode_alone() -> None:
     x, y = _data(4)
     binarization_test(model, x, y, attack=look, epsilon=EPS, n_inner=8, n_validation=4)
     assert seen == [True]
+
+
+# ---------------------------------------------------------------------- 4. detector masks
+
+
+def test_detector_float_scores_are_refused_not_read_as_all_valid() -> None:
+    x, y = _data(8)
+    clean = x.clone()
+
+    def scores(points: Any) -> Any:
+        # 0.2 meant "invalid": far from the clean points.
+        far = (points[:, None] - clean[None]).abs().amax(dim=2).amin(dim=1) > EPS * 1.01
+        return torch.where(far, 0.2, 1.0)
+
+    with pytest.raises(TypeError, match=r"boolean mask.*dtype torch.float32.*score < threshold"):
+        binarization_test(
+            torch_mlp(), x, y, attack=attacks.PGD(steps=3), epsilon=EPS, valid_input=scores
+        )
+    with pytest.raises(TypeError, match=r"boolean mask.*int64"):
+        binarization_test(
+            torch_mlp(),
+            x,
+            y,
+            attack=attacks.PGD(steps=3),
+            epsilon=EPS,
+            valid_input=lambda t: np.ones(len(t), dtype=np.int64),
+        )
+    with pytest.raises(TypeError, match=r"boolean array.*list"):
+        binarization_test(
+            torch_mlp(),
+            x,
+            y,
+            attack=attacks.PGD(steps=3),
+            epsilon=EPS,
+            valid_input=lambda t: [True] * len(t),
+        )
+
+
+def test_detector_boolean_masks_of_every_kind_are_accepted() -> None:
+    x, y = _data(4)
+    clean = x.clone()
+
+    def near(t: Any) -> Any:  # False far from the clean points: the redraw path runs
+        return (t[:, None] - clean[None]).abs().amax(dim=2).amin(dim=1) <= 0.5 * EPS
+
+    for mask in (near, lambda t: near(t).numpy()):
+        report = binarization_test(
+            torch_mlp(),
+            x,
+            y,
+            attack=attacks.PGD(steps=20),
+            epsilon=EPS,
+            valid_input=mask,
+            n_inner=8,
+            n_validation=4,
+        )
+        assert report.n_samples == 4
+        assert report.verdict != "passed"  # every attack point beyond 0.5 epsilon is rejected
