@@ -34,7 +34,13 @@ from attacks.base import Attack, atleast_kd, check_gradient_support, check_input
 from attacks.models import Model, as_model
 from attacks.norms import norm_name, parse_p
 from pytest_attacktest.blocks import Blocks, block_size_for
-from pytest_attacktest.checks import boolean_mask, private_copy, same_values
+from pytest_attacktest.checks import (
+    ball_points,
+    boolean_mask,
+    check_affine_features,
+    private_copy,
+    same_values,
+)
 from pytest_attacktest.features import FeatureFn, feature_extractor
 from pytest_attacktest.modelstate import preserved
 from pytest_attacktest.readout import Readouts, fit_readouts
@@ -209,6 +215,19 @@ def binarization_test(
         settings=settings,
     )
     blocks = Blocks(block_size_for(x_.shape[1:], _itemsize(x_)))
+    if callable(features):  # the automatic finder's features are a Linear's input already
+        bounds = (wrapped.bounds.lower, wrapped.bounds.upper)
+        residual, unchecked = check_affine_features(
+            wrapped.logits,
+            extractor,
+            lambda m: ball_points(x_, m, float(epsilon), p, bounds, seed),
+            blocks,
+            x_[:1],
+            seed,
+        )
+        settings["features_residual"] = residual
+        if unchecked:
+            report.warnings.append(unchecked)
     if y is not None:
         labels = np.asarray(backend.to_numpy(y)).reshape(-1)
         with _no_grad(x_):

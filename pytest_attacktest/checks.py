@@ -11,12 +11,33 @@ error naming the fix or a warning the report keeps, and the engine
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import eagerpy as ep
 import numpy as np
 
 from attacks import backend
+from pytest_attacktest.blocks import Blocks
 
-__all__ = ["boolean_mask", "private_copy", "same_values"]
+__all__ = [
+    "AFFINE_POINTS_MAX",
+    "AFFINE_TOLERANCE",
+    "boolean_mask",
+    "check_affine_features",
+    "private_copy",
+    "same_values",
+]
+
+#: Largest relative residual of the least-squares fit of the logits on
+#: ``[features, 1]`` for a features callable to be accepted (float32 logits:
+#: an exact affine head leaves about 1e-6; less precise dtypes get 30 ulps).
+AFFINE_TOLERANCE = 1e-3
+#: Points the affine check may use; a feature dimension needing more is not checked.
+AFFINE_POINTS_MAX = 4096
+#: Points beyond the ``d + 1`` unknowns of the fit (its degrees of freedom).
+_AFFINE_SPARE = 32
 
 
 def private_copy(x: ep.Tensor) -> ep.Tensor:
@@ -74,3 +95,138 @@ def boolean_mask(mask: object, n: int, like: ep.Tensor | None = None) -> ep.Tens
         device = like.raw.device if target == "torch" else None
         out = backend.wrap(backend.from_numpy(target, backend.to_numpy(out), device))
     return out
+
+
+def check_affine_features(
+    logits: Callable[[ep.Tensor], ep.Tensor],
+    extractor: Callable[[Any], Any],
+    points: Callable[[int], ep.Tensor],
+    blocks: Blocks,
+    probe: ep.Tensor,
+    seed: int,
+) -> tuple[float | None, str | None]:
+    """Check that the model's logits are an affine function of a features callable.
+
+    Why: the binarization test replaces only the model's final linear layer;
+    its attack differentiates the *features*. A callable that is not the
+    model up to that layer (``lambda t: t.flatten(1)``, one that skips the
+    defense's preprocessing) tests another model than the defended one, and
+    a gradient-masked defense then passes a weak attack. If the features are
+    the input of the model's final linear layer, ``logits = W f + b`` holds
+    exactly; least squares of the logits on ``[f, 1]`` in float64 on enough
+    points (more than ``d + 1``) must leave a residual that is tiny next to
+    the logits' spread.
+
+    Args:
+        logits: the model's logits of an EagerPy batch.
+        extractor: the features callable (native in, native ``(N, d)`` out).
+        points: ``points(m)``: ``m`` or more inputs to check on (clean points
+            and random points of their epsilon balls).
+        blocks: the test's forward-pass blocks (memory-sized).
+        probe: one input, to learn the feature dimension.
+        seed: both calls of a block draw the same torch randomness from it
+            (randomized defenses; :func:`same_randomness`).
+
+    Returns:
+        ``(relative residual, None)``, or ``(None, why not checked)``.
+
+    Raises:
+        FeatureError: the residual is too large, with its value.
+    """
+    from pytest_attacktest.features import FeatureError
+
+    d = int(np.prod(np.asarray(backend.to_numpy(backend.wrap(extractor(probe.raw)))).shape[1:]))
+    m = d + 1 + _AFFINE_SPARE
+    if m > AFFINE_POINTS_MAX:
+        return None, (
+            f"the features callable's {d} dimensions are too many to check that the model's "
+            "logits are an affine function of them; make sure it is the model up to its final "
+            "linear layer"
+        )
+    batch = points(m)
+
+    def both(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+        block = batch[i:j]
+        with same_randomness(block, seed) as reseed:
+            reseed()
+            f = backend.to_numpy(backend.wrap(extractor(block.raw)))
+            reseed()
+            return np.asarray(f), np.asarray(backend.to_numpy(logits(block)))
+
+    parts = blocks.run(both, batch.shape[0])
+    features = np.concatenate([f.reshape(f.shape[0], -1) for f, _ in parts])
+    z = np.concatenate([zs.reshape(zs.shape[0], -1) for _, zs in parts])
+    features, z = features.astype(np.float64), z.astype(np.float64)
+    if not (np.isfinite(features).all() and np.isfinite(z).all()):
+        raise FeatureError("the features callable or the model returned NaN or inf")
+    design = np.concatenate([features, np.ones((features.shape[0], 1))], axis=1)
+    coef, _, rank, _ = np.linalg.lstsq(design, z, rcond=None)
+    if design.shape[0] - int(rank) < _AFFINE_SPARE // 2:
+        return None, (
+            "the features callable could not be checked (its features of the sampled points "
+            "span as many dimensions as there are points)"
+        )
+    spread = float(np.linalg.norm(z - z.mean(axis=0)))
+    if spread == 0.0:
+        return None, "the features callable could not be checked (constant logits)"
+    residual = float(np.linalg.norm(z - design @ coef)) / spread
+    dtype = str(probe.dtype)
+    ulp = 9.8e-4 if "16" in dtype else 1.2e-7
+    tolerance = max(AFFINE_TOLERANCE, 30 * ulp)
+    if not residual <= tolerance:
+        raise FeatureError(
+            f"the model's logits are not an affine function of the features callable's output: "
+            f"the least-squares residual is {residual:.3g} of the logits' spread (at most "
+            f"{tolerance:g} expected) on {design.shape[0]} points. The features must be the "
+            "defended model up to its final linear layer (logits = W @ features + b), with "
+            "every preprocessing step and defense component before it: the attack's gradients "
+            "flow through features only, so a callable that skips part of the model tests "
+            "another model. With attacks.BPDA, pass the inner model's features (they receive "
+            "the preprocessed input)"
+        )
+    return residual, None
+
+
+@contextlib.contextmanager
+def same_randomness(like: ep.Tensor, seed: int) -> Iterator[Callable[[], None]]:
+    """A ``reseed()`` that puts torch's global RNG at ``seed``; the RNG is restored on exit.
+
+    Why: a randomized torch defense draws its noise from the global RNG; the
+    features callable and the model must see the same draws for their
+    outputs to be compared. Other frameworks' randomness is explicit or not
+    reachable: ``reseed`` does nothing there.
+    """
+    if backend.tensor_framework(like) != "torch":
+        yield lambda: None
+        return
+    import torch
+
+    def reseed() -> None:
+        torch.manual_seed(seed)
+
+    # manual_seed reaches every CUDA device: fork them all when CUDA is in use.
+    cuda = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    devices = list(range(torch.cuda.device_count())) if cuda else []
+    with torch.random.fork_rng(devices=devices):
+        yield reseed
+
+
+def ball_points(
+    x: ep.Tensor, m: int, epsilon: float, p: float, bounds: tuple[float, float], seed: int
+) -> ep.Tensor:
+    """At least ``m`` points: clean samples and random points of their epsilon balls.
+
+    Where the readout will be fitted and attacked, spread over as many
+    samples as there are (a fit on one ball alone could miss a nonlinearity
+    between samples).
+    """
+    from pytest_attacktest.sampling import inner_points
+
+    s = min(int(x.shape[0]), m)
+    clean = x[:s]
+    k = max(1, -(-m // s) - 1)
+    random = backend.RandomSource(seed, clean)
+    eps = ep.ones(clean, (s,)) * epsilon
+    inner = inner_points(clean, k, eps, p, bounds, random, 1.0)
+    flat = inner.reshape((s * k, *tuple(x.shape[1:])))
+    return ep.concatenate([clean, flat], axis=0)

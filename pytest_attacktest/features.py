@@ -42,7 +42,12 @@ def feature_extractor(model: Any, features: str | FeatureFn | None, probe: Any =
             straight-through preprocessed input).
         features: ``None`` (the input of the final ``torch.nn.Linear`` or
             ``keras.layers.Dense``), the name of a layer (its flattened output;
-            dotted for nested ones: ``"block.fc"``), or a callable.
+            dotted for nested ones: ``"block.fc"``), or a callable: the defended
+            model up to its final linear layer (the engine checks that the
+            logits are an affine function of it). The attack's gradients flow
+            through the features only. For an :class:`attacks.BPDA` model the
+            callable is the *inner* model's and receives the preprocessed input
+            (straight-through), so the BPDA gradient is kept.
         probe: a few native inputs; where the default layer is found by tracing
             a forward pass (PyTorch), it is found on these now, so that an
             unusable model fails here. Without it, on the first batch extracted.
@@ -50,10 +55,16 @@ def feature_extractor(model: Any, features: str | FeatureFn | None, probe: Any =
     Raises:
         FeatureError: nothing usable was found, with the way to pass features.
     """
-    if callable(features):
-        return _flattening(features)
     from attacks.adaptive import BPDA
     from attacks.models import Model
+
+    if callable(features):
+        if isinstance(model, BPDA):
+            # The callable is the inner model's features: it receives the
+            # straight-through preprocessed input, so the BPDA gradient flows.
+            user = features
+            return _flattening(lambda x: user(model.through(x)))
+        return _flattening(features)
 
     if isinstance(model, BPDA):
         # Features of the inner model at the straight-through preprocessed input:

@@ -175,15 +175,19 @@ def test_named_layer_features() -> None:
 
 def test_too_many_inconclusive_samples_is_an_error_not_a_pass() -> None:
     """Constant features cannot separate anything: every sample is inconclusive."""
+
+    class ConstantFeatures(torch.nn.Module):
+        # A features callable must explain the logits (an affine check), so the
+        # constant features come from the model itself.
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 10)
+
+        def forward(self, t: Any) -> Any:
+            return self.fc(torch.ones(len(t), 4))
+
     x, y = _data(8)
-    report = binarization_test(
-        torch_mlp(),
-        x,
-        y,
-        attack=identity,
-        epsilon=EPS,
-        features=lambda t: torch.ones(len(t), 4),
-    )
+    report = binarization_test(ConstantFeatures(), x, y, attack=identity, epsilon=EPS)
     assert report.n_inconclusive == 8
     assert report.verdict == "error"
     assert not report.passed

@@ -300,3 +300,88 @@ def test_detector_boolean_masks_of_every_kind_are_accepted() -> None:
         )
         assert report.n_samples == 4
         assert report.verdict != "passed"  # every attack point beyond 0.5 epsilon is rejected
+
+
+# ---------------------------------------------------------------------- 5. feature callables
+
+
+class Quantized(torch.nn.Module):
+    """Gradient masking: the digits MLP behind a 4-level input quantization."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch_mlp()
+
+    def forward(self, x: Any) -> Any:
+        return self.net(torch.round(x * 3) / 3)
+
+
+def test_features_callable_that_ignores_the_model_is_not_a_false_pass() -> None:
+    x, y = _data()
+    # An error, not a verdict: a run that got as far as a verdict could pass.
+    with pytest.raises(FeatureError, match=r"not an affine function.*residual is [0-9.e-]+"):
+        binarization_test(
+            Quantized().eval(),
+            x,
+            y,
+            attack=attacks.PGD("linf", steps=20),
+            epsilon=0.2,
+            features=lambda t: t.flatten(1),
+        )
+
+
+def test_features_callable_of_the_model_is_accepted_and_its_residual_reported() -> None:
+    x, y = _data(16)
+    model = torch_mlp()
+    report = binarization_test(
+        model,
+        x,
+        y,
+        attack=attacks.PGD("linf", steps=30),
+        epsilon=EPS,
+        features=lambda t: model[1](model[0](t)),
+    )
+    assert report.passed, report.summary()
+    assert report.settings["features_residual"] < 1e-5
+
+
+def test_features_callable_with_bpda_keeps_the_bpda_gradient() -> None:
+    """With BPDA the callable is the inner model's: the adaptive attack still passes."""
+    defended = Quantized().eval()
+    inner = defended.net
+    x, y = _data()
+    bpda = attacks.BPDA(inner, lambda t: torch.round(t * 3) / 3)
+    report = binarization_test(
+        bpda,
+        x,
+        y,
+        attack=attacks.PGD("linf", steps=30),
+        epsilon=0.2,
+        features=lambda t: inner[1](inner[0](t)),
+    )
+    assert report.passed, report.summary()
+
+
+def test_features_callable_of_a_randomized_torch_defense_is_checked_with_its_noise() -> None:
+    model = torch_mlp()
+
+    class Noisy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, t: Any) -> Any:
+            return self.net(t + 0.05 * torch.randn_like(t))
+
+    x, y = _data(8)
+    report = binarization_test(
+        Noisy().eval(),
+        x,
+        y,
+        attack=attacks.PGD("linf", steps=10),
+        epsilon=EPS,
+        features=lambda t: model[1](model[0](t + 0.05 * torch.randn_like(t))),
+        n_inner=8,
+        n_validation=4,
+    )
+    assert report.settings["features_residual"] < 1e-5
