@@ -38,6 +38,9 @@ from pytest_attacktest.checks import (
     ball_points,
     boolean_mask,
     check_affine_features,
+    check_labels,
+    check_logits,
+    forward_guard,
     private_copy,
     same_values,
 )
@@ -58,6 +61,25 @@ MAX_INNER = 999  #: the reference's usual count; capped by the feature dimension
 BALL_TOLERANCE = 1e-5
 #: Absolute slack for float32 rounding of x + delta (half an ulp near 1, doubled).
 ROUNDING = 2.4e-7
+
+
+def ball_tolerance(dtype: Any) -> tuple[float, float]:
+    """(relative, absolute) slack of the ball check for inputs of ``dtype``.
+
+    Float32's (:data:`BALL_TOLERANCE`, :data:`ROUNDING`) for float32 and
+    float64; for half-precision inputs two of their ulps near 1, so that a
+    correct attack's ``x + delta``, rounded in float16 (0.200195 at 0.2), is
+    not read as outside the ball.
+    """
+    name = str(dtype)
+    if "bfloat16" in name:
+        ulp = 2.0**-7
+    elif "16" in name:
+        ulp = 2.0**-10
+    else:
+        return BALL_TOLERANCE, ROUNDING
+    return max(BALL_TOLERANCE, 2 * ulp), 2 * ulp
+
 
 UserAttack = Callable[[Any, Any, Any, float], Any]
 #: ``progress(phase, done, total)``: see :func:`binarization_test`.
@@ -116,6 +138,7 @@ def binarization_test(
     n_validation: int = 32,
     valid_input: Callable[[Any], Any] | None = None,
     chunk_size: int | None = None,
+    max_batch: int | None = None,
     seed: int = 0,
     stacklevel: int = 2,
     progress: ProgressFn | None = None,
@@ -158,6 +181,10 @@ def binarization_test(
         chunk_size: samples processed together; by default sized so the chunk's
             sampled points use at most half the free device memory (CUDA) or
             1 GiB (CPU), and at most 4096 samples (:func:`auto_chunk_size`).
+        max_batch: the most inputs the model is given in one forward pass
+            (every pass: clean points, features, detector, and the attack's
+            passes through the binarized model); ``None``: sized by memory.
+            For models that refuse large batches.
         seed: makes the run reproducible.
         stacklevel: of the warnings issued at the end (the report keeps them too);
             wrappers pass a larger value so warnings point at the user's code.
@@ -183,6 +210,8 @@ def binarization_test(
     x_, _ = wrapped.adopt(x)
     check_inputs(x_, wrapped, "put normalisation inside the model and pass inputs in the bounds")
     x_ = private_copy(x_)  # the engine's own clean points: nothing the user runs can move them
+    blocks = Blocks(min(block_size_for(x_.shape[1:], _itemsize(x_)), max_batch or sys.maxsize))
+    classes, clean_logits = _clean_logits(wrapped, x_, blocks, max_batch)
     if isinstance(attack, Attack) and not math.isclose(attack.p, p):
         raise ValueError(
             f"the attack's norm ({attack.norm}) differs from the test's ({norm_name(p)}): "
@@ -190,7 +219,9 @@ def binarization_test(
         )
     if isinstance(attack, Attack):
         check_gradient_support(attack, wrapped)
-    extractor = feature_extractor(wrapped, features, probe=x_[:8].raw)
+    extractor = forward_guard(
+        feature_extractor(wrapped, features, probe=x_[: min(8, max_batch or 8)].raw), max_batch
+    )
     name = repr(attack) if isinstance(attack, Attack) else getattr(attack, "__name__", repr(attack))
     settings = {
         "n_inner": n_inner,
@@ -203,6 +234,7 @@ def binarization_test(
         "verify_passes": verify_passes,
         "n_validation": n_validation,
         "chunk_size": chunk_size,
+        "max_batch": max_batch,
         "detector": valid_input is not None,
     }
     report = Report(
@@ -214,7 +246,6 @@ def binarization_test(
         seed=seed,
         settings=settings,
     )
-    blocks = Blocks(block_size_for(x_.shape[1:], _itemsize(x_)))
     if callable(features):  # the automatic finder's features are a Linear's input already
         bounds = (wrapped.bounds.lower, wrapped.bounds.upper)
         residual, unchecked = check_affine_features(
@@ -229,10 +260,8 @@ def binarization_test(
         if unchecked:
             report.warnings.append(unchecked)
     if y is not None:
-        labels = np.asarray(backend.to_numpy(y)).reshape(-1)
-        with _no_grad(x_):
-            predicted = backend.to_numpy(blocks.concatenate(wrapped.logits, x_)).argmax(axis=1)
-        settings["clean_accuracy"] = float((predicted == labels).mean())
+        labels = check_labels(y, int(x_.shape[0]), classes)
+        settings["clean_accuracy"] = float((clean_logits.argmax(axis=1) == labels).mean())
     engine = _Engine(wrapped, extractor, attack, p, float(epsilon), report, seed, blocks)
     engine.n_inner = n_inner
     engine.options = settings
@@ -260,6 +289,29 @@ def binarization_test(
     for warning in report.warnings:  # + 1: the frame of _keeps_model_state
         warnings.warn(warning, stacklevel=stacklevel + 1)
     return report
+
+
+def _clean_logits(
+    model: Model, x: ep.Tensor, blocks: Blocks, max_batch: int | None
+) -> tuple[int, np.ndarray]:
+    """The model's logits of the clean points, checked: (classes, logits on the host).
+
+    The first forward pass of a test: a framework error here (dtype, device,
+    batch norm in training mode) is translated into the fix, the output's
+    shape and finiteness are checked, and a model that writes into its input
+    is refused (its own later passes would move the points under test).
+    """
+    forward = forward_guard(lambda raw: model.logits(backend.wrap(raw)).raw, max_batch)
+    before = private_copy(x)
+    with _no_grad(x):
+        logits = blocks.concatenate(lambda block: backend.wrap(forward(block.raw)), x)
+    if not same_values(before, x):
+        raise ValueError(
+            "the model modifies its input in place: clone it inside the model's forward "
+            "(x = x.clone()) so that the points under test stay where they are"
+        )
+    classes = check_logits(logits, int(x.shape[0]))
+    return classes, np.asarray(backend.to_numpy(logits))
 
 
 #: Host memory a chunk's sampled points may take when no GPU tells us more.
@@ -555,8 +607,9 @@ class _Engine:
         index = ep.arange(x, s).astype(_index_dtype(x))
         distance = backend.to_numpy(lp_norms(x_adv - x, self.p)).astype(np.float64)
         flat = x_adv.flatten(start=1)
-        slack = ROUNDING * (1 if math.isinf(self.p) else flat.shape[1] ** (1 / self.p))
-        outside_ball = distance > self.epsilon * (1 + BALL_TOLERANCE) + slack
+        relative, rounding = ball_tolerance(x.dtype)
+        slack = rounding * (1 if math.isinf(self.p) else flat.shape[1] ** (1 / self.p))
+        outside_ball = distance > self.epsilon * (1 + relative) + slack
         outside_bounds = backend.to_numpy(
             ep.logical_or(flat.min(axis=1) < lo, flat.max(axis=1) > hi)
         )

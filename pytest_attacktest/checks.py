@@ -230,3 +230,153 @@ def ball_points(
     inner = inner_points(clean, k, eps, p, bounds, random, 1.0)
     flat = inner.reshape((s * k, *tuple(x.shape[1:])))
     return ep.concatenate([clean, flat], axis=0)
+
+
+# ---------------------------------------------------------------------- model outputs and labels
+
+
+def check_logits(logits: ep.Tensor, n: int) -> int:
+    """Check the model's output for ``n`` clean inputs; return the number of classes.
+
+    Why: a ``(N, 10, 1)`` output read with ``argmax(axis=1)`` or NaN logits
+    give a wrong clean accuracy (and a wrong readout target) without a word.
+    """
+    shape = tuple(int(d) for d in logits.shape)
+    if len(shape) == 1:
+        raise ValueError(
+            f"the model returned shape {shape}: one number per input. Return logits of shape "
+            "(N, classes); for a binary classifier with one logit z, return stack([-z, z], 1)"
+        )
+    if len(shape) != 2 or shape[0] != n:
+        hint = " (squeeze the trailing axes)" if len(shape) > 2 and shape[0] == n else ""
+        raise ValueError(
+            f"the model returned shape {shape} for {n} inputs: it must return logits of shape "
+            f"({n}, classes){hint}"
+        )
+    if shape[1] < 2:
+        raise ValueError(
+            f"the model returned {shape[1]} logit per input: return (N, classes) logits with "
+            "at least 2 classes (for one logit z, return stack([-z, z], 1))"
+        )
+    values = np.asarray(backend.to_numpy(logits))
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"the model returned NaN or inf logits for {int(bad.sum())} of the {n} clean inputs "
+            f"(first at index {int(np.flatnonzero(bad)[0])}): fix the model (or its inputs' "
+            "range and dtype) before testing an attack on it"
+        )
+    return shape[1]
+
+
+def check_labels(y: Any, n: int, classes: int) -> np.ndarray:
+    """The labels as ``(n,)`` class indices in ``[0, classes)``, or an error saying what's wrong."""
+    try:
+        labels = np.asarray(backend.to_numpy(backend.wrap(y)))
+    except TypeError:
+        labels = np.asarray(y)
+    if labels.ndim == 2 and labels.shape == (n, classes):
+        raise ValueError(
+            f"the labels have shape {labels.shape}, one-hot or scores: pass class indices of "
+            f"shape ({n},) (labels.argmax(1))"
+        )
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(
+            f"the labels have shape {labels.shape} for {n} inputs: pass one class index per "
+            f"input, shape ({n},)"
+        )
+    if labels.dtype.kind == "f":
+        if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+            raise ValueError("the labels must be integer class indices, got non-integer numbers")
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "iu":
+        raise ValueError(f"the labels must be integer class indices, got dtype {labels.dtype}")
+    outside = (labels < 0) | (labels >= classes)
+    if outside.any():
+        raise ValueError(
+            f"{int(outside.sum())} labels are outside [0, {classes}) (the model has {classes} "
+            f"logits), e.g. {labels[outside][:5].tolist()}: pass class indices of this model"
+        )
+    return labels
+
+
+# ---------------------------------------------------------------------- forward passes
+
+
+def forward_guard(fn: Callable[[Any], Any], max_batch: int | None) -> Callable[[Any], Any]:
+    """``fn`` (native ``(N, ...)`` in and out) on at most ``max_batch`` inputs at once.
+
+    Why: a model that refuses large batches (a fixed-batch graph, a server)
+    needs every forward pass capped, the attack's included; and a framework
+    error raised deep inside the user's model (a dtype or device mismatch,
+    batch norm in training mode on one input) must say what to change.
+    Batches are split along the first axis and the parts concatenated, which
+    keeps gradients.
+    """
+
+    def call(x: Any) -> Any:
+        n = int(x.shape[0])
+        if max_batch is None or n <= max_batch:
+            return _translated(fn, x)
+        parts = [
+            backend.wrap(_translated(fn, x[i : i + max_batch])) for i in range(0, n, max_batch)
+        ]
+        return ep.concatenate(parts, axis=0).raw
+
+    return call
+
+
+def _translated(fn: Callable[[Any], Any], x: Any) -> Any:
+    try:
+        return fn(x)
+    except Exception as error:  # re-raised, translated or with a note
+        translated = translate_forward_error(error, x)
+        if translated is None:
+            note = getattr(error, "add_note", None)
+            if note is not None and not getattr(error, "_attacktest_noted", False):
+                note(
+                    f"(pytest-attacktest: while running the model on a batch of {x.shape[0]} "
+                    f"inputs of shape {tuple(x.shape[1:])} and dtype {x.dtype}; if the model "
+                    "takes only smaller batches, pass max_batch=...)"
+                )
+                error._attacktest_noted = True  # type: ignore[attr-defined]
+            raise
+        raise translated from error
+
+
+def translate_forward_error(error: BaseException, x: Any) -> Exception | None:
+    """A clear error for a framework error we recognise in the model's forward pass, else None."""
+    from pytest_attacktest.blocks import is_out_of_memory
+
+    if is_out_of_memory(error):  # the blocks halve the batch on these
+        return None
+    text = str(error)
+    n, dtype = int(x.shape[0]), x.dtype
+    if "Expected more than 1 value per channel" in text:
+        return ValueError(
+            f"the model failed on a batch of {n} input(s): batch norm in training mode needs more "
+            "than one input per batch. Call model.eval() before testing (the defense at "
+            "inference), or give a model whose batch norm uses running statistics"
+        )
+    dtype_markers = (
+        "expected scalar type",
+        "must have the same dtype",
+        "should be the same",
+        "expected m1 and m2 to have the same dtype",
+        "was expected to be a",
+        "found dtype",
+        "Expected tensor for argument",
+    )
+    if any(marker in text for marker in dtype_markers) and "device" not in text:
+        return TypeError(
+            f"the model and the inputs have different dtypes (inputs: {dtype}): convert the "
+            "inputs to the model's dtype (e.g. x.double() or x.astype(np.float64)) or the model "
+            f"to the inputs' (model.float()). Framework error: {text.splitlines()[0]}"
+        )
+    if "same device" in text or ("device" in text and "Expected" in text):
+        return TypeError(
+            "the model and the inputs are on different devices: move the inputs to the model's "
+            "device, or pass NumPy arrays (moved to the model's device automatically). "
+            f"Framework error: {text.splitlines()[0]}"
+        )
+    return None

@@ -65,6 +65,7 @@ ENGINE_KEYS: tuple[str, ...] = (
     "n_validation",
     "valid_input",
     "chunk_size",
+    "max_batch",
 )
 
 #: The keyword arguments the ``attack_test`` marker (and the fixture's call
@@ -381,6 +382,7 @@ _ENGINE_CHECKS: dict[str, Callable[[object], object]] = {
     "n_validation": _non_negative_int("n_validation"),
     "valid_input": _check_valid_input,
     "chunk_size": _positive_int("chunk_size"),
+    "max_batch": _positive_int("max_batch"),
 }
 assert tuple(_ENGINE_CHECKS) == ENGINE_KEYS
 

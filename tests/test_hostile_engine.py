@@ -385,3 +385,134 @@ def test_features_callable_of_a_randomized_torch_defense_is_checked_with_its_noi
         n_validation=4,
     )
     assert report.settings["features_residual"] < 1e-5
+
+
+# ---------------------------------------------------------------------- 6. silently wrong
+
+
+class _Wrapped(torch.nn.Module):
+    """The digits MLP with its output passed through ``post``."""
+
+    def __init__(self, post: Any) -> None:
+        super().__init__()
+        self.net = torch_mlp()
+        self.post = post
+
+    def forward(self, x: Any) -> Any:
+        return self.post(self.net(x))
+
+
+@pytest.mark.parametrize(
+    ("post", "message"),
+    [
+        (lambda z: z.unsqueeze(-1), r"shape \(8, 10, 1\).*squeeze"),
+        (lambda z: z[:, 0], r"shape \(8,\): one number per input.*stack\(\[-z, z\], 1\)"),
+        (lambda z: z.masked_fill(z > 5, float("nan")), "NaN or inf logits"),
+        (lambda z: z * float("inf"), "NaN or inf logits"),
+    ],
+    ids=["N-10-1", "N", "nan", "inf"],
+)
+def test_bad_model_outputs_get_clear_errors(post: Any, message: str) -> None:
+    x, y = _data(8)
+    with pytest.raises(ValueError, match=message):
+        binarization_test(_Wrapped(post), x, y, attack=attacks.PGD(steps=2), epsilon=EPS)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (lambda y: y + 10, r"outside \[0, 10\)"),
+        (lambda y: y - 11, r"outside \[0, 10\)"),
+        (lambda y: y[:5], r"shape \(5,\) for 8 inputs"),
+        (lambda y: torch.nn.functional.one_hot(y, 10), r"one-hot.*argmax"),
+        (lambda y: y.float() + 0.5, "integer class indices"),
+    ],
+    ids=["above", "negative", "short", "one-hot", "fractional"],
+)
+def test_bad_labels_get_clear_errors(labels: Any, message: str) -> None:
+    x, y = _data(8)
+    with pytest.raises(ValueError, match=message):
+        binarization_test(torch_mlp(), x, labels(y), attack=attacks.PGD(steps=2), epsilon=EPS)
+
+
+def test_float16_model_our_own_pgd_is_not_flagged_outside_the_ball() -> None:
+    x, y = _data(16)
+    model = torch_mlp().half()
+    report = binarization_test(
+        model, x.half(), y, attack=attacks.PGD("linf", steps=30), epsilon=0.2
+    )
+    assert not any(s.outside_ball for s in report.samples), report.summary()
+    assert not any("outside the" in w for w in report.warnings)
+
+
+def test_float16_ball_tolerance_still_refuses_a_clear_overshoot() -> None:
+    from pytest_attacktest.binarization import ball_tolerance
+
+    relative, absolute = ball_tolerance(torch.float16)
+    assert 0.2 * (1 + relative) + absolute < 0.2 * 1.05
+    assert ball_tolerance(torch.float32) == (1e-5, 2.4e-7)
+
+
+# ---------------------------------------------------------------------- 7. framework errors
+
+
+def test_dtype_mismatch_names_the_fix() -> None:
+    x, y = _data(8)
+    with pytest.raises(TypeError, match=r"different dtypes.*x.double\(\)"):
+        binarization_test(torch_mlp().double(), x, y, attack=attacks.PGD(steps=2), epsilon=EPS)
+
+
+def test_batchnorm_in_training_mode_names_the_fix() -> None:
+    body, head = _split_mlp()
+    model = torch.nn.Sequential(body, torch.nn.BatchNorm1d(32), head).train()
+    x, y = _data(8)
+    with pytest.raises(ValueError, match=r"batch norm in training mode.*model.eval\(\)"):
+        binarization_test(model, x, y, attack=attacks.PGD(steps=2), epsilon=EPS, max_batch=1)
+
+
+def test_model_modifying_its_input_in_place_is_refused() -> None:
+    x, y = _data(8)
+    net = torch_mlp()
+    with pytest.raises(ValueError, match=r"modifies its input in place.*x.clone\(\)"):
+        binarization_test(
+            lambda t: net(t.add_(0.01)), x, y, attack=attacks.PGD(steps=2), epsilon=EPS
+        )
+
+
+def test_model_refusing_batches_over_20_runs_with_max_batch() -> None:
+    net = torch_mlp()
+    sizes: list[int] = []
+
+    class Small(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, t: Any) -> Any:
+            sizes.append(len(t))
+            if len(t) > 20:
+                raise RuntimeError(f"batch of {len(t)} > 20")
+            return self.net(t)
+
+    x, y = _data(24)
+    with pytest.raises(RuntimeError, match="batch of"):
+        binarization_test(Small(), x, y, attack=attacks.PGD(steps=5), epsilon=EPS, chunk_size=1)
+    sizes.clear()
+    report = binarization_test(
+        Small(), x, y, attack=attacks.PGD(steps=20), epsilon=EPS, max_batch=20
+    )
+    assert max(sizes) <= 20
+    assert report.passed, report.summary()
+    assert report.settings["max_batch"] == 20
+
+
+def test_forward_errors_name_the_batch_size() -> None:
+    def refuse(t: Any) -> Any:
+        raise RuntimeError("the server refused")
+
+    x, y = _data(8)
+    with pytest.raises(RuntimeError, match="refused") as info:
+        binarization_test(refuse, x, y, attack=attacks.PGD(steps=2), epsilon=EPS)
+    notes = "".join(getattr(info.value, "__notes__", []))
+    assert "batch of 8 inputs" in notes or not hasattr(info.value, "add_note")
+    assert "max_batch" in notes or not hasattr(info.value, "add_note")
