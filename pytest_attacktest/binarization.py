@@ -32,9 +32,10 @@ import numpy as np
 from attacks import backend
 from attacks.base import Attack, atleast_kd, check_gradient_support, check_inputs, lp_norms
 from attacks.models import Model, as_model
-from attacks.norms import norm_name, parse_p
+from attacks.norms import norm_name
 from pytest_attacktest.blocks import Blocks, block_size_for
 from pytest_attacktest.checks import (
+    attack_result,
     ball_points,
     boolean_mask,
     check_affine_features,
@@ -46,6 +47,7 @@ from pytest_attacktest.checks import (
 )
 from pytest_attacktest.features import FeatureFn, feature_extractor
 from pytest_attacktest.modelstate import preserved
+from pytest_attacktest.options import validate_engine_call
 from pytest_attacktest.readout import Readouts, fit_readouts
 from pytest_attacktest.report import MAX_EXAMPLE_VALUES, MAX_EXAMPLES, Report, SampleResult
 from pytest_attacktest.routing import BinarizedModel
@@ -200,12 +202,27 @@ def binarization_test(
         ValueError: bad epsilon, norm, sizes or inputs; FeatureError when no
             feature layer is usable (with how to pass one).
     """
-    p = parse_p(norm)
-    if rescale_logits not in (None, "fixed", "adaptive"):
-        raise ValueError(
-            f"rescale_logits must be None, 'fixed' or 'adaptive', got {rescale_logits!r}"
-        )
-    _check_settings(epsilon, gap, threshold, max_inconclusive, n_boundary, chunk_size)
+    epsilon, p, threshold, _ = validate_engine_call(
+        epsilon=epsilon,
+        norm=norm,
+        threshold=threshold,
+        engine={
+            "features": features,
+            "n_inner": n_inner,
+            "n_boundary": n_boundary,
+            "corners": corners,
+            "gap": gap,
+            "closeness": closeness,
+            "rescale_logits": rescale_logits,
+            "max_inconclusive": max_inconclusive,
+            "feature_passes": feature_passes,
+            "verify_passes": verify_passes,
+            "n_validation": n_validation,
+            "valid_input": valid_input,
+            "chunk_size": chunk_size,
+            "max_batch": max_batch,
+        },
+    )
     wrapped = as_model(model)
     x_, _ = wrapped.adopt(x)
     check_inputs(x_, wrapped, "put normalisation inside the model and pass inputs in the bounds")
@@ -583,12 +600,7 @@ class _Engine:
             return backend.wrap(self.attack(binarized, x.raw, zeros.raw, epsilon=self.epsilon))
         native = binarized.as_native()
         out = self.attack(native, x.raw, zeros.raw, self.epsilon)
-        adv, _ = binarized.adopt(out)
-        if tuple(adv.shape) != tuple(x.shape):
-            raise ValueError(
-                f"the attack returned shape {tuple(adv.shape)} for inputs of shape {tuple(x.shape)}"
-            )
-        return adv.astype(x.dtype)
+        return attack_result(out, x, f"the attack function {self.report.attack}")
 
     def _verify(
         self,
@@ -703,26 +715,6 @@ class _Engine:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _check_settings(
-    epsilon: float,
-    gap: float,
-    threshold: float,
-    max_inconclusive: float,
-    n_boundary: int,
-    chunk_size: int | None,
-) -> None:
-    if not isinstance(epsilon, int | float) or not math.isfinite(epsilon) or epsilon <= 0:
-        raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
-    if not 0 < gap < 1:
-        raise ValueError(f"gap must be in (0, 1), got {gap}")
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    if not 0 <= max_inconclusive < 1:
-        raise ValueError(f"max_inconclusive must be in [0, 1), got {max_inconclusive}")
-    if n_boundary < 1 or (chunk_size is not None and chunk_size < 1):
-        raise ValueError("n_boundary and chunk_size must be >= 1")
 
 
 def _itemsize(x: ep.Tensor) -> int:

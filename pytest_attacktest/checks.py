@@ -24,6 +24,7 @@ from pytest_attacktest.blocks import Blocks
 __all__ = [
     "AFFINE_POINTS_MAX",
     "AFFINE_TOLERANCE",
+    "attack_result",
     "boolean_mask",
     "check_affine_features",
     "private_copy",
@@ -380,3 +381,40 @@ def translate_forward_error(error: BaseException, x: Any) -> Exception | None:
             f"Framework error: {text.splitlines()[0]}"
         )
     return None
+
+
+# ---------------------------------------------------------------------- attack results
+
+
+def attack_result(out: object, x: ep.Tensor, who: str) -> ep.Tensor:
+    """A user attack's result as a tensor like ``x`` (framework, device, dtype, shape).
+
+    A NumPy array for a model of another framework is moved there (NumPy is
+    what many attack scripts return); ``None``, a class, a list, a tuple or a
+    tensor of a third framework get an error saying what to return.
+    """
+    expected = f"return the adversarial inputs: one array of shape {tuple(x.shape)} like x"
+    if out is None:
+        raise TypeError(f"{who} returned None: {expected} (a missing return statement?)")
+    if isinstance(out, type):
+        raise TypeError(f"{who} returned the class {out.__name__}, not a tensor: {expected}")
+    try:
+        source = backend.tensor_framework(out)
+    except TypeError:
+        raise TypeError(f"{who} returned {type(out).__name__}: {expected}") from None
+    target = backend.tensor_framework(x)
+    if source != target:
+        if source != "numpy":
+            raise TypeError(
+                f"{who} returned a {source} tensor for {target} inputs: {expected} "
+                f"(a {target} tensor or a NumPy array)"
+            )
+        device = x.raw.device if target == "torch" else None
+        out = backend.from_numpy(target, np.asarray(out), device)
+    adv = backend.wrap(out)
+    if tuple(adv.shape) != tuple(x.shape):
+        raise ValueError(
+            f"{who} returned shape {tuple(adv.shape)} for inputs of shape {tuple(x.shape)}: "
+            f"{expected}"
+        )
+    return adv.astype(x.dtype)

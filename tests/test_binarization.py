@@ -264,7 +264,7 @@ def test_chunks_cover_every_sample_once() -> None:
     [
         ({"epsilon": 0.0}, "epsilon must be a positive"),
         ({"epsilon": -1.0}, "epsilon must be a positive"),
-        ({"threshold": 0.0}, "threshold must be in"),
+        ({"threshold": 0.0}, "threshold must be a number in"),
         ({"norm": "l0"}, "p must be >= 1"),
         ({"norm": "euclid"}, "unknown norm"),
         ({"attack": attacks.PGD("l2")}, "differs from the test's"),

@@ -516,3 +516,77 @@ def test_forward_errors_name_the_batch_size() -> None:
     notes = "".join(getattr(info.value, "__notes__", []))
     assert "batch of 8 inputs" in notes or not hasattr(info.value, "add_note")
     assert "max_batch" in notes or not hasattr(info.value, "add_note")
+
+
+# ---------------------------------------------------------- 7. settings of a direct call
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"verify_passes": 0}, "verify_passes must be a positive integer, got 0"),
+        ({"feature_passes": 0}, "feature_passes must be a positive integer, got 0"),
+        ({"n_inner": -3}, "n_inner must be a positive integer, got -3"),
+        ({"n_boundary": 2.5}, "n_boundary must be a positive integer, got 2.5"),
+        ({"n_validation": -1}, "n_validation must be an integer >= 0"),
+        ({"chunk_size": 0}, "chunk_size must be a positive integer"),
+        ({"max_batch": 0}, "max_batch must be a positive integer"),
+        ({"corners": 1}, "corners must be True or False"),
+        ({"closeness": 1.0}, r"closeness must be a number in \[0, 1\)"),
+        ({"norm": "l-inf"}, "unknown norm 'l-inf'"),
+        ({"epsilon": True}, "epsilon must be a positive finite number, got True"),
+        ({"threshold": np.bool_(True)}, "threshold must be a number"),
+        ({"valid_input": "yes"}, "valid_input must be None or a function"),
+    ],
+    ids=lambda v: str(v)[:30],
+)
+def test_direct_call_settings_get_the_markers_clear_errors(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    from pytest_attacktest.options import SettingsError
+
+    x, y = _data(4)
+    args: dict[str, Any] = {"attack": attacks.PGD(steps=1), "epsilon": EPS}
+    args.update(kwargs)
+    with pytest.raises(SettingsError, match=message):
+        binarization_test(torch_mlp(), x, y, **args)
+
+
+def test_numpy_floating_epsilon_is_accepted() -> None:
+    x, y = _data(4)
+    report = binarization_test(
+        torch_mlp(), x, y, attack=attacks.PGD(steps=2), epsilon=np.float32(0.1), n_inner=8
+    )
+    assert report.epsilon == pytest.approx(0.1)
+    assert type(report.epsilon) is float
+
+
+@pytest.mark.parametrize(
+    ("result", "message"),
+    [
+        (lambda xs: None, "returned None.*missing return"),
+        (lambda xs: torch.Tensor, "returned the class Tensor"),
+        (lambda xs: xs.tolist(), "returned list"),
+        (lambda xs: (xs, xs), "returned tuple"),
+        (lambda xs: xs[:2], r"returned shape \(2, 64\) for inputs of shape \(4, 64\)"),
+    ],
+    ids=["None", "class", "list", "tuple", "shape"],
+)
+def test_attack_returning_the_wrong_thing_gets_a_clear_error(result: Any, message: str) -> None:
+    x, y = _data(4)
+
+    def attack(model: Any, xs: Any, ys: Any, epsilon: float) -> Any:
+        return result(xs)
+
+    with pytest.raises((TypeError, ValueError), match=message):
+        binarization_test(torch_mlp(), x, y, attack=attack, epsilon=EPS, n_inner=8)
+
+
+def test_attack_returning_numpy_for_a_torch_model_is_converted() -> None:
+    x, y = _data(16)
+
+    def pgd_numpy(model: Any, xs: Any, ys: Any, epsilon: float) -> Any:
+        return attacks.PGD("linf", steps=30)(model, xs, ys, epsilon=epsilon).numpy()
+
+    report = binarization_test(torch_mlp(), x, y, attack=pgd_numpy, epsilon=EPS)
+    assert report.passed, report.summary()
