@@ -73,7 +73,7 @@ def test_unused_linear_registered_last_is_ignored() -> None:
         def forward(self, x: Any) -> Any:
             return self.head(self.body(x))
 
-    x, y = _data(16)
+    x, y = _data(20)
     report = binarization_test(
         WithUnused().eval(), x, y, attack=attacks.PGD("linf", steps=30), epsilon=EPS
     )
@@ -331,7 +331,7 @@ def test_features_callable_that_ignores_the_model_is_not_a_false_pass() -> None:
 
 
 def test_features_callable_of_the_model_is_accepted_and_its_residual_reported() -> None:
-    x, y = _data(16)
+    x, y = _data(20)
     model = torch_mlp()
     report = binarization_test(
         model,
@@ -583,10 +583,25 @@ def test_attack_returning_the_wrong_thing_gets_a_clear_error(result: Any, messag
 
 
 def test_attack_returning_numpy_for_a_torch_model_is_converted() -> None:
-    x, y = _data(16)
+    x, y = _data(20)
 
     def pgd_numpy(model: Any, xs: Any, ys: Any, epsilon: float) -> Any:
         return attacks.PGD("linf", steps=30)(model, xs, ys, epsilon=epsilon).numpy()
 
     report = binarization_test(torch_mlp(), x, y, attack=pgd_numpy, epsilon=EPS)
     assert report.passed, report.summary()
+
+
+def test_one_conclusive_sample_is_not_a_verdict() -> None:
+    """A lucky success on a few samples does not pass: 10 conclusive samples are needed."""
+    x, y = _data(9)
+    pgd = attacks.PGD("linf", steps=30)
+    report = binarization_test(torch_mlp(), x, y, attack=pgd, epsilon=EPS)
+    assert report.n_conclusive == 9
+    assert report.asr == 1.0
+    assert report.verdict == "error", report.summary()
+    assert "at least 10" in report.summary()
+    one = binarization_test(torch_mlp(), x[:1], y[:1], attack=pgd, epsilon=EPS)
+    assert one.verdict != "passed"
+    lowered = binarization_test(torch_mlp(), x, y, attack=pgd, epsilon=EPS, min_conclusive=9)
+    assert lowered.passed, lowered.summary()
