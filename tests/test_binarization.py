@@ -135,7 +135,7 @@ def test_a_third_party_attack_on_the_native_module_that_reorders_and_subsets() -
 
 
 def test_numpy_model_needs_a_features_callable_and_a_gradient_free_attack() -> None:
-    x, y = held_out(8)
+    x, y = held_out(10)  # a verdict needs 10 conclusive samples
     with pytest.raises(FeatureError, match="features=callable"):
         binarization_test(numpy_mlp(), x, y, attack=identity, epsilon=EPS)
     from digits_models import mlp_weights
