@@ -37,11 +37,13 @@ def parse_p(norm: float | int | str) -> float:
         if key in _NAMES:
             return _NAMES[key]
         try:
-            norm = float(key.removeprefix("l"))
+            number = float(key.removeprefix("l"))
         except ValueError:
-            raise ValueError(
-                f"unknown norm {norm!r}: use 'l1', 'l2', 'linf' or a number p >= 1"
-            ) from None
+            number = math.nan
+        if math.isnan(number) or number < 0.0:
+            # Named as written: "l-inf" is not "p = -inf", it is a misspelt name.
+            raise ValueError(f"unknown norm {norm!r}: use 'l1', 'l2', 'linf' or a number p >= 1")
+        norm = number
     p = float(norm)
     if math.isnan(p) or p < 1.0:
         raise ValueError(f"p must be >= 1 (a norm), got {norm!r}; use 'l1', 'l2', 'linf' or p >= 1")

@@ -18,12 +18,13 @@ attack must find it. The phases run for a whole chunk of samples at once:
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec
 
 import eagerpy as ep
 import numpy as np
@@ -31,9 +32,22 @@ import numpy as np
 from attacks import backend
 from attacks.base import Attack, atleast_kd, check_gradient_support, check_inputs, lp_norms
 from attacks.models import Model, as_model
-from attacks.norms import norm_name, parse_p
+from attacks.norms import norm_name
 from pytest_attacktest.blocks import Blocks, block_size_for
+from pytest_attacktest.checks import (
+    attack_result,
+    ball_points,
+    boolean_mask,
+    check_affine_features,
+    check_labels,
+    check_logits,
+    forward_guard,
+    private_copy,
+    same_values,
+)
 from pytest_attacktest.features import FeatureFn, feature_extractor
+from pytest_attacktest.modelstate import preserved
+from pytest_attacktest.options import validate_engine_call
 from pytest_attacktest.readout import MIN_CLOSENESS, NOISE_FACTOR, Readouts, fit_readouts
 from pytest_attacktest.report import MAX_EXAMPLE_VALUES, MAX_EXAMPLES, Report, SampleResult
 from pytest_attacktest.routing import BinarizedModel
@@ -42,6 +56,11 @@ from pytest_attacktest.sampling import boundary_points, inner_points, repeat_eac
 #: Defaults, after the reference's case studies unless noted.
 DEFAULT_THRESHOLD = 0.95  #: the paper's pass threshold on ASR
 DEFAULT_MAX_INCONCLUSIVE = 0.1
+#: Fewest conclusive samples for a verdict. With fewer, luck decides: an
+#: attack that finds the adversarial for 80% of samples passes a one-sample
+#: test 80% of the time, a ten-sample one (all ten needed at the 0.95
+#: threshold) 11% of the time, and a 20-sample one (19 needed) 7%.
+DEFAULT_MIN_CONCLUSIVE = 10
 DEFAULT_GAP = 0.05  #: inner points within (1 - gap) * epsilon
 DEFAULT_CLOSENESS = 0.999
 MAX_INNER = 999  #: the reference's usual count; capped by the feature dimension
@@ -53,9 +72,29 @@ ROUNDING = 2.4e-7
 #: (with the clean point and the boundary points).
 NOISE_INNER = 8
 
+
+def ball_tolerance(dtype: Any) -> tuple[float, float]:
+    """(relative, absolute) slack of the ball check for inputs of ``dtype``.
+
+    Float32's (:data:`BALL_TOLERANCE`, :data:`ROUNDING`) for float32 and
+    float64; for half-precision inputs two of their ulps near 1, so that a
+    correct attack's ``x + delta``, rounded in float16 (0.200195 at 0.2), is
+    not read as outside the ball.
+    """
+    name = str(dtype)
+    if "bfloat16" in name:
+        ulp = 2.0**-7
+    elif "16" in name:
+        ulp = 2.0**-10
+    else:
+        return BALL_TOLERANCE, ROUNDING
+    return max(BALL_TOLERANCE, 2 * ulp), 2 * ulp
+
+
 UserAttack = Callable[[Any, Any, Any, float], Any]
 #: ``progress(phase, done, total)``: see :func:`binarization_test`.
 ProgressFn = Callable[[str, int, int], None]
+_P = ParamSpec("_P")
 
 
 def default_inner_points(feature_dim: int, n_boundary: int) -> int:
@@ -69,6 +108,24 @@ def default_inner_points(feature_dim: int, n_boundary: int) -> int:
     return int(max(1, min(MAX_INNER, feature_dim // 2 - n_boundary)))
 
 
+def _keeps_model_state(test: Callable[_P, Report]) -> Callable[_P, Report]:
+    """Run ``test`` with the user's torch modules restored afterwards (see :mod:`.modelstate`).
+
+    Why around the whole test as well as around each attack: the engine's own
+    forward passes of a model left in training mode update its batch-norm
+    statistics, and a later test of the session must see the model as the
+    user left it.
+    """
+
+    @functools.wraps(test)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> Report:
+        with preserved(args[0] if args else kwargs.get("model")):
+            return test(*args, **kwargs)
+
+    return run
+
+
+@_keeps_model_state
 def binarization_test(
     model: Any,
     x: Any,
@@ -86,11 +143,13 @@ def binarization_test(
     rescale_logits: str | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     max_inconclusive: float = DEFAULT_MAX_INCONCLUSIVE,
+    min_conclusive: int = DEFAULT_MIN_CONCLUSIVE,
     feature_passes: int = 1,
     verify_passes: int = 1,
     n_validation: int = 32,
     valid_input: Callable[[Any], Any] | None = None,
     chunk_size: int | None = None,
+    max_batch: int | None = None,
     seed: int = 0,
     stacklevel: int = 2,
     progress: ProgressFn | None = None,
@@ -123,6 +182,8 @@ def binarization_test(
             attack sees changes.
         threshold: minimum ASR over conclusive samples to pass.
         max_inconclusive: largest share of inconclusive samples for a verdict.
+        min_conclusive: fewest conclusive samples for a verdict (default 10,
+            :data:`DEFAULT_MIN_CONCLUSIVE`); fewer make the verdict ``error``.
         feature_passes: forward passes per training point (randomized defenses).
         verify_passes: the attack's point must be adversarial in each of these
             fresh forward passes (randomized defenses).
@@ -133,6 +194,10 @@ def binarization_test(
         chunk_size: samples processed together; by default sized so the chunk's
             sampled points use at most half the free device memory (CUDA) or
             1 GiB (CPU), and at most 4096 samples (:func:`auto_chunk_size`).
+        max_batch: the most inputs the model is given in one forward pass
+            (every pass: clean points, features, detector, and the attack's
+            passes through the binarized model); ``None``: sized by memory.
+            For models that refuse large batches.
         seed: makes the run reproducible.
         stacklevel: of the warnings issued at the end (the report keeps them too);
             wrappers pass a larger value so warnings point at the user's code.
@@ -148,15 +213,34 @@ def binarization_test(
         ValueError: bad epsilon, norm, sizes or inputs; FeatureError when no
             feature layer is usable (with how to pass one).
     """
-    p = parse_p(norm)
-    if rescale_logits not in (None, "fixed", "adaptive"):
-        raise ValueError(
-            f"rescale_logits must be None, 'fixed' or 'adaptive', got {rescale_logits!r}"
-        )
-    _check_settings(epsilon, gap, threshold, max_inconclusive, n_boundary, chunk_size)
+    epsilon, p, threshold, _ = validate_engine_call(
+        epsilon=epsilon,
+        norm=norm,
+        threshold=threshold,
+        engine={
+            "features": features,
+            "n_inner": n_inner,
+            "n_boundary": n_boundary,
+            "corners": corners,
+            "gap": gap,
+            "closeness": closeness,
+            "rescale_logits": rescale_logits,
+            "max_inconclusive": max_inconclusive,
+            "min_conclusive": min_conclusive,
+            "feature_passes": feature_passes,
+            "verify_passes": verify_passes,
+            "n_validation": n_validation,
+            "valid_input": valid_input,
+            "chunk_size": chunk_size,
+            "max_batch": max_batch,
+        },
+    )
     wrapped = as_model(model)
     x_, _ = wrapped.adopt(x)
     check_inputs(x_, wrapped, "put normalisation inside the model and pass inputs in the bounds")
+    x_ = private_copy(x_)  # the engine's own clean points: nothing the user runs can move them
+    blocks = Blocks(min(block_size_for(x_.shape[1:], _itemsize(x_)), max_batch or sys.maxsize))
+    classes, clean_logits = _clean_logits(wrapped, x_, blocks, max_batch)
     if isinstance(attack, Attack) and not math.isclose(attack.p, p):
         raise ValueError(
             f"the attack's norm ({attack.norm}) differs from the test's ({norm_name(p)}): "
@@ -164,7 +248,10 @@ def binarization_test(
         )
     if isinstance(attack, Attack):
         check_gradient_support(attack, wrapped)
-    extractor = feature_extractor(wrapped, features)
+    # Two inputs find the feature layer (batch norm in training mode needs two),
+    # small enough not to run out of memory outside the halving blocks.
+    probe = x_[: min(2, max_batch or 2)].raw
+    extractor = forward_guard(feature_extractor(wrapped, features, probe=probe), max_batch)
     name = repr(attack) if isinstance(attack, Attack) else getattr(attack, "__name__", repr(attack))
     settings = {
         "n_inner": n_inner,
@@ -177,6 +264,7 @@ def binarization_test(
         "verify_passes": verify_passes,
         "n_validation": n_validation,
         "chunk_size": chunk_size,
+        "max_batch": max_batch,
         "detector": valid_input is not None,
     }
     report = Report(
@@ -187,13 +275,24 @@ def binarization_test(
         max_inconclusive=max_inconclusive,
         seed=seed,
         settings=settings,
+        min_conclusive=min_conclusive,
     )
-    blocks = Blocks(block_size_for(x_.shape[1:], _itemsize(x_)))
+    if callable(features):  # the automatic finder's features are a Linear's input already
+        bounds = (wrapped.bounds.lower, wrapped.bounds.upper)
+        residual, unchecked = check_affine_features(
+            wrapped.logits,
+            extractor,
+            lambda m: ball_points(x_, m, float(epsilon), p, bounds, seed),
+            blocks,
+            x_[:1],
+            seed,
+        )
+        settings["features_residual"] = residual
+        if unchecked:
+            report.warnings.append(unchecked)
     if y is not None:
-        labels = np.asarray(backend.to_numpy(y)).reshape(-1)
-        with _no_grad(x_):
-            predicted = backend.to_numpy(blocks.concatenate(wrapped.logits, x_)).argmax(axis=1)
-        settings["clean_accuracy"] = float((predicted == labels).mean())
+        labels = check_labels(y, int(x_.shape[0]), classes)
+        settings["clean_accuracy"] = float((clean_logits.argmax(axis=1) == labels).mean())
     engine = _Engine(wrapped, extractor, attack, p, float(epsilon), report, seed, blocks)
     engine.n_inner = n_inner
     engine.options = settings
@@ -219,9 +318,32 @@ def binarization_test(
         settings["out_of_memory_retries"] = halvings
     if progress is not None:
         progress("done", engine.total, engine.total)
-    for warning in report.warnings:
-        warnings.warn(warning, stacklevel=stacklevel)
+    for warning in report.warnings:  # + 1: the frame of _keeps_model_state
+        warnings.warn(warning, stacklevel=stacklevel + 1)
     return report
+
+
+def _clean_logits(
+    model: Model, x: ep.Tensor, blocks: Blocks, max_batch: int | None
+) -> tuple[int, np.ndarray]:
+    """The model's logits of the clean points, checked: (classes, logits on the host).
+
+    The first forward pass of a test: a framework error here (dtype, device,
+    batch norm in training mode) is translated into the fix, the output's
+    shape and finiteness are checked, and a model that writes into its input
+    is refused (its own later passes would move the points under test).
+    """
+    forward = forward_guard(lambda raw: model.logits(backend.wrap(raw)).raw, max_batch)
+    before = private_copy(x)
+    with _no_grad(x):
+        logits = blocks.concatenate(lambda block: backend.wrap(forward(block.raw)), x)
+    if not same_values(before, x):
+        raise ValueError(
+            "the model modifies its input in place: clone it inside the model's forward "
+            "(x = x.clone()) so that the points under test stay where they are"
+        )
+    classes = check_logits(logits, int(x.shape[0]))
+    return classes, np.asarray(backend.to_numpy(logits))
 
 
 #: Host memory a chunk's sampled points may take when no GPU tells us more.
@@ -458,13 +580,7 @@ class _Engine:
 
     def _valid_block(self, points: ep.Tensor) -> ep.Tensor:
         assert self.valid_input is not None
-        mask = backend.wrap(self.valid_input(points.raw))
-        if tuple(mask.shape) != (points.shape[0],):
-            raise ValueError(
-                f"valid_input must return a boolean mask of shape ({points.shape[0]},), "
-                f"got shape {tuple(mask.shape)}"
-            )
-        return mask.astype(bool) if backend.tensor_framework(mask) == "numpy" else mask
+        return boolean_mask(self.valid_input(points.raw), points.shape[0], like=points)
 
     def _guarantee(
         self, binarized: BinarizedModel, x: ep.Tensor, boundary: ep.Tensor, readouts: Readouts
@@ -509,16 +625,30 @@ class _Engine:
         )
 
     def _attack_part(self, binarized: BinarizedModel, x: ep.Tensor, zeros: ep.Tensor) -> ep.Tensor:
+        # The attack gets its own copy: one that writes into its input must not
+        # move the clean points distances are measured from (nor the user's data).
+        given = private_copy(x)
+        try:
+            with preserved(self.model):  # the user's module as it was, whatever the attack did
+                return self._attack_copy(binarized, given, zeros)
+        finally:
+            if not same_values(given, x):
+                self._warn_once(
+                    f"the attack {self.report.attack} modified its input (the clean points) in "
+                    "place; distances are measured from the engine's own copy of the clean "
+                    "points, but the attack should work on a copy (x = x.clone())"
+                )
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self.report.warnings:
+            self.report.warnings.append(message)
+
+    def _attack_copy(self, binarized: BinarizedModel, x: ep.Tensor, zeros: ep.Tensor) -> ep.Tensor:
         if isinstance(self.attack, Attack):
             return backend.wrap(self.attack(binarized, x.raw, zeros.raw, epsilon=self.epsilon))
         native = binarized.as_native()
         out = self.attack(native, x.raw, zeros.raw, self.epsilon)
-        adv, _ = binarized.adopt(out)
-        if tuple(adv.shape) != tuple(x.shape):
-            raise ValueError(
-                f"the attack returned shape {tuple(adv.shape)} for inputs of shape {tuple(x.shape)}"
-            )
-        return adv.astype(x.dtype)
+        return attack_result(out, x, f"the attack function {self.report.attack}")
 
     def _verify(
         self,
@@ -537,8 +667,9 @@ class _Engine:
         index = ep.arange(x, s).astype(_index_dtype(x))
         distance = backend.to_numpy(lp_norms(x_adv - x, self.p)).astype(np.float64)
         flat = x_adv.flatten(start=1)
-        slack = ROUNDING * (1 if math.isinf(self.p) else flat.shape[1] ** (1 / self.p))
-        outside_ball = distance > self.epsilon * (1 + BALL_TOLERANCE) + slack
+        relative, rounding = ball_tolerance(x.dtype)
+        slack = rounding * (1 if math.isinf(self.p) else flat.shape[1] ** (1 / self.p))
+        outside_ball = distance > self.epsilon * (1 + relative) + slack
         outside_bounds = backend.to_numpy(
             ep.logical_or(flat.min(axis=1) < lo, flat.max(axis=1) > hi)
         )
@@ -680,26 +811,6 @@ def _setup_failure(
             f"{noise}; {float32}"
         )
     return ""
-
-
-def _check_settings(
-    epsilon: float,
-    gap: float,
-    threshold: float,
-    max_inconclusive: float,
-    n_boundary: int,
-    chunk_size: int | None,
-) -> None:
-    if not isinstance(epsilon, int | float) or not math.isfinite(epsilon) or epsilon <= 0:
-        raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
-    if not 0 < gap < 1:
-        raise ValueError(f"gap must be in (0, 1), got {gap}")
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    if not 0 <= max_inconclusive < 1:
-        raise ValueError(f"max_inconclusive must be in [0, 1), got {max_inconclusive}")
-    if n_boundary < 1 or (chunk_size is not None and chunk_size < 1):
-        raise ValueError("n_boundary and chunk_size must be >= 1")
 
 
 def _itemsize(x: ep.Tensor) -> int:

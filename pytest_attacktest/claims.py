@@ -289,7 +289,7 @@ def measure_robust_accuracy(
     from attacks import backend
     from attacks.base import Attack, check_inputs, lp_norms
     from attacks.models import Model, as_model
-    from pytest_attacktest.binarization import BALL_TOLERANCE, ROUNDING, _itemsize, _no_grad
+    from pytest_attacktest.binarization import _itemsize, _no_grad, ball_tolerance
     from pytest_attacktest.blocks import Blocks, block_size_for
 
     if y is None:
@@ -337,19 +337,19 @@ def measure_robust_accuracy(
     def accepted(points: ep.Tensor) -> np.ndarray:
         if valid_input is None:
             return np.ones(n, dtype=bool)
-        mask = np.asarray(backend.to_numpy(valid_input(points.raw))).astype(bool).reshape(-1)
-        if mask.shape != (n,):
-            raise ValueError(f"valid_input must return a boolean mask of shape ({n},)")
-        return mask
+        from pytest_attacktest.checks import boolean_mask
+
+        return np.asarray(backend.to_numpy(boolean_mask(valid_input(points.raw), n)))
 
     lo, hi = wrapped.bounds
     distance = backend.to_numpy(lp_norms(adv - x_, p)).astype(np.float64)
     flat = adv.flatten(start=1)
-    slack = ROUNDING * (1 if math.isinf(p) else flat.shape[1] ** (1 / p))
+    relative, rounding = ball_tolerance(x_.dtype)  # float16 rounds x + delta coarser
+    slack = rounding * (1 if math.isinf(p) else flat.shape[1] ** (1 / p))
     finite = np.isfinite(distance)
     inside = (
         finite
-        & (distance <= epsilon * (1 + BALL_TOLERANCE) + slack)
+        & (distance <= epsilon * (1 + relative) + slack)
         & ~backend.to_numpy(ep.logical_or(flat.min(axis=1) < lo, flat.max(axis=1) > hi))
     )
     clean_ok = correct(x_) & accepted(x_)

@@ -38,6 +38,7 @@ __all__ = [
     "parse_seed",
     "parse_threshold",
     "resolve_settings",
+    "validate_engine_call",
 ]
 
 #: Largest accepted seed. NumPy's legacy ``RandomState`` and several framework
@@ -60,11 +61,13 @@ ENGINE_KEYS: tuple[str, ...] = (
     "closeness",
     "rescale_logits",
     "max_inconclusive",
+    "min_conclusive",
     "feature_passes",
     "verify_passes",
     "n_validation",
     "valid_input",
     "chunk_size",
+    "max_batch",
 )
 
 #: The keyword arguments the ``attack_test`` marker (and the fixture's call
@@ -376,13 +379,52 @@ _ENGINE_CHECKS: dict[str, Callable[[object], object]] = {
     "closeness": _fraction("closeness", low_open=False),
     "rescale_logits": _check_rescale_logits,
     "max_inconclusive": _fraction("max_inconclusive", low_open=False),
+    "min_conclusive": _positive_int("min_conclusive"),
     "feature_passes": _positive_int("feature_passes"),
     "verify_passes": _positive_int("verify_passes"),
     "n_validation": _non_negative_int("n_validation"),
     "valid_input": _check_valid_input,
     "chunk_size": _positive_int("chunk_size"),
+    "max_batch": _positive_int("max_batch"),
 }
 assert tuple(_ENGINE_CHECKS) == ENGINE_KEYS
+
+
+#: Engine keys whose ``None`` means "the default" in a direct call (the marker
+#: takes ``None`` for the ones whose checker accepts it).
+_NONE_IS_DEFAULT = frozenset(
+    {"features", "n_inner", "rescale_logits", "valid_input", "chunk_size", "max_batch"}
+)
+
+
+def validate_engine_call(
+    *, epsilon: object, norm: object, threshold: object, engine: Mapping[str, object]
+) -> tuple[float, float, float, dict[str, object]]:
+    """Validate a direct ``binarization_test`` call's settings with the marker's rules.
+
+    Why one validation: the marker checked its arguments, a direct call did
+    not, so ``verify_passes=0`` raised ``UnboundLocalError`` deep in the
+    engine and ``epsilon=True`` ran as 1.0. Both paths now use the same
+    checkers (the marker through :func:`apply_kwargs`).
+
+    Returns:
+        ``(epsilon, p, threshold, engine)`` with numbers normalised (numpy
+        scalars to Python numbers, ints as int).
+
+    Raises:
+        SettingsError: naming the bad setting and what is accepted.
+    """
+    unknown = sorted(set(engine) - set(ENGINE_KEYS))
+    if unknown:
+        raise SettingsError(f"unknown engine setting(s) {', '.join(map(repr, unknown))}")
+    checked: dict[str, object] = {}
+    for key, value in engine.items():
+        if value is None and key in _NONE_IS_DEFAULT:
+            checked[key] = None
+        else:
+            checked[key] = _ENGINE_CHECKS[key](value)
+    _, p = _check_norm(norm)
+    return _check_epsilon(epsilon), p, _check_threshold(threshold), checked
 
 
 def apply_kwargs(settings: AttackTestSettings, kwargs: Mapping[str, object]) -> AttackTestSettings:

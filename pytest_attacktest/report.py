@@ -77,8 +77,9 @@ class Report:
 
     ``passed`` is True only when the attack success rate over conclusive
     samples reaches the threshold *and* the share of inconclusive samples is
-    at most ``max_inconclusive``; too many inconclusive samples make the test
-    an error (``verdict == "error"``), never a pass.
+    at most ``max_inconclusive`` *and* at least ``min_conclusive`` samples
+    are conclusive; too many inconclusive samples, or too few conclusive
+    ones, make the test an error (``verdict == "error"``), never a pass.
     """
 
     attack: str
@@ -95,6 +96,8 @@ class Report:
     #: :data:`MAX_EXAMPLES`): ``{"index", "shape", "bounds", "clean",
     #: "adversarial"}`` with flat lists of numbers; empty for large inputs.
     examples: list[dict[str, Any]] = field(default_factory=list)
+    #: Fewest conclusive samples for a verdict (:data:`MIN_CONCLUSIVE`).
+    min_conclusive: int = 0
 
     @property
     def n_samples(self) -> int:
@@ -129,7 +132,9 @@ class Report:
     @property
     def verdict(self) -> str:
         """``"passed"``, ``"failed"`` (attack too weak) or ``"error"`` (test not usable)."""
-        if self.n_conclusive == 0 or self.inconclusive_share > self.max_inconclusive:
+        if self.n_conclusive < max(1, self.min_conclusive):
+            return "error"
+        if self.inconclusive_share > self.max_inconclusive:
             return "error"
         return "passed" if self.asr >= self.threshold else "failed"
 
@@ -154,6 +159,11 @@ class Report:
             found.append(
                 "random points are already adversarial for "
                 f"{self.random_success_rate:.0%} of samples: the test is too easy to be informative"
+            )
+        if 0 < self.n_conclusive < self.min_conclusive:
+            found.append(
+                f"only {self.n_conclusive} conclusive samples: a verdict needs at least "
+                f"{self.min_conclusive} (test more samples)"
             )
         reasons: dict[str, int] = {}
         for s in self.samples:
@@ -185,6 +195,7 @@ class Report:
             "epsilon": self.epsilon,
             "threshold": self.threshold,
             "max_inconclusive": self.max_inconclusive,
+            "min_conclusive": self.min_conclusive,
             "seed": self.seed,
             "verdict": self.verdict,
             "passed": self.passed,

@@ -122,7 +122,8 @@ class BinarizedModel(Model):
     def as_native(self) -> Any:
         """The binarized model in the user's framework, for third-party attacks.
 
-        - PyTorch: an ``nn.Module`` in eval mode (the defended module registered).
+        - PyTorch: an ``nn.Module`` in eval mode (the defended module registered;
+          its ``.train()``/``.eval()`` leave the defended module's mode alone).
         - TensorFlow: a ``keras.Model`` (``model(x)``, ``model(x, training=False)``,
           ``tf.GradientTape``, ``tf.function`` at a fixed batch size); with Keras
           on another backend than TensorFlow, a callable taking the same arguments.
@@ -149,7 +150,7 @@ def _torch_module(binarized: BinarizedModel) -> Any:
         def __init__(self) -> None:
             super().__init__()
             # Register the defended torch module (looking through wrappers such
-            # as BPDA) so .parameters(), .eval() and .to() behave as expected.
+            # as BPDA) so .parameters() and .to() behave as expected.
             model: Any = binarized.defended
             while model is not None and not isinstance(model, torch.nn.Module):
                 native = getattr(model, "native", None)
@@ -161,6 +162,13 @@ def _torch_module(binarized: BinarizedModel) -> Any:
 
         def forward(self, x: Any) -> Any:
             return binarized._forward_native(x)
+
+        def train(self, mode: bool = True) -> BinarizedModule:
+            # Only this wrapper's flag: an attack's .eval() (torchattacks and
+            # many scripts call it) must not switch the user's defense, which
+            # is tested in the mode the user left it in.
+            self.training = mode
+            return self
 
     return BinarizedModule().eval()
 

@@ -129,7 +129,8 @@ def test_per_sample_mode_reaches_the_engines_verdicts_on_the_same_samples() -> N
     model, x = _mlp()
     common_kw: dict[str, Any] = {"epsilon": 0.2, "n_inner": 8, "n_validation": 4}
     strong = attacks.PGD("linf", steps=20)
-    ours = binarization_test(model, x, attack=strong, **common_kw)
+    # Six samples: below the engine's default minimum of conclusive samples.
+    ours = binarization_test(model, x, attack=strong, min_conclusive=6, **common_kw)
     ref = baseline.per_sample_test(model, x, attack=strong, **common_kw)
     assert ours.verdict == ref.verdict == "passed"
     assert ref.n_samples == 6
@@ -144,7 +145,7 @@ def test_per_sample_mode_reaches_the_engines_verdicts_on_the_same_samples() -> N
     ref = baseline.per_sample_test(model, x, attack=lazy, **common_kw)
     assert (ref.verdict, ref.asr) == ("failed", 0.0)
     assert all(s.logit_difference < 0 for s in ref.samples)
-    ours = binarization_test(model, x, attack=_identity, **common_kw)
+    ours = binarization_test(model, x, attack=_identity, min_conclusive=6, **common_kw)
     assert baseline.agreement(ours, ref)["same_verdict"]
 
 

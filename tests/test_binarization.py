@@ -135,7 +135,7 @@ def test_a_third_party_attack_on_the_native_module_that_reorders_and_subsets() -
 
 
 def test_numpy_model_needs_a_features_callable_and_a_gradient_free_attack() -> None:
-    x, y = held_out(8)
+    x, y = held_out(10)  # a verdict needs 10 conclusive samples
     with pytest.raises(FeatureError, match="features=callable"):
         binarization_test(numpy_mlp(), x, y, attack=identity, epsilon=EPS)
     from digits_models import mlp_weights
@@ -175,15 +175,19 @@ def test_named_layer_features() -> None:
 
 def test_too_many_inconclusive_samples_is_an_error_not_a_pass() -> None:
     """Constant features cannot separate anything: every sample is inconclusive."""
+
+    class ConstantFeatures(torch.nn.Module):
+        # A features callable must explain the logits (an affine check), so the
+        # constant features come from the model itself.
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 10)
+
+        def forward(self, t: Any) -> Any:
+            return self.fc(torch.ones(len(t), 4))
+
     x, y = _data(8)
-    report = binarization_test(
-        torch_mlp(),
-        x,
-        y,
-        attack=identity,
-        epsilon=EPS,
-        features=lambda t: torch.ones(len(t), 4),
-    )
+    report = binarization_test(ConstantFeatures(), x, y, attack=identity, epsilon=EPS)
     assert report.n_inconclusive == 8
     assert report.verdict == "error"
     assert not report.passed
@@ -260,7 +264,7 @@ def test_chunks_cover_every_sample_once() -> None:
     [
         ({"epsilon": 0.0}, "epsilon must be a positive"),
         ({"epsilon": -1.0}, "epsilon must be a positive"),
-        ({"threshold": 0.0}, "threshold must be in"),
+        ({"threshold": 0.0}, "threshold must be a number in"),
         ({"norm": "l0"}, "p must be >= 1"),
         ({"norm": "euclid"}, "unknown norm"),
         ({"attack": attacks.PGD("l2")}, "differs from the test's"),

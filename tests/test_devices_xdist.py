@@ -285,7 +285,7 @@ def test_nothing_is_pinned_unless_asked_for_under_xdist(
 ATTACK_TEST = """
     import pytest
 
-    @pytest.mark.attack_test(epsilon=0.2, n_validation=4, samples=8)
+    @pytest.mark.attack_test(epsilon=0.2, n_validation=4, samples=8, min_conclusive=8)
     def test_pgd(attack_test):
         import torch
         import attacks
