@@ -22,11 +22,12 @@ from __future__ import annotations
 import torch
 
 import attacks
-from pytest_attacktest.zoo.base import AttackSpec, Defense, fit
+from pytest_attacktest.zoo import training
+from pytest_attacktest.zoo.base import AttackSpec, Defense
 
 HIDDEN = 128
 WINNERS = 12
-LAYERS = 3
+LAYERS = 4
 
 
 class KWinners(torch.nn.Module):
@@ -42,7 +43,7 @@ class KWinners(torch.nn.Module):
 
 
 class KWTANet(torch.nn.Module):
-    """64-128-128-128-10 with k-WTA (12 of 128 units) after each hidden layer."""
+    """64-128-128-128-128-10 with k-WTA (12 of 128 units) after each hidden layer."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -54,6 +55,15 @@ class KWTANet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))  # type: ignore[no-any-return]
+
+
+def _train(model: torch.nn.Module) -> None:
+    assert isinstance(model, KWTANet)
+    x, y = training.training_digits()
+    branch = training.Branch((HIDDEN,) * LAYERS, mask=training.k_winners_mask(WINNERS))
+    trained = training.train([branch], x, y, seed=training.seed(), epochs=400)
+    linears = [m for m in model.body if isinstance(m, torch.nn.Linear)] + [model.head]
+    training.load(linears, [*trained.branches[0], trained.head])
 
 
 DEFENSE = Defense(
@@ -85,8 +95,8 @@ DEFENSE = Defense(
         attack=lambda model: attacks.PGD("linf", steps=10, restarts=40),
     ),
     build=KWTANet,
-    version=2,
-    train=lambda model: fit(model, epochs=150),
+    version=3,
+    train=_train,
     # Sparse features: inner points share most winners, so few of them are separable.
     options=lambda model: {"n_inner": 10},
 )
