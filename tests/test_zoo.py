@@ -231,29 +231,40 @@ def test_any_attack_runs_on_the_defense_as_shipped() -> None:
 # ---------------------------------------------------------------------- portability
 
 
-def test_zoo_training_is_independent_of_thread_count() -> None:
-    """Every defense trains to the same float32 weights with 1 and with 2 threads.
+def test_zoo_training_is_independent_of_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every defense trains to the same float32 weights with 1 and with 2 threads, bit for bit.
 
-    Bit for bit: the session's weights (trained with the session's BLAS
-    threads: 1 under xdist, 2 in CI's serial step) against a training with
-    the other count of BLAS (NumPy's) and torch threads, 2 or 1. A torch
-    training gave other weights with 1 and 2 threads, and the k-WTA verdict
-    followed them.
+    Each defense's whole training (its transformations, masks, subspace and
+    threshold, and every matrix product at its shapes) runs with 1 and with
+    2 BLAS (NumPy's) and torch threads. Epochs are capped at 8: how a product
+    is split across threads depends on its shapes, which are the same in
+    every epoch, so more epochs would test nothing more and cost minutes (a
+    2-thread BLAS next to another xdist worker crawls). A torch training gave
+    other weights with 1 and 2 threads, and the k-WTA verdict followed them.
     """
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    pools = threadpoolctl.threadpool_info()
-    blas = [pool["num_threads"] for pool in pools if pool["user_api"] == "blas"]
-    other = 2 if blas and max(blas) == 1 else 1
+    from pytest_attacktest.zoo import training
+
+    full, calls = training.train, []
+
+    def short(*args: Any, epochs: int, **kwargs: Any) -> Any:
+        calls.append(epochs)
+        return full(*args, epochs=min(epochs, 8), **kwargs)
+
+    monkeypatch.setattr(training, "train", short)
     for name in zoo.names():
         defense = zoo.get(name)
-        shipped = defense.model().state_dict()
-        with threadpoolctl.threadpool_limits(other, user_api="blas"):
-            torch.set_num_threads(other)
-            retrained = defense._train(0).state_dict()
-        assert list(retrained) == list(shipped), name
-        for key, value in shipped.items():
-            assert value.dtype == retrained[key].dtype, (name, key)
-            assert torch.equal(value, retrained[key]), (name, key)
+        states = []
+        for threads in (1, 2):
+            with threadpoolctl.threadpool_limits(threads, user_api="blas"):
+                torch.set_num_threads(threads)
+                states.append(defense._train(0).state_dict())
+        single, double = states
+        assert list(single) == list(double), name
+        for key, value in single.items():
+            assert value.dtype == double[key].dtype, (name, key)
+            assert torch.equal(value, double[key]), (name, key)
+    assert len(calls) == 2 * len(zoo.names())  # every defense trains through training.train
 
 
 # ---------------------------------------------------------------------- cache
