@@ -21,9 +21,12 @@ Common behaviour of every adapter:
   receive per-sample budgets by running once per distinct epsilon value on
   that subset of the batch, then reassembling the batch in order. The common
   case of one shared epsilon is a single call on the whole batch.
-* Randomness inside third-party code comes from that library's own RNG
-  (usually the framework's global one), not from our ``seed``: seed it
-  yourself (``torch.manual_seed``) for reproducible runs.
+* Randomness inside third-party code comes from the frameworks' global
+  RNGs. An adapter's ``seed`` is ``None`` by default: the binarization test
+  then seeds those RNGs with the test's seed around the call
+  (:mod:`attacks.seeding`), so ``--attack-test-seed`` reproduces the verdict.
+  Set ``adapter.seed = n`` to have the adapter seed them itself (for runs
+  outside the test); either way their states are restored afterwards.
 * Third-party libraries are imported lazily; a missing one is an
   ``ImportError`` that names the ``pip install`` command.
 """
@@ -38,7 +41,7 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from attacks import backend
+from attacks import backend, seeding
 from attacks.base import Attack, RunContext, atleast_kd
 from attacks.models import Model
 from attacks.norms import parse_p
@@ -242,7 +245,7 @@ class FromFunction(Attack):
             raise TypeError(f"fn must be a function (model, x, y, epsilon) -> x_adv, got {fn!r}")
         self.fn = fn
         self.p = parse_p(norm)
-        self.seed = None  # its randomness is its own
+        self.seed = None  # global RNGs: seeded by the caller (attacks.seeding)
         _set_uses_gradient(self, uses_gradient)
 
     def run(
@@ -253,11 +256,12 @@ class FromFunction(Attack):
         epsilon: Any = float(values[0]) if np.all(values == values[0]) else ctx.epsilon.raw
         labels = _native_labels(ctx.model, y)
         name = getattr(self.fn, "__name__", type(self.fn).__name__)
-        if target is None:
-            out = self.fn(ctx.model.native, x.raw, labels, epsilon)
-        else:
-            targets = _native_labels(ctx.model, target)
-            out = self.fn(ctx.model.native, x.raw, labels, epsilon, target=targets)
+        with seeding.seeded(self.seed):
+            if target is None:
+                out = self.fn(ctx.model.native, x.raw, labels, epsilon)
+            else:
+                targets = _native_labels(ctx.model, target)
+                out = self.fn(ctx.model.native, x.raw, labels, epsilon, target=targets)
         return _adopt_result(x, out, f"the attack function {name}")
 
 
@@ -312,7 +316,7 @@ class FromTorchattacks(Attack):
         self.p = parse_p(norm)
         self.eps_arg = eps_arg
         self.kwargs = kwargs
-        self.seed = None  # torchattacks draws from torch's global RNG
+        self.seed = None  # torchattacks draws from torch's global RNG (attacks.seeding)
         _import("torchattacks", "FromTorchattacks")
 
     def run(
@@ -337,7 +341,8 @@ class FromTorchattacks(Attack):
             attack.set_mode_targeted_by_label(quiet=True)
             return attack(xs, ts)
 
-        out = _by_epsilon(ctx, x, y, target, run_one)
+        with seeding.seeded(self.seed):
+            out = _by_epsilon(ctx, x, y, target, run_one)
         return _adopt_result(x, out, f"torchattacks via {self.factory!r}")
 
 
@@ -410,7 +415,8 @@ class FromAutoAttack(Attack):
                 f"or a callable (x, y) -> x_adv, got {type(attack).__name__}"
             )
 
-        out = _by_epsilon(ctx, x, y, None, run_one)
+        with seeding.seeded(self.seed):
+            out = _by_epsilon(ctx, x, y, None, run_one)
         return _adopt_result(x, out, "the AutoAttack-style attack")
 
 
@@ -457,7 +463,7 @@ class FromFoolbox(Attack):
                     f"L{own_p:g}; leave norm out or pick the matching Foolbox attack"
                 )
         self.attack = attack
-        self.seed = None  # Foolbox draws from the framework's global RNG
+        self.seed = None  # Foolbox draws from the framework's global RNG (attacks.seeding)
         _set_uses_gradient(self, uses_gradient)
 
     def _fmodel(self, fb: Any, ctx: RunContext, x: ep.Tensor) -> Any:
@@ -486,6 +492,6 @@ class FromFoolbox(Attack):
             _, clipped, _ = self.attack(fmodel, xs, criterion, epsilons=eps)
             return clipped
 
-        with _parameter_grads_kept(ctx.model.native):
+        with _parameter_grads_kept(ctx.model.native), seeding.seeded(self.seed):
             out = _by_epsilon(ctx, x, y, target, run_one)
         return _adopt_result(x, out, f"Foolbox's {type(self.attack).__name__}")

@@ -29,7 +29,7 @@ from typing import Any, ParamSpec
 import eagerpy as ep
 import numpy as np
 
-from attacks import backend
+from attacks import backend, seeding
 from attacks.base import Attack, atleast_kd, check_gradient_support, check_inputs, lp_norms
 from attacks.models import Model, as_model
 from attacks.norms import norm_name
@@ -620,9 +620,10 @@ class _Engine:
         own readouts, so a part is attacked exactly as it would be in the whole
         (random draws differ, as with any other batch split).
         """
-        return self.attack_blocks.gather(
-            lambda i, j: self._attack_part(binarized, x[i:j], zeros[i:j]), x.shape[0]
-        )
+        with seeding.seeded(self.seed if seeding.draws_from_global_rngs(self.attack) else None):
+            return self.attack_blocks.gather(
+                lambda i, j: self._attack_part(binarized, x[i:j], zeros[i:j]), x.shape[0]
+            )
 
     def _attack_part(self, binarized: BinarizedModel, x: ep.Tensor, zeros: ep.Tensor) -> ep.Tensor:
         # The attack gets its own copy: one that writes into its input must not

@@ -8,9 +8,11 @@ and two documented attacks: one that the obfuscation defeats and the adaptive
 one that breaks it. :meth:`Defense.run` puts these together so that any attack
 can be run against any defense in one call.
 
-Weights are trained on scikit-learn's digits (no download) at first use and
-cached on disk, keyed by the defense's ``version`` and the training seed, so a
-changed defense never loads stale weights. Training holds a lock file, so
+Weights are trained on scikit-learn's digits (no download) at first use, in
+NumPy float64 (:mod:`pytest_attacktest.zoo.training`: the same weights on every
+machine and thread count, which a torch training is not), and cached on disk,
+keyed by the defense's ``version`` and the training seed, so a changed defense
+never loads stale weights. Training holds a lock file, so
 parallel test workers sharing a cache train each defense once.
 """
 
@@ -79,30 +81,6 @@ def digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
 
 
-def fit(
-    model: torch.nn.Module,
-    *,
-    epochs: int = 300,
-    lr: float = 1e-2,
-    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> None:
-    """Full-batch Adam on cross-entropy over the training digits (seconds on a CPU).
-
-    ``augment`` transforms the batch every epoch (a randomized defense trains
-    on its own random transformation).
-    """
-    x, y = digits("train")
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        optimizer.zero_grad()
-        inputs = x if augment is None else augment(x)
-        loss = torch.nn.functional.cross_entropy(model(inputs), y)
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
-    model.eval()
-
-
 @dataclass(frozen=True)
 class AttackSpec:
     """A documented attack on one defense: how to build it and what it is given.
@@ -159,7 +137,9 @@ class Defense:
         weak: an attack the obfuscation defeats (fails the binarization test).
         adaptive: the adaptive attack that passes.
         build: the untrained architecture (also what cached weights load into).
-        train: trains a built model in place (called under a fixed torch seed).
+        train: trains a built model in place, called under ``torch.manual_seed(seed)``
+            (:func:`pytest_attacktest.zoo.training.seed` reads it). It must give the
+            same weights on every machine and thread count.
         options: engine keywords needed to test this defense faithfully,
             from the trained model (``valid_input`` for a detector, ...).
         version: bump when the architecture or training changes: the cache

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
+from pytest_attacktest.zoo import training
 from pytest_attacktest.zoo.attack_tools import LastIteratePGD
-from pytest_attacktest.zoo.base import MLP, AttackSpec, Defense, digits, fit
+from pytest_attacktest.zoo.base import MLP, AttackSpec, Defense
 
 EPSILON = 0.2
 COMPONENTS = 50
@@ -70,19 +72,20 @@ class DetectedMLP(torch.nn.Module):
 
 def _train(model: torch.nn.Module) -> None:
     assert isinstance(model, DetectedMLP)
-    fit(model.classifier, epochs=300)
-    x, _ = digits("train")
-    mean = x.mean(dim=0)
-    _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
-    model.mean.copy_(mean)
-    model.basis.copy_(vh[:COMPONENTS])
+    training.fit_mlp(model.classifier, epochs=300)
+    x, _ = training.training_digits()
+    mean, basis = training.principal_subspace(x, COMPONENTS)
+    model.mean.copy_(torch.from_numpy(mean))
+    model.basis.copy_(torch.from_numpy(basis))
     # Calibrate on points like the test's boundary points: uniform in the ball,
-    # scaled onto its surface, clipped to the bounds.
-    generator = torch.Generator().manual_seed(1)
-    noise = 2 * torch.rand(x.shape, generator=generator) - 1
-    noise = noise / noise.abs().amax(dim=1, keepdim=True)
-    noisy = (x + EPSILON * noise).clamp(0, 1)
-    model.threshold.copy_(torch.quantile(model.score(noisy), ACCEPTED))
+    # scaled onto its surface, clipped to the bounds (in float64, like training).
+    noise = np.random.default_rng(1).uniform(-1.0, 1.0, x.shape)
+    noise /= np.abs(noise).max(axis=1, keepdims=True)
+    noisy = np.clip(x + EPSILON * noise, 0, 1)
+    centred = noisy - mean.astype(np.float64)
+    wide = basis.astype(np.float64)
+    scores = np.linalg.norm(centred - (centred @ wide.T) @ wide, axis=1)
+    model.threshold.fill_(float(np.quantile(scores, ACCEPTED)))
 
 
 def _valid_input(model: torch.nn.Module) -> dict[str, Any]:
@@ -130,5 +133,6 @@ DEFENSE = Defense(
     ),
     build=DetectedMLP,
     train=_train,
+    version=2,
     options=_valid_input,
 )

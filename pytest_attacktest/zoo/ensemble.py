@@ -14,10 +14,12 @@ backward); attacking through that same surrogate (the twin returned by
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 import attacks
-from pytest_attacktest.zoo.base import AttackSpec, Defense, fit
+from pytest_attacktest.zoo import training
+from pytest_attacktest.zoo.base import AttackSpec, Defense
 
 LEVELS = 8
 LOW_PRECISION = 3
@@ -61,6 +63,24 @@ class EnsembleMLP(torch.nn.Module):
         return twin
 
 
+def _quantize_numpy(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return np.round(x * (LEVELS - 1)) / (LEVELS - 1)  # half to even, as torch.round
+
+
+def _train(model: torch.nn.Module) -> None:
+    """Members see the quantized input (what the straight-through estimator trains on)."""
+    assert isinstance(model, EnsembleMLP)
+    x, y = training.training_digits()
+    branches = [training.Branch((FULL_HIDDEN,))] + [
+        training.Branch((LOW_HIDDEN,), transform=_quantize_numpy) for _ in range(LOW_PRECISION)
+    ]
+    trained = training.train(branches, x, y, seed=training.seed(), epochs=300)
+    members = [model.full, *model.low]
+    linears = [member[0] for member in members] + [model.head]
+    layers = [layer for branch in trained.branches for layer in branch] + [trained.head]
+    training.load(linears, layers)
+
+
 def _straight_through(model: torch.nn.Module) -> EnsembleMLP:
     assert isinstance(model, EnsembleMLP)
     return model.with_straight_through()
@@ -99,5 +119,6 @@ DEFENSE = Defense(
         model=_straight_through,
     ),
     build=EnsembleMLP,
-    train=lambda model: fit(model, epochs=300),
+    train=_train,
+    version=2,
 )

@@ -13,8 +13,10 @@ Caveat, measured: the discontinuities also make the binarization test's
 readout generalize poorly, so for most samples some random point of the ball
 is already adversarial (``random_success_rate`` 0.9 on average). This entry
 therefore separates attacks that follow one gradient path from attacks that
-explore; it is the least tight entry of the zoo (over 3 trainings x 3 seeds
-PGD-50 scored 0.75-0.84 and the restarts 0.97-1.0).
+explore; it is the least tight entry of the zoo: over 3 trainings x 2 engine
+seeds PGD-50 scored 0.74-0.88 and the restarts 1.0 (0.74 for training and
+engine seed 0). Four k-WTA layers and 400 epochs: three layers, or fewer
+epochs, gave PGD-50 0.81-0.91 at seed 0.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from __future__ import annotations
 import torch
 
 import attacks
-from pytest_attacktest.zoo.base import AttackSpec, Defense, fit
+from pytest_attacktest.zoo import training
+from pytest_attacktest.zoo.base import AttackSpec, Defense
 
 HIDDEN = 128
 WINNERS = 12
-LAYERS = 3
+LAYERS = 4
 
 
 class KWinners(torch.nn.Module):
@@ -42,7 +45,7 @@ class KWinners(torch.nn.Module):
 
 
 class KWTANet(torch.nn.Module):
-    """64-128-128-128-10 with k-WTA (12 of 128 units) after each hidden layer."""
+    """64-128-128-128-128-10 with k-WTA (12 of 128 units) after each hidden layer."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -54,6 +57,15 @@ class KWTANet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))  # type: ignore[no-any-return]
+
+
+def _train(model: torch.nn.Module) -> None:
+    assert isinstance(model, KWTANet)
+    x, y = training.training_digits()
+    branch = training.Branch((HIDDEN,) * LAYERS, mask=training.k_winners_mask(WINNERS))
+    trained = training.train([branch], x, y, seed=training.seed(), epochs=400)
+    linears = [m for m in model.body if isinstance(m, torch.nn.Linear)] + [model.head]
+    training.load(linears, [*trained.branches[0], trained.head])
 
 
 DEFENSE = Defense(
@@ -85,8 +97,8 @@ DEFENSE = Defense(
         attack=lambda model: attacks.PGD("linf", steps=10, restarts=40),
     ),
     build=KWTANet,
-    version=2,
-    train=lambda model: fit(model, epochs=150),
+    version=3,
+    train=_train,
     # Sparse features: inner points share most winners, so few of them are separable.
     options=lambda model: {"n_inner": 10},
 )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import attacks
 from pytest_attacktest.zoo.attack_tools import RandomNoise
-from pytest_attacktest.zoo.base import MLP, AttackSpec, Defense, fit
+from pytest_attacktest.zoo.base import MLP, AttackSpec, Defense
+from pytest_attacktest.zoo.training import fit_mlp
 
 DEFENSE = Defense(
     name="plain",
@@ -34,5 +35,6 @@ DEFENSE = Defense(
         attack=lambda model: attacks.PGD("linf", steps=20),
     ),
     build=MLP,
-    train=lambda model: fit(model, epochs=300),
+    train=lambda model: fit_mlp(model, epochs=300),  # type: ignore[arg-type]
+    version=2,
 )

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 import attacks
-from pytest_attacktest.zoo.base import MLP, AttackSpec, Defense, digits, fit
+from pytest_attacktest.zoo import training
+from pytest_attacktest.zoo.base import MLP, AttackSpec, Defense
 
 COMPONENTS = 40
 #: Grey levels are multiples of 1 / LEVEL_STEPS (five levels in [0, 1]).
@@ -69,12 +71,22 @@ class PurifiedMLP(torch.nn.Module):
 
 def _train(model: torch.nn.Module) -> None:
     assert isinstance(model, PurifiedMLP)
-    x, _ = digits("train")
-    mean = x.mean(dim=0)
-    _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
-    model.mean.copy_(mean)
-    model.basis.copy_(vh[:COMPONENTS])
-    fit(model, epochs=300)
+    x, _ = training.training_digits()
+    mean, basis = training.principal_subspace(x, COMPONENTS)
+    model.mean.copy_(torch.from_numpy(mean))
+    model.basis.copy_(torch.from_numpy(basis))
+
+    def purify(u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """:meth:`PurifiedMLP.purify` in float64 (the classifier trains on purified digits)."""
+        wide = basis.astype(np.float64)
+        centred = u - mean.astype(np.float64)
+        v = np.clip(mean + (centred @ wide.T) @ wide, 0, 1)
+        scale = 2 * math.pi * LEVEL_STEPS
+        for _ in range(ITERATIONS):
+            v = v - np.sin(scale * v) / scale
+        return np.asarray(v)
+
+    training.fit_mlp(model.classifier, epochs=300, transform=purify)
 
 
 def _with_bpda(model: torch.nn.Module) -> attacks.BPDA:
@@ -116,4 +128,5 @@ DEFENSE = Defense(
     ),
     build=PurifiedMLP,
     train=_train,
+    version=2,
 )

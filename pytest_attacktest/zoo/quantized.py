@@ -9,10 +9,12 @@ differentiates the identity instead of the rounding.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 import attacks
-from pytest_attacktest.zoo.base import MLP, AttackSpec, Defense, fit
+from pytest_attacktest.zoo.base import MLP, AttackSpec, Defense
+from pytest_attacktest.zoo.training import fit_mlp
 
 LEVELS = 4
 
@@ -20,6 +22,15 @@ LEVELS = 4
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """Each pixel to the nearest of LEVELS grey levels (gradient zero almost everywhere)."""
     return torch.round(x * (LEVELS - 1)) / (LEVELS - 1)
+
+
+def _quantize_numpy(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return np.round(x * (LEVELS - 1)) / (LEVELS - 1)  # half to even, as torch.round
+
+
+def _train(model: torch.nn.Module) -> None:
+    assert isinstance(model, QuantizedMLP)
+    fit_mlp(model.classifier, epochs=300, transform=_quantize_numpy)
 
 
 class QuantizedMLP(torch.nn.Module):
@@ -68,5 +79,6 @@ DEFENSE = Defense(
         model=_with_bpda,
     ),
     build=QuantizedMLP,
-    train=lambda model: fit(model, epochs=300),
+    train=_train,
+    version=2,
 )

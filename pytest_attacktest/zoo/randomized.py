@@ -16,11 +16,13 @@ inner points in the 256 features.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 import attacks
 from pytest_attacktest.zoo.attack_tools import OnModel
-from pytest_attacktest.zoo.base import MLP, AttackSpec, Defense, fit
+from pytest_attacktest.zoo.base import MLP, AttackSpec, Defense
+from pytest_attacktest.zoo.training import fit_mlp
 
 #: Largest shift in pixels (each axis draws 0..MAX_SHIFT).
 MAX_SHIFT = 1
@@ -38,6 +40,24 @@ def random_shift(x: torch.Tensor) -> torch.Tensor:
     cols = (dx[:, None] + steps[None]).reshape(n, 1, SIDE)
     batch = torch.arange(n, device=x.device).reshape(n, 1, 1)
     return images[batch, rows, cols].reshape(n, SIDE * SIDE)
+
+
+def _random_shift_numpy(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """:func:`random_shift` in NumPy, drawing from the training generator."""
+    n = x.shape[0]
+    images = np.pad(x.reshape(n, SIDE, SIDE), ((0, 0), (0, MAX_SHIFT), (0, MAX_SHIFT)))
+    dy = rng.integers(0, MAX_SHIFT + 1, size=(n,))
+    dx = rng.integers(0, MAX_SHIFT + 1, size=(n,))
+    steps = np.arange(SIDE)
+    rows = (dy[:, None] + steps[None]).reshape(n, SIDE, 1)
+    cols = (dx[:, None] + steps[None]).reshape(n, 1, SIDE)
+    shifted: np.ndarray = images[np.arange(n).reshape(n, 1, 1), rows, cols]
+    return shifted.reshape(n, SIDE * SIDE)
+
+
+def _train(model: torch.nn.Module) -> None:
+    assert isinstance(model, RandomShiftMLP)
+    fit_mlp(model.classifier, epochs=250, transform=_random_shift_numpy)
 
 
 class RandomShiftMLP(torch.nn.Module):
@@ -91,7 +111,7 @@ DEFENSE = Defense(
         attack=_eot_pgd,
     ),
     build=RandomShiftMLP,
-    train=lambda model: fit(model, epochs=250),
-    version=2,
+    train=_train,
+    version=3,
     options=lambda model: {"feature_passes": 24, "verify_passes": 8, "n_inner": 8},
 )

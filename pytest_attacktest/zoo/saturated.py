@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 import attacks
-from pytest_attacktest.zoo.base import MLP, AttackSpec, Defense, fit
+from pytest_attacktest.zoo.base import MLP, AttackSpec, Defense
+from pytest_attacktest.zoo.training import fit_mlp
 
 TEMPERATURE = 1000.0
 
@@ -38,7 +39,7 @@ class TemperatureMLP(torch.nn.Module):
 
 def _train(model: torch.nn.Module) -> None:
     assert isinstance(model, TemperatureMLP)
-    fit(model.classifier, epochs=300)  # trained at temperature 1, deployed at 1000
+    fit_mlp(model.classifier, epochs=300)  # trained at temperature 1, deployed at 1000
 
 
 DEFENSE = Defense(
@@ -68,5 +69,6 @@ DEFENSE = Defense(
     ),
     build=TemperatureMLP,
     train=_train,
+    version=2,
     options=lambda model: {"rescale_logits": "adaptive"},
 )
