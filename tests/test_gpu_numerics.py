@@ -153,6 +153,35 @@ def test_pgd_passes_under_bf16_autocast_channels_last_and_gpu_like_numerics() ->
     assert report.settings["forward_noise_median"] > 0
 
 
+def test_features_callable_check_stands_bf16_and_gpu_like_numerics_but_not_a_wrong_callable() -> (
+    None
+):
+    """A correct callable is accepted despite half-precision rounding and batch noise."""
+    from pytest_attacktest.features import FeatureError
+
+    net = torch_convnet()
+    x, y = _data(16)
+
+    def features(t: Any) -> Any:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return net.blocks(net.stem(t)).mean(dim=(2, 3))
+
+    def skips_the_stem(t: Any) -> Any:  # another model: its features ignore the stem's BN
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return net.blocks(net.stem[0](t)).mean(dim=(2, 3))
+
+    attack = attacks.PGD("linf", steps=5)
+    with torch_gpu_like(net, 1e-3):
+        report = binarization_test(
+            Autocast(net).eval(), x, y, attack=attack, epsilon=EPS, features=features
+        )
+        assert report.settings["features_residual"] > 1e-4  # the rounding was there
+        with pytest.raises(FeatureError, match="not an affine function"):
+            binarization_test(
+                Autocast(net).eval(), x, y, attack=attack, epsilon=EPS, features=skips_the_stem
+            )
+
+
 # ---------------------------------------------------------------------- no easier
 
 
