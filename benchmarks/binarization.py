@@ -299,7 +299,16 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
             **outcome(ref),
             "settings": {
                 k: ref.settings[k]
-                for k in ("n_inner", "n_boundary", "corners", "closeness", "noise_rule", "readout")
+                for k in (
+                    "n_inner",
+                    "n_boundary",
+                    "corners",
+                    "closeness",
+                    "noise_rule",
+                    "balanced",
+                    "rescale_logits",
+                    "readout",
+                )
             },
             "total_s": ref_total,
             "cpu_s": ref_cpu,

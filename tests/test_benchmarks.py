@@ -404,6 +404,8 @@ def test_binarization_benchmark_compares_with_the_case_study_setting(tmp_path: P
         "corners": True,
         "closeness": 0.9999,
         "noise_rule": False,
+        "balanced": False,
+        "rescale_logits": "adaptive",
         "readout": "sklearn",
     }
     assert summary["baseline_readout"] == "sklearn"
