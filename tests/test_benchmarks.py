@@ -473,3 +473,19 @@ def test_jax_step_benchmark_runs_both_loops_on_the_same_attack() -> None:
     for result in (eager, jit):
         assert result["call1_cpu_s"] > 0
         assert result["call2_cpu_s"] > 0
+
+
+def test_gpu_numerics_script_emulates_gpu_noise_on_the_cpu(tmp_path: Path) -> None:
+    numerics = _load("gpu_numerics")
+    argv = ["--device", "cpu", "--model", "mlp", "--samples", "4", "--reference-samples", "0"]
+    argv += ["--steps", "3", "--n-inner", "16", "--configs", "tf32"]
+    rows = []
+    for noise in ([], ["--emulate-noise", "1e-3"]):
+        path = tmp_path / f"n{len(noise)}.json"
+        numerics.main([*argv, *noise, "--json", str(path)])
+        rows.append(json.loads(path.read_text())["rows"][0])
+    exact, emulated = rows
+    assert exact["forward_noise_max"] == 0.0
+    assert emulated["forward_noise_median"] > 0.0
+    assert emulated["closeness_applied_min"] < exact["closeness_applied_min"]
+    assert emulated["reference_ms_per_sample"] is None
