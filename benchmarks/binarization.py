@@ -19,9 +19,20 @@ measures both in one run on the same model, samples and attack:
 3. the verdicts and, per sample, whether both found the sample conclusive and
    the attack successful.
 
-Models (``benchmarks/models.py``): ``mlp`` (the trained digits MLP, the CPU
-default), ``resnet18`` (32x32, the CUDA default) and ``resnet50`` (224x224),
-random weights for the ResNets. The attack is ``attacks.PGD("linf")`` with
+Beside every timing stand, for both modes, the share of conclusive samples,
+the random success rate and the forward-pass noise and closeness the setup
+applied: a run where most samples were inconclusive never attacked them, and
+is flagged ``not_a_result`` (in the output and the JSON) instead of being a
+speed figure. ``--baseline-setting reference`` runs the per-sample mode in
+the reference's own case-study setting (49 inner points, 10 corner boundary
+points, closeness 0.9999, unregularised logistic regression;
+``reference_baseline.CASE_STUDY``) instead of the engine's numbers.
+
+Models (``benchmarks/models.py``, all trained; ``--train-steps`` sets the
+ResNets' training, cached under ``benchmarks/out/weights/``): ``mlp`` (the
+digits MLP, the CPU default), ``resnet18`` (digits at 32x32, the CUDA
+default) and ``resnet50`` (digits at 224x224); the samples are held-out
+digits. The attack is ``attacks.PGD("linf")`` with
 ``--steps`` steps. One tiny warm-up run of each mode comes first (lazy
 initialisation, cuDNN autotuning), outside the timings.
 
@@ -90,6 +101,8 @@ baseline = _sibling("reference_baseline")
 ResNet18, digits_mlp = models.ResNet18, models.digits_mlp
 
 TARGET_SPEEDUP = 100.0  #: issue 6, at 512 samples
+#: A run with a smaller share of conclusive samples is not a result.
+MIN_CONCLUSIVE_SHARE = 0.5
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -128,6 +141,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "reference's) or the engine's minimum-norm formula in NumPy (same verdict rules, "
         "isolates the per-sample structure)",
     )
+    parser.add_argument(
+        "--baseline-setting",
+        choices=baseline.SETTINGS,
+        default="engine",
+        help="the per-sample mode's numbers: the engine's (n_inner, one boundary point, "
+        "closeness, noise rule) or the reference's case-study setting (49 inner, 10 corner "
+        "points, closeness 0.9999, logistic regression; --baseline-readout is then ignored)",
+    )
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="training steps of the ResNets (default: benchmarks/models.py's TRAIN_STEPS)",
+    )
     parser.add_argument("--no-warmup", action="store_true")
     parser.add_argument(
         "--what-if-position-routing",
@@ -160,7 +187,7 @@ def _peak_gib(device: str) -> float | None:
 def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Both modes on the same samples; rows per phase and a summary."""
     device = str(args.device)
-    problem = models.make_problem(args.model, args.samples, args.seed, device)
+    problem = models.make_problem(args.model, args.samples, args.seed, device, args.train_steps)
     attack = attacks.PGD("linf", steps=args.steps)
     shared = {
         "epsilon": problem.epsilon,
@@ -178,7 +205,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
                 problem.model,
                 problem.x[:1],
                 attack=quick,
-                n_inner=warm.settings["n_inner"],
+                **baseline_setting(args, warm.settings["n_inner"]),
                 **shared,
             )
 
@@ -211,10 +238,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
             problem.model,
             problem.x[:m],
             attack=attack,
-            n_inner=ours.settings["n_inner"],
             max_iter=args.max_iter,
             blas_threads=torch.get_num_threads(),
-            readout=args.baseline_readout,
+            **baseline_setting(args, ours.settings["n_inner"]),
             **shared,
         )
         ref_total, ref_cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -241,16 +267,18 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
         "samples": args.samples,
         "baseline_samples": m,
         "baseline_scaled": bool(m) and m < args.samples,
-        "baseline_readout": args.baseline_readout,
+        "baseline_readout": "sklearn"
+        if args.baseline_setting == "reference"
+        else args.baseline_readout,
+        "baseline_setting": args.baseline_setting,
+        "training": problem.training,
         "steps": args.steps,
         "n_inner": ours.settings["n_inner"],
         "n_validation": args.n_validation,
         "chunk_size": ours.settings["chunk_size"],
         "peak_gpu_gib": peak,
         "ours": {
-            "verdict": ours.verdict,
-            "asr": ours.asr,
-            "inconclusive": ours.n_inconclusive,
+            **outcome(ours),
             "total_s": ours_total,
             "cpu_s": ours_cpu,
             "ms_per_sample": 1000 * ours_total / args.samples,
@@ -268,9 +296,20 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
             "max": max(iterations, default=None),
         }
         summary["reference"] = {
-            "verdict": ref.verdict,
-            "asr": ref.asr,
-            "inconclusive": ref.n_inconclusive,
+            **outcome(ref),
+            "settings": {
+                k: ref.settings[k]
+                for k in (
+                    "n_inner",
+                    "n_boundary",
+                    "corners",
+                    "closeness",
+                    "noise_rule",
+                    "balanced",
+                    "rescale_logits",
+                    "readout",
+                )
+            },
             "total_s": ref_total,
             "cpu_s": ref_cpu,
             "ms_per_sample": 1000 * ref_total / m,
@@ -282,7 +321,84 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
             summary["speedup_position_routing"] = (
                 rows[-1]["reference_scaled_s"] / what_if["total_s"]
             )
+    summary["not_a_result"] = summary["ours"]["not_a_result"] or bool(
+        summary.get("reference", {}).get("not_a_result")
+    )
+    for row in rows:
+        row["ours_conclusive"] = summary["ours"]["conclusive_share"]
+        row["reference_conclusive"] = summary.get("reference", {}).get("conclusive_share")
     return rows, summary
+
+
+def baseline_setting(args: argparse.Namespace, n_inner: int) -> dict[str, Any]:
+    """The per-sample mode's keyword arguments: the engine's numbers or the case study's."""
+    if args.baseline_setting == "reference":
+        return dict(baseline.CASE_STUDY)
+    return {"n_inner": n_inner, "readout": args.baseline_readout}
+
+
+def outcome(report: Any) -> dict[str, Any]:
+    """What a run found, to stand beside its time: verdict, conclusive share, noise.
+
+    ``not_a_result``: most samples were inconclusive (never attacked), so the
+    run's time is not the time of a test.
+    """
+    n = report.n_samples
+    conclusive = n - report.n_inconclusive
+    share = conclusive / n if n else 0.0
+    noise = [s.noise for s in report.samples if math.isfinite(s.noise)]
+    applied = [s.closeness for s in report.samples if math.isfinite(s.closeness)]
+    reasons: dict[str, int] = {}
+    for s in report.samples:
+        if not s.conclusive:
+            reasons[s.reason] = reasons.get(s.reason, 0) + 1
+    settings = report.settings
+    return {
+        "verdict": report.verdict,
+        "asr": report.asr,
+        "inconclusive": report.n_inconclusive,
+        "conclusive": conclusive,
+        "conclusive_share": share,
+        "random_success_rate": report.random_success_rate,
+        "not_a_result": share < MIN_CONCLUSIVE_SHARE,
+        "inconclusive_reasons": reasons,
+        "forward_noise_median": settings.get(
+            "forward_noise_median", _median(noise) if noise else None
+        ),
+        "forward_noise_max": settings.get("forward_noise_max", max(noise, default=None)),
+        "closeness_applied_min": settings.get("closeness_applied_min", min(applied, default=None)),
+        "closeness_applied_median": settings.get(
+            "closeness_applied_median", _median(applied) if applied else None
+        ),
+    }
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def outcome_line(name: str, o: dict[str, Any]) -> str:
+    """One line: conclusive share, random success, noise and closeness, and the flag."""
+
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    return (
+        f"{name}: conclusive {o['conclusive']}/{o['conclusive'] + o['inconclusive']} "
+        f"({100 * o['conclusive_share']:.1f}%), random success {o['random_success_rate']:.3f}, "
+        f"forward noise median {num(o['forward_noise_median'], '.2e')} max "
+        f"{num(o['forward_noise_max'], '.2e')}, closeness applied min "
+        f"{num(o['closeness_applied_min'], '.4f')} median "
+        f"{num(o['closeness_applied_median'], '.4f')}"
+        + (
+            " -- NOT A RESULT: most samples were inconclusive (never attacked); reasons "
+            + "; ".join(f"{k} ({v})" for k, v in o["inconclusive_reasons"].items())
+            if o["not_a_result"]
+            else ""
+        )
+    )
 
 
 def _position_route(self: Any, x: Any) -> Any:
@@ -331,6 +447,12 @@ COLUMNS = [
     common.Column("per-sample s (measured)", "reference_s", common.fixed(2)),
     common.Column("per-sample s (all samples)", "reference_scaled_s", common.fixed(1)),
     common.Column("per-sample / ours", "ratio", common.ratio),
+    common.Column("conclusive ours", "ours_conclusive", lambda v: f"{100 * v:.1f}%"),
+    common.Column(
+        "conclusive per-sample",
+        "reference_conclusive",
+        lambda v: "-" if v is None else f"{100 * v:.1f}%",
+    ),
 ]
 
 
@@ -348,7 +470,14 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"ours: {ours['total_s']:.2f} s ({ours['ms_per_sample']:.2f} ms/sample; process CPU "
         f"time {ours['cpu_s']:.2f} s), verdict "
         f"{ours['verdict']}, ASR {ours['asr']:.3f}, inconclusive {ours['inconclusive']}",
+        outcome_line("ours", ours),
     ]
+    if summary["training"].get("test_accuracy") is not None:
+        t = summary["training"]
+        lines.append(
+            f"model trained {t['steps']} steps (held-out accuracy {t['test_accuracy']:.3f}"
+            + (", from the cache)" if t["cached"] else f", {t['train_s']:.1f} s)")
+        )
     what_if = summary.get("what_if_position_routing")
     if what_if is not None:
         lines.append(
@@ -363,7 +492,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         )
     ref = summary.get("reference")
     if ref is None:
-        return [*lines, "per-sample mode skipped (--baseline-samples 0)"]
+        lines.append("per-sample mode skipped (--baseline-samples 0)")
+        return [*lines, *_flag(summary)]
     agree = summary["agreement"]
     its = summary["sklearn_iterations"]
     how = (
@@ -375,7 +505,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         *lines,
         f"per-sample mode ({how}): {ref['total_s']:.2f} s for {summary['baseline_samples']} "
         f"({ref['ms_per_sample']:.1f} ms/sample; CPU time {ref['cpu_s']:.2f} s), verdict "
-        f"{ref['verdict']}, ASR {ref['asr']:.3f}, inconclusive {ref['inconclusive']}; "
+        f"{ref['verdict']}, ASR {ref['asr']:.3f}, inconclusive {ref['inconclusive']}, "
+        f"setting {summary['baseline_setting']}; "
         + (
             f"scikit-learn iterations mean {its['mean']:.0f}, max {its['max']} (max_iter "
             f"{its['max_iter']}, {its['blas_threads']} BLAS threads)"
@@ -391,6 +522,17 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"attack success on {agree['success_same']} of {agree['conclusive_both']} conclusive in "
         f"both (only ours {agree['success_only_ours']}, only per-sample "
         f"{agree['success_only_reference']})",
+        outcome_line("per-sample", ref),
+        *_flag(summary),
+    ]
+
+
+def _flag(summary: dict[str, Any]) -> list[str]:
+    if not summary["not_a_result"]:
+        return []
+    return [
+        "NOT A RESULT: most samples of a mode were inconclusive; its time is not the time "
+        "of a test (see the reasons above)"
     ]
 
 

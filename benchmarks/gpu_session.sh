@@ -11,6 +11,9 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       -d .whl eagerpy==0.30.0 foolbox==3.3.4 torchattacks==3.5.1 GitPython gitdb smmap
+# (the benchmarks' models train on scikit-learn's digits and the per-sample
+# baseline fits scikit-learn's logistic regression: where `python3 -c "import
+# sklearn"` fails on the GPU machine, add scikit-learn threadpoolctl joblib there.)
 # then on the GPU machine, with `.whl` carried:
 #   bash benchmarks/gpu_session.sh tests        # the CUDA tests, first (1-2 min)
 #   bash benchmarks/gpu_session.sh throughput   # PGD/APGD at batch 512 and 64, fast path
@@ -18,6 +21,9 @@
 #   bash benchmarks/gpu_session.sh e2e50        # whole test, ResNet-50 224x224, 512 samples
 #   bash benchmarks/gpu_session.sh scale18      # 64..4096 samples, ResNet-18
 #   bash benchmarks/gpu_session.sh scale50      # ResNet-50 224x224: probe, chunks, 64..512
+#   bash benchmarks/gpu_session.sh numerics     # issue 12's acceptance: trained ResNet-18 32x32
+#                                               # and ResNet-50 224x224 under TF32 + cudnn.benchmark
+#                                               # and bf16 autocast (exits 1 when a target is missed)
 #   bash benchmarks/gpu_session.sh dry          # print the commands only
 # ResNet-50 at 4096 samples is about 4.4 million forward passes (tens of
 # minutes): `scale50` measures the per-chunk peak and the time curve up to 512,
@@ -71,9 +77,12 @@ scale18 | dry)
 scale50 | dry)
     run scale50 $py $bench/scale.py --device cuda --model resnet50 --sizes 64,128,256,512 --chunk-size auto --probe --routing-sizes 22,512 --json "$out/scale-resnet50.json"
     ;;&
-tests | throughput | e2e18 | e2e50 | scale18 | scale50 | dry) ;;
+numerics | dry)
+    run numerics $py $bench/gpu_numerics.py --device cuda --json "$out/gpu-numerics.json"
+    ;;&
+tests | throughput | e2e18 | e2e50 | scale18 | scale50 | numerics | dry) ;;
 *)
-    echo "unknown part '$part': tests, throughput, e2e18, e2e50, scale18, scale50 or dry" >&2
+    echo "unknown part '$part': tests, throughput, e2e18, e2e50, scale18, scale50, numerics or dry" >&2
     exit 2
     ;;
 esac

@@ -200,6 +200,113 @@ def test_agreement_and_subset_match_samples_by_index() -> None:
     assert (agree["verdict_ours"], agree["verdict_reference"]) == ("failed", "failed")
 
 
+def _trained_mlp() -> tuple[Any, Any]:
+    """The benchmarks' trained digits MLP (256-d features) and 8 of its digits."""
+    models = _load("models")
+    net, x, _ = models.digits_mlp()
+    return net, torch.from_numpy(x[-8:])
+
+
+def test_per_sample_noise_rule_sets_up_under_gpu_like_numerics() -> None:
+    """Forward passes that change with the batch (GPU-like, r = 1e-3): the noise rule sets up.
+
+    Without it the closeness shift leaves 0.1% of the boundary logit, which the
+    noise flips: samples are inconclusive, as every one was on a GPU.
+    """
+    from gpu_numerics import torch_gpu_like
+
+    net, x = _trained_mlp()
+    kw: dict[str, Any] = {"epsilon": 0.1, "n_inner": 127, "n_validation": 4}
+    attack = attacks.PGD("linf", steps=5)
+    with torch_gpu_like(net, 1e-3):
+        ruled = baseline.per_sample_test(net, x, attack=attack, **kw)
+        bare = baseline.per_sample_test(net, x, attack=attack, noise_rule=False, **kw)
+    assert ruled.n_inconclusive == 0
+    assert all(0 < s.noise < 0.1 for s in ruled.samples)
+    assert all(0.4 <= s.closeness < engine.DEFAULT_CLOSENESS for s in ruled.samples)
+    assert bare.n_inconclusive >= 2
+    assert all(math.isnan(s.noise) for s in bare.samples)
+    assert {s.reason for s in bare.samples if not s.conclusive} == {
+        "the guaranteed adversarial is not adversarial in the final model"
+    }
+    # Exact arithmetic: the noise is zero and the closeness is the configured one.
+    exact = baseline.per_sample_test(net, x[:2], attack=attack, **kw)
+    assert [s.noise for s in exact.samples] == [0.0, 0.0]
+    assert [s.closeness for s in exact.samples] == pytest.approx([0.999, 0.999])
+
+
+def test_case_study_setting_is_the_references_and_sets_up_on_the_trained_mlp() -> None:
+    net, x = _trained_mlp()
+    ref = baseline.per_sample_test(
+        net, x[:4], attack=attacks.PGD("linf", steps=5), epsilon=0.1, **baseline.CASE_STUDY
+    )
+    settings = ref.settings
+    assert (settings["n_inner"], settings["n_boundary"], settings["corners"]) == (49, 10, True)
+    assert (settings["closeness"], settings["readout"]) == (0.9999, "sklearn")
+    assert ref.n_inconclusive == 0
+    assert all(s.closeness == pytest.approx(0.9999) for s in ref.samples)
+    assert 0.0 <= ref.random_success_rate <= 1.0
+
+
+def test_outcome_flags_a_mostly_inconclusive_run_as_not_a_result() -> None:
+    bench = _load("binarization")
+
+    def report(conclusive: int, total: int) -> Report:
+        samples = [
+            SampleResult(
+                index=i,
+                conclusive=i < conclusive,
+                success=True,
+                reason="" if i < conclusive else "the readout could not separate",
+            )
+            for i in range(total)
+        ]
+        return Report("a", "linf", 0.1, 0.95, 0.1, 0, {}, samples=samples)
+
+    bad = bench.outcome(report(1, 10))
+    assert bad["not_a_result"] is True
+    assert bad["conclusive_share"] == pytest.approx(0.1)
+    assert bad["inconclusive_reasons"] == {"the readout could not separate": 9}
+    assert "NOT A RESULT" in bench.outcome_line("ours", bad)
+    good = bench.outcome(report(10, 10))
+    assert good["not_a_result"] is False
+    assert "NOT A RESULT" not in bench.outcome_line("ours", good)
+
+
+def test_trained_resnet_is_seeded_cached_and_leaves_the_global_rng(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = _load("models")
+    monkeypatch.setattr(models, "HELD_OUT", 4)
+    monkeypatch.setitem(models.TRAIN_BATCH, "resnet18", 2)
+    state = torch.get_rng_state()
+    model, record = models.trained_resnet("resnet18", seed=3, steps=1, cache=tmp_path)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert record["cached"] is False
+    assert record["steps"] == 1
+    assert 0.0 <= record["test_accuracy"] <= 1.0
+    assert not model.training
+    again, cached = models.trained_resnet("resnet18", seed=3, steps=1, cache=tmp_path)
+    assert cached["cached"] is True
+    assert cached["test_accuracy"] == record["test_accuracy"]
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert [p.name for p in tmp_path.iterdir()] == ["resnet18-32px-seed3-steps1-cpu.pt"]
+    with pytest.raises(ValueError, match="no training for 'mlp'"):
+        models.trained_resnet("mlp")
+
+
+def test_digits_images_are_the_test_convnets_upscaling() -> None:
+    from convnets import images
+
+    models = _load("models")
+    x, y = models.digits_images(32)
+    ours, labels = images()
+    assert x.shape == (1797, 3, 32, 32)
+    np.testing.assert_allclose(x.numpy(), ours, atol=1e-6)
+    np.testing.assert_array_equal(y.numpy(), labels)
+
+
 # --------------------------------------------------------------------------- scale
 
 
@@ -275,6 +382,80 @@ def test_binarization_benchmark_runs_both_modes_and_records_them(tmp_path: Path)
     )
     assert document["metadata"]["seed"] == 0
     assert document["metadata"]["settings"]["model"] == "mlp"
+    for mode in ("ours", "reference"):
+        assert summary[mode]["conclusive_share"] == 1.0
+        assert summary[mode]["not_a_result"] is False
+        assert 0.0 <= summary[mode]["random_success_rate"] <= 1.0
+    assert summary["ours"]["forward_noise_max"] == 0.0  # exact CPU arithmetic
+    assert summary["not_a_result"] is False
+    assert summary["baseline_setting"] == "engine"
+    assert all(row["ours_conclusive"] == 1.0 for row in document["rows"])
+
+
+def test_binarization_benchmark_compares_with_the_case_study_setting(tmp_path: Path) -> None:
+    bench = _load("binarization")
+    path = tmp_path / "b.json"
+    argv = ["--samples", "3", "--baseline-samples", "2", "--steps", "2", "--n-validation", "2"]
+    extra = ["--device", "cpu", "--no-warmup", "--baseline-setting", "reference"]
+    assert bench.main([*argv, *extra, "--json", str(path)]) == 0
+    summary = json.loads(path.read_text())["summary"]
+    assert summary["reference"]["settings"] == {
+        "n_inner": 49,
+        "n_boundary": 10,
+        "corners": True,
+        "closeness": 0.9999,
+        "noise_rule": False,
+        "balanced": False,
+        "rescale_logits": "adaptive",
+        "readout": "sklearn",
+    }
+    assert summary["baseline_readout"] == "sklearn"
+    assert summary["reference"]["conclusive_share"] == 1.0
+    assert summary["reference"]["forward_noise_median"] is None  # not measured there
+
+
+def test_gpu_numerics_script_reports_targets_and_restores_torch_flags(tmp_path: Path) -> None:
+    numerics = _load("gpu_numerics")
+    flags = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
+    path = tmp_path / "n.json"
+    argv = ["--device", "cpu", "--model", "mlp", "--samples", "4", "--reference-samples", "1"]
+    argv += ["--steps", "3", "--n-inner", "16", "--float-logits", "--json", str(path)]
+    code = numerics.main(argv)
+    assert (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    ) == flags
+    document = json.loads(path.read_text())
+    rows = document["rows"]
+    assert [(r["model"], r["config"]) for r in rows] == [("mlp", "tf32"), ("mlp", "bf16")]
+    for row in rows:
+        assert 0.0 <= row["conclusive_share"] <= 1.0
+        assert row["reference_samples"] == 1
+        assert row["reference_ms_per_sample"] > 0
+        assert set(row["checks"]) == {
+            "conclusive_share",
+            "random_success",
+            "pgd_passes",
+            "fgsm_below_pgd",
+        }
+        assert row["ok"] == all(row["checks"].values())
+        assert row["ok"] == (
+            row["conclusive_share"] >= 0.95
+            and row["random_success_rate"] <= 0.05
+            and row["pgd_verdict"] == "passed"
+            and row["fgsm_asr"] < row["pgd_asr"]
+        )
+    assert document["summary"]["all_met"] == all(r["ok"] for r in rows)
+    assert code == (0 if document["summary"]["all_met"] else 1)
+    # On 4 digits of the MLP, FGSM is as successful as PGD: a missed target, exit code 1.
+    assert rows[0]["fgsm_asr"] == rows[0]["pgd_asr"]
+    assert rows[0]["checks"]["fgsm_below_pgd"] is False
+    assert code == 1
 
 
 # --------------------------------------------------------------------------- JAX step
@@ -293,3 +474,19 @@ def test_jax_step_benchmark_runs_both_loops_on_the_same_attack() -> None:
     for result in (eager, jit):
         assert result["call1_cpu_s"] > 0
         assert result["call2_cpu_s"] > 0
+
+
+def test_gpu_numerics_script_emulates_gpu_noise_on_the_cpu(tmp_path: Path) -> None:
+    numerics = _load("gpu_numerics")
+    argv = ["--device", "cpu", "--model", "mlp", "--samples", "4", "--reference-samples", "0"]
+    argv += ["--steps", "3", "--n-inner", "16", "--configs", "tf32"]
+    rows = []
+    for noise in ([], ["--emulate-noise", "1e-3"]):
+        path = tmp_path / f"n{len(noise)}.json"
+        numerics.main([*argv, *noise, "--json", str(path)])
+        rows.append(json.loads(path.read_text())["rows"][0])
+    exact, emulated = rows
+    assert exact["forward_noise_max"] == 0.0
+    assert emulated["forward_noise_median"] > 0.0
+    assert emulated["closeness_applied_min"] < exact["closeness_applied_min"]
+    assert emulated["reference_ms_per_sample"] is None
