@@ -484,8 +484,15 @@ class _Engine:
         self._phase("attack", offset)
         t = self._timed("fit", t)
 
-        zeros = _zeros_labels(x)
-        x_adv = self._run_attack(binarized, x, zeros, eps)
+        clean_ok, boundary_ok = guaranteed
+        if (readouts.robust & clean_ok & boundary_ok & ~rejected_training).any():
+            x_adv = self._run_attack(binarized, x, _zeros_labels(x), eps)
+        else:  # every sample is inconclusive already: the attack could decide nothing
+            x_adv = x
+            self.report.warnings.append(
+                f"no sample of {offset}..{offset + s - 1} could be set up: the attack was not run "
+                "on them (see the inconclusive reasons)"
+            )
         self._phase("verification", offset)
         t = self._timed("attack", t)
         if offset == 0:

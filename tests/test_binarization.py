@@ -373,6 +373,26 @@ def test_randomized_defense_success_must_hold_in_every_verification_pass() -> No
     assert all("forward-pass noise" in s.reason for s in loud.samples), loud.summary()
 
 
+def test_the_attack_is_not_run_when_no_sample_could_be_set_up() -> None:
+    """Noise no readout can stand: every sample is inconclusive before the attack."""
+    calls: list[int] = []
+
+    def counting(model: Any, x: Any, y: Any, epsilon: float) -> Any:
+        calls.append(len(x))
+        return x
+
+    x, y = _data(16)
+    torch.manual_seed(0)
+    report = binarization_test(NoisyFeatures(0.05), x, y, attack=counting, epsilon=EPS)
+    assert report.verdict == "error"
+    assert report.n_conclusive == 0
+    assert calls == []
+    assert any("the attack was not run" in w for w in report.warnings), report.warnings
+    torch.manual_seed(0)
+    binarization_test(NoisyFeatures(0.0), x, y, attack=counting, epsilon=EPS)
+    assert calls == [16]
+
+
 @pytest.mark.parametrize("mode", ["fixed", "adaptive"])
 def test_logit_rescaling_keeps_decisions_and_sets_the_scale(mode: str) -> None:
     """Rescaling multiplies each readout by a positive factor: same verdicts, new scale."""
