@@ -238,6 +238,7 @@ def binarization_test(
     wrapped = as_model(model)
     x_, _ = wrapped.adopt(x)
     check_inputs(x_, wrapped, "put normalisation inside the model and pass inputs in the bounds")
+    _check_epsilon_scale(epsilon, p, wrapped, x_)
     x_ = private_copy(x_)  # the engine's own clean points: nothing the user runs can move them
     blocks = Blocks(min(block_size_for(x_.shape[1:], _itemsize(x_)), max_batch or sys.maxsize))
     classes, clean_logits = _clean_logits(wrapped, x_, blocks, max_batch)
@@ -760,6 +761,27 @@ class _Engine:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _check_epsilon_scale(epsilon: float, p: float, model: Model, x: ep.Tensor) -> None:
+    """Refuse an epsilon whose ball holds the whole input domain.
+
+    Why: ``epsilon=8`` for pixel values in [0, 1] (meant: 8/255) runs, every
+    point of the domain is then in the ball, and the verdict blames the
+    attack. The largest distance inside the bounds is the domain's width in
+    Linf and ``width * D**(1/p)`` in Lp.
+    """
+    lo, hi = float(model.bounds.lower), float(model.bounds.upper)
+    dim = math.prod(int(d) for d in x.shape[1:])
+    largest = (hi - lo) * (1.0 if math.isinf(p) else dim ** (1.0 / p))
+    if epsilon >= largest:
+        raise ValueError(
+            f"epsilon={epsilon:g} is at least the largest {norm_name(p)} distance between two "
+            f"inputs in the bounds ({lo:g}, {hi:g}) ({largest:g}): every input would be in every "
+            "ball. Is epsilon on the inputs' scale (8/255 for pixel values in [0, 1])? Inputs in "
+            "another range need their bounds: attacks.Model(model, bounds=(low, high)), e.g. "
+            "bounds=(-1, 1)"
+        )
 
 
 def _noise_settings(report: Report) -> dict[str, Any]:

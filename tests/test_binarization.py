@@ -373,6 +373,23 @@ def test_randomized_defense_success_must_hold_in_every_verification_pass() -> No
     assert all("forward-pass noise" in s.reason for s in loud.samples), loud.summary()
 
 
+@pytest.mark.parametrize(
+    ("norm", "epsilon", "largest"), [("linf", 8.0, 1.0), ("linf", 1.0, 1.0), ("l2", 8.0, 8.0)]
+)
+def test_epsilon_on_another_scale_than_the_inputs_is_refused(
+    norm: str, epsilon: float, largest: float
+) -> None:
+    x, y = _data(16)  # 64 values in [0, 1]: largest Linf distance 1, L2 distance 8
+    with pytest.raises(ValueError, match=r"every input would be in every ball.*bounds="):
+        binarization_test(
+            torch_mlp(), x, y, attack=attacks.PGD(norm, steps=2), epsilon=epsilon, norm=norm
+        )
+    report = binarization_test(
+        torch_mlp(), x, y, attack=attacks.PGD(norm, steps=2), epsilon=0.99 * largest, norm=norm
+    )
+    assert report.n_samples == 16
+
+
 def test_the_attack_is_not_run_when_no_sample_could_be_set_up() -> None:
     """Noise no readout can stand: every sample is inconclusive before the attack."""
     calls: list[int] = []
