@@ -181,10 +181,17 @@ def test_in_place_noise_attack_is_a_random_attack() -> None:
 
 
 def _stateful_model() -> Any:
-    """The digits MLP with dropout and batch norm, in training mode, one layer frozen."""
+    """The digits MLP with dropout and batch norm, in training mode, one layer frozen.
+
+    The batch norm alone is in eval mode (mixed flags to restore) and the
+    dropout drops nothing: the model must be deterministic enough to set up,
+    else the engine rightly skips the attack and the state checks below would
+    not see it run.
+    """
     body, head = _split_mlp()
-    model = torch.nn.Sequential(body, torch.nn.BatchNorm1d(32), torch.nn.Dropout(0.1), head)
+    model = torch.nn.Sequential(body, torch.nn.BatchNorm1d(32), torch.nn.Dropout(0.0), head)
     model.train()
+    model[1].eval()
     head.weight.requires_grad_(False)
     return model
 
@@ -223,10 +230,12 @@ def test_user_model_state_is_unchanged_on_every_attack_path(attack: Any) -> None
     model = _stateful_model()
     before = state_of(model)
     x, y = _data(8)
-    binarization_test(model, x, y, attack=attack, epsilon=EPS, n_inner=8, n_validation=4)
+    report = binarization_test(model, x, y, attack=attack, epsilon=EPS, n_inner=8, n_validation=4)
+    assert report.n_conclusive > 0, report.summary()  # the attack ran
     assert state_of(model) == before
     assert model.training
     assert model[2].training  # dropout still on
+    assert not model[1].training  # batch norm still in eval mode
 
 
 def test_native_binarized_module_eval_leaves_the_defense_mode_alone() -> None:
