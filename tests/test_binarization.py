@@ -227,8 +227,10 @@ def test_detector_rejections_count_as_misses() -> None:
         attack=attacks.PGD(steps=30),
         epsilon=EPS,
         valid_input=reject_attack_points,
+        n_boundary=2,  # training batches are never 16 points long: only the attack's are
     )
     assert calls["n"] > 0
+    assert rejected.n_conclusive >= 10, rejected.summary()  # set up, attacked, rejected
     assert rejected.n_success == 0
     assert all(s.rejected for s in rejected.samples)
 
