@@ -429,14 +429,20 @@ class _Engine:
         self.report.timings[phase] += now - start
         return now
 
-    def features(self, points: ep.Tensor, passes: int = 1) -> ep.Tensor:
-        """Features of ``(M, ...)`` points, ``passes`` times: ``(passes, M, d)``."""
+    def features(
+        self, points: ep.Tensor, passes: int = 1, blocks: Blocks | None = None
+    ) -> ep.Tensor:
+        """Features of ``(M, ...)`` points, ``passes`` times: ``(passes, M, d)``.
+
+        In the test's forward blocks, or in ``blocks`` (another block size).
+        """
+        blocks = self.blocks if blocks is None else blocks
 
         def extract(block: ep.Tensor) -> ep.Tensor:
             return backend.wrap(self.extractor(block.raw))
 
         with _no_grad(points):
-            out = [self.blocks.concatenate(extract, points) for _ in range(passes)]
+            out = [blocks.concatenate(extract, points) for _ in range(passes)]
         return ep.stack(out, axis=0)
 
     def run_chunk(self, x: ep.Tensor, offset: int) -> None:
@@ -522,12 +528,7 @@ class _Engine:
         point_major = picked.transpose((1, 0, *range(2, picked.ndim)))
         flat = point_major.reshape((m * s, *tuple(train.shape[2:])))
         other = Blocks(max(1, min(self.blocks.size, m * s) // 2))
-
-        def extract(block: ep.Tensor) -> ep.Tensor:
-            return backend.wrap(self.extractor(block.raw))
-
-        with _no_grad(train):
-            fresh = other.concatenate(extract, flat)
+        fresh = self.features(flat, 1, other)[0]
         d = fresh.shape[-1]
         fresh = fresh.reshape((m, s, d)).transpose((1, 0, 2))
         fitted = ep.concatenate([feats[:, : 1 + k], feats[:, n - n_b : n]], axis=1)
