@@ -1,90 +1,24 @@
 """The attack-loop fast path: a gradient attack's whole step, captured once and replayed.
 
-Why: on a GPU a small batch is launch-bound. A PGD step of a ResNet-18 on 64
-CIFAR-sized images costs about as much as on 512, because the time goes into
-launching a few hundred kernels from Python, not into running them; the same
-step replayed from a CUDA graph is several times faster. PGD and APGD repeat one
-step with fixed shapes, which is exactly what a CUDA graph can replay.
+Why: on a GPU a small batch is launch-bound (the time goes into launching a
+few hundred kernels from Python, not into running them), and PGD and APGD
+repeat one step with fixed shapes, which is what a CUDA graph replays in one
+launch. The step (forward pass, gradient, the tracker's success check, the
+ascent step and the projection; APGD's momentum and best-point bookkeeping)
+maps a tuple of state tensors to a new tuple of the same shapes; checkpoints,
+restarts and random starts stay in Python between replays.
 
-What is captured: the whole step as the attack writes it: the forward pass,
-the gradient (``torch.autograd.grad``), the success check of the tracker, the
-ascent step and the projection (and APGD's momentum and best-point
-bookkeeping). The attack's state (iterate, tracker, APGD's best point and
-step sizes) is a tuple of tensors that the step maps to a new tuple of the
-same shapes. Checkpoints, restarts and random starts stay in Python between
-replays.
+Three runners: a manual ``torch.cuda.CUDAGraph`` capture (the default on
+CUDA), ``torch.compile`` of the step recorded with ``make_fx`` (opt-in), and
+JAX's ``jax.jit`` with the steps in one ``lax.fori_loop`` (opt-in). Capture is
+refused, and the attack runs eagerly from where it is, for models that are not
+torch or JAX, torch modules in training mode, randomized models, steps that
+cannot be recorded, and recorded steps that disagree with an eager step from
+the same state. Why it fell back is kept in ``attack.last_fast_path``.
 
-Design, and why this one:
-
-* **CUDA (``compile="auto"``, the default there): a manual
-  ``torch.cuda.CUDAGraph`` capture of the step.** The step runs its Python
-  once while the kernels are recorded; a replay launches them all at once and
-  writes the new state back into the same static buffers, so a step is one
-  ``graph.replay()``. No compiler runs, so the cost per attack call is three
-  eager steps (two warm-up steps and the check below, all real steps of the
-  attack) plus recording one step; the kernels are the eager ones, so the
-  results should be the eager path's, and the check below makes sure.
-  ``torch.compile(mode="reduce-overhead")`` would also give CUDA graphs, plus
-  fusion, but TorchDynamo cannot trace the step: it is written once in
-  EagerPy for four frameworks, and Dynamo stops at EagerPy's lazy imports and
-  module-name checks. Its compile time would also be paid in every attack
-  call (the graph holds that call's inputs).
-* **``torch.compile`` (opt-in: ``compile=True`` off CUDA, or a dict of
-  ``torch.compile`` arguments anywhere):** the step is first recorded at the
-  dispatcher level with ``make_fx`` (fake tensors: nothing is computed), which
-  runs all the Python, EagerPy included, once and keeps only the aten ops of
-  the forward pass, the backward pass and the update; that graph is compiled
-  with ``fullgraph=True, dynamic=False``. On a CPU this is not the default:
-  for the digits MLP of the benchmarks (batch 512) inductor made a step 25%
-  faster but cost 13 to 37 s to compile in a fresh process and about 1 s in
-  every later attack call, against about 1 s for a whole PGD-100 run.
-* **JAX (``compile=True``): the step traced by ``jax.jit`` and ``steps``
-  steps run in one ``lax.fori_loop``** (one device call per run of steps,
-  nothing read back in between). Not the default: on XLA:CPU it made a PGD
-  step on the digits MLP (batch 512) 4x faster (0.44 vs 1.78 ms of CPU) but
-  costs about 1.6 s of compilation in every attack call (the program holds
-  that call's model and data), so it pays off after about 900 steps there;
-  the eager JAX loop already runs a compiled gradient (:mod:`attacks.jaxjit`).
-  Not measured on a GPU. The step is traced twice and the two programs must
-  agree (hidden randomness, such as ``np.random`` in the model, would be
-  frozen); there is no eager reference step, since ``jax.jit`` executes the
-  traced step itself and one eager JAX step costs the per-operation
-  compilations this path avoids.
-* **Eager (``compile=False``, ``"auto"`` off CUDA, JAX under ``"auto"``,
-  TensorFlow and NumPy):** the same step function, called once per step.
-
-Capture is refused, and the attack runs eagerly from where it is (the
-results are then exactly the eager path's), when:
-
-* the model is neither a PyTorch nor a JAX model;
-* a torch module of the model is in training mode (dropout, batch-norm
-  statistics);
-* the model is randomized: a forward pass draws from torch's, NumPy's or
-  Python's global random generator, or two forward passes on the same input
-  disagree. A replayed graph would otherwise repeat one draw (or, for CUDA
-  graphs, draw in ways the eager model would not), and an attack that beats a
-  frozen draw proves nothing about the randomized model. Attack randomized
-  models through ``attacks.EOT``, eagerly;
-* the step cannot be recorded: it waits for a value on the host
-  (data-dependent control flow, ``.item()``; on CUDA also ``nonzero`` and
-  host data copied in), it breaks ``torch.compile``'s graph, or it changes a
-  shape;
-* the recorded step disagrees with the eager step: every capture is checked
-  once against an eager step from the same state (exactly for bit-exact
-  backends, up to a share of at most ``1e-3`` of the elements for fused or
-  nondeterministic kernels). For ``torch.compile`` that state is not the one
-  the step was traced on, so a trace that kept a value of its input shows. A
-  CUDA graph reads its buffers at every replay; its eager reference step runs
-  before recording, so that the eager and the graph's activations are never
-  held at once (the engine sizes its chunks to the device's memory).
-
-Why it falls back is kept in ``attack.last_fast_path`` (a
-:class:`FastPathStatus`) and, unless the eager path was the expected outcome
-(``compile=False``, or ``"auto"`` off CUDA), said in a warning.
-
-What it cannot detect: a model whose Python code changes what it computes from
-one call to the next without drawing random numbers (a call counter, a
-schedule read from a global) is recorded as it was at capture time.
+The design, each refusal and what the fast path cannot detect are described
+in ``docs/fast_path.md``; its measured cost and speed are in
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations

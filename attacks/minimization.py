@@ -91,7 +91,7 @@ def _direction_loss(loss: str, target: ep.Tensor | None) -> Loss:
     """``"auto"``: the soft margin untargeted, the logit difference targeted.
 
     Why: the runner-up lock-in is a choice of class, which a target removes;
-    targeted, the logit difference (the class to beat) ended 0.2-1% closer.
+    targeted, the logit difference (the class to beat) ended slightly closer.
     """
     if loss == "auto":
         loss = "margin" if target is not None else "soft-margin"
@@ -162,33 +162,27 @@ class FMN(Attack):
     plus a linear estimate of the distance to the boundary
     (``|margin| / ||grad||_dual``). Step size and gamma follow cosine annealing.
 
-    Two changes to the reference code, both measured on the digits MLP (whose
-    many pixels at 0 or 1 make clipping matter): the step is clipped to the
-    bounds *before* the ball projection (a radial or L1 projection of a point
-    inside the bounds stays inside them), so the radius is not lost to
-    clipping afterwards; and before the first success the radius grows by at
-    least ``1 + gamma`` per step on top of the linear estimate. Without these,
-    the linear estimate undershoots every step and the iterates creep towards
-    the boundary without crossing it: 1 of 64 samples fooled (L2), 60 of 64
-    (Linf, ``alpha_init=10``) and 62 of 64 (L1) in 100 steps; with them, all 64.
+    Three changes to the reference code, each at the same cost per step
+    (measured in ``benchmarks/RESULTS.md``, "Minimum-norm attacks"):
 
-    A third change: untargeted, the loss followed is :func:`soft_margin` by
-    default, not the logit difference. With the logit difference the iterates
-    settle on the boundary with the clean point's runner-up class; on the
-    digits MLP (64 held-out digits, 50 steps) 14 of 64 samples ended more
-    than 10% above PGD with bisection, most of them where a third class's
-    boundary is nearer (median L2 distance 0.458 vs 0.413 for PGD with
-    bisection, also at 200 steps); with the soft margin, at the same cost per
-    step, 3 of 64 and median 0.400 (Linf 0.0868 -> 0.0813, L1 0.905 -> 0.804).
-    Targeted (least-likely class) the logit difference stays: the soft margin
-    ended 0.2-0.8% further (L2 1.092 vs 1.094, Linf 0.199 vs 0.201).
+    - the step is clipped to the bounds *before* the ball projection (a radial
+      or L1 projection of a point inside the bounds stays inside them), so the
+      radius is not lost to clipping afterwards;
+    - before the first success the radius grows by at least ``1 + gamma`` per
+      step on top of the linear estimate, which otherwise undershoots every
+      step on inputs with many pixels at a bound, so that the iterates creep
+      towards the boundary without crossing it;
+    - untargeted, the loss followed is :func:`soft_margin`, not the logit
+      difference, with which the iterates settle on the boundary with the clean
+      point's runner-up class even where a third class's boundary is nearer.
+      Targeted the logit difference stays (a target already names the class).
 
     Args:
         norm: ``"l2"`` (default), ``"linf"`` or ``"l1"``.
         steps: iterations (paper default 100).
         alpha_init: initial step length (the L2 length of the step, in units of
-            the bounds' range), 1 for every norm as in the authors' code; for
-            L1 it gave smaller distances than 10 (median 0.82 vs 1.07 on digits).
+            the bounds' range), 1 for every norm as in the authors' code (for
+            L1 it also gave smaller distances than 10).
         alpha_final: final step length (default ``alpha_init / 100``).
         gamma_init: initial radius factor (paper: 0.05).
         gamma_final: final radius factor (0.001 as in the reference code).
@@ -200,17 +194,11 @@ class FMN(Attack):
     With epsilon the run follows the same trajectory as without (the budget
     does not bound the radius) and stops early once every sample is fooled
     inside it. Why not bound the radius by the budget: for L1 the projected
-    steps on the budget's sphere then stall, non-adversarial, where the
-    unbounded run, shrinking from outside, finds adversarials well inside it
-    (digits MLP, 50 steps, logit difference, eps = 1.33: 4 samples missed
-    whose unbounded distance is 0.46-0.89 eps; over nine quantiles of the
-    distances, up to 4 more robust samples than the distances allow, and
-    never fewer); for L2 and Linf it made no difference. So the robust
-    accuracy at any eps is the one the distances of the run without it give.
-    The price is in very short runs, which may end before the radius has
-    shrunk back below the budget: with the soft margin, robust samples summed
-    over the nine quantiles (of 576) were, bounded vs unbounded, L1 308 vs
-    313 at 10 steps, 297 vs 295 at 25; L2 and Linf within 1 either way.
+    steps on the budget's sphere stall, non-adversarial, where the unbounded
+    run, shrinking from outside, finds adversarials well inside it; so the
+    robust accuracy at any eps is the one the distances of the run without it
+    give. The price is in very short runs, which may end before the radius has
+    shrunk back below the budget.
     """
 
     minimizes_norm = True
@@ -382,26 +370,17 @@ class CarliniWagnerL2(Attack):
     binary search: after each run, samples that were fooled halve towards
     their lower bound, the others grow tenfold until an upper bound is known.
 
-    Two changes to the paper, both at the same cost per step, measured on the
-    digits MLP (64 held-out digits, 5 runs x 100 steps, stepsize 0.05,
-    initial_const 1; median L2 distance, PGD with bisection 0.413
-    untargeted, 1.107 to the least-likely class):
+    Two changes to the paper, both at the same cost per step (measured in
+    ``benchmarks/RESULTS.md``, "Minimum-norm attacks"):
 
     - untargeted, the hinge is active where the margin falls short of
       ``confidence``, but the term it pushes is :func:`soft_margin` (with the
       logit difference the runs settle on the boundary with the clean point's
-      runner-up class: 0.468 -> 0.423);
+      runner-up class);
     - each run of the binary search starts from the last iterate of the
       previous one, not from x: pixels at a bound start saturated in tanh
       space and take about ``(7.25 - 1) / stepsize`` steps to move at all, so
-      a fresh start spends each short run leaving saturation again
-      (untargeted 0.423 -> 0.414; targeted 1.136 -> 1.086, where the logit
-      difference stays: with the soft margin 1.094). With abort_early the
-      runs also end sooner (1.44 s -> 1.02 s here).
-
-    With the paper's 0.01 stepsize and initial_const 0.001 (9 x 1000 steps)
-    the medians went 0.458 -> 0.405 untargeted and 1.082 -> 1.081 targeted,
-    each in about half the time (abort_early).
+      a fresh start spends each short run leaving saturation again.
 
     Args:
         binary_search_steps: runs over ``c`` (9).
