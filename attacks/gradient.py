@@ -231,8 +231,8 @@ class PGD(Attack):
             (eval mode, not randomized, no host reads in the step) have their
             step captured in a CUDA graph; elsewhere the loop is eager.
             ``True``: also off CUDA, with ``torch.compile``; for JAX models the
-            whole loop as one ``jax.jit`` program (4x faster steps on XLA:CPU,
-            about a second of compilation per call). A dict: ``torch.compile``
+            whole loop as one ``jax.jit`` program (faster steps, but
+            a compilation in every call). A dict: ``torch.compile``
             with these keyword arguments, on any device. ``False``: eager.
             ``last_fast_path`` tells how the last call ran, and why.
     """

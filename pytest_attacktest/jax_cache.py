@@ -2,9 +2,8 @@
 
 Why: JAX compiles every eager operation once per shape and every jitted
 program of the engine and the attacks once per process, and a pytest run is a
-new process each time. For the digits MLP on a CPU the first JAX attack test
-of a fresh process took 8.9 s, 6.6 s of it compiling; with XLA's persistent
-cache filled by an earlier run it took 2.1 s (same verdict). Opt-in, because
+new process each time, so a short JAX attack test spends most of a fresh
+process compiling (figures in ``benchmarks/RESULTS.md``). Opt-in, because
 the setting is process-wide: it also caches the user's own JAX programs, in a
 folder the user chose.
 
