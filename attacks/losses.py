@@ -53,6 +53,28 @@ def margin(logits: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None = None) -> 
     return _pick(logits, target) - _other_max(logits, target)
 
 
+def soft_margin(logits: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None = None) -> ep.Tensor:
+    """The margin with the max over competing classes replaced by a log-sum-exp.
+
+    Untargeted ``log sum_{i!=y} exp(z_i) - z_y`` (the log-odds of not predicting
+    y); targeted ``z_t - log sum_{i!=t} exp(z_i)``. Why: its gradient is the
+    cross-entropy gradient divided by ``1 - p_y`` (``1 - p_t``), so it weighs
+    every competing class by its softmax share instead of following the
+    runner-up only, yet, unlike cross-entropy, it does not vanish when the
+    softmax saturates (it tends to the margin there). With two classes it is
+    the margin. Untargeted it bounds the margin from above, targeted from
+    below, so its sign alone does not decide success: the callers decide
+    success, and C&W which samples to push, on the margin itself.
+    """
+    own = target if target is not None else y
+    is_own = _is_class(logits, own)
+    others = ep.where(is_own, logits - _LARGE, logits)
+    top = others.max(axis=-1, keepdims=True)
+    lse = (others - top).exp().sum(axis=-1).log() + top[:, 0]
+    z_own = ep.where(is_own, logits, ep.zeros_like(logits)).sum(axis=-1)
+    return z_own - lse if target is not None else lse - z_own
+
+
 def cross_entropy(logits: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None = None) -> ep.Tensor:
     """Cross-entropy of the true class (untargeted) or minus that of the target (targeted)."""
     if target is None:
@@ -88,11 +110,19 @@ def dlr(logits: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None = None) -> ep.
     return -(_pick(logits, y) - _pick(logits, target)) / denominator
 
 
-LOSSES: dict[str, Loss] = {"ce": cross_entropy, "margin": margin, "dlr": dlr}
+LOSSES: dict[str, Loss] = {
+    "ce": cross_entropy,
+    "margin": margin,
+    "soft_margin": soft_margin,
+    "dlr": dlr,
+}
 
 
 def get_loss(name: str | Loss) -> Loss:
-    """A loss by name (``"ce"``, ``"margin"``, ``"dlr"``) or a callable passed through."""
+    """A loss by name (``"ce"``, ``"margin"``, ``"soft_margin"``, ``"dlr"``).
+
+    A callable is passed through.
+    """
     if callable(name):
         return name
     key = name.lower().replace("-", "_")

@@ -36,7 +36,7 @@ import eagerpy as ep
 from attacks import backend
 from attacks.base import Attack, RunContext, atleast_kd, lp_norms
 from attacks.gradient import loss_and_logits, project_ball
-from attacks.losses import Loss, cross_entropy, is_adversarial, margin
+from attacks.losses import Loss, cross_entropy, is_adversarial, margin, soft_margin
 from attacks.norms import parse_p
 
 #: Relative margin kept inside an epsilon budget, larger than the base class's
@@ -48,33 +48,6 @@ BUDGET_SLACK = 1e-5
 _UNBOUNDED = 1e10
 
 _DUAL = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}
-
-#: The large negative offset that removes one class from a log-sum-exp.
-_LARGE = 1e9
-
-
-def soft_margin(logits: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None = None) -> ep.Tensor:
-    """The margin with the max over competing classes replaced by a log-sum-exp.
-
-    Untargeted ``log sum_{i!=y} exp(z_i) - z_y`` (the log-odds of not predicting
-    y); targeted ``z_t - log sum_{i!=t} exp(z_i)``. Why: its gradient is the
-    cross-entropy gradient divided by ``1 - p_y`` (``1 - p_t``), so it weighs
-    every competing class by its softmax share instead of following the
-    runner-up only, yet, unlike cross-entropy, it does not vanish when the
-    softmax saturates (it tends to the margin there). With two classes it is
-    the margin. Untargeted it bounds the margin from above, targeted from
-    below, so its sign alone does not decide success: the callers decide
-    success, and C&W which samples to push, on the margin itself.
-    """
-    own = target if target is not None else y
-    columns = ep.arange(logits, logits.shape[-1]).astype(own.dtype).reshape((1, -1))
-    is_own = columns == own.reshape((-1, 1))
-    others = ep.where(is_own, logits - _LARGE, logits)
-    top = others.max(axis=-1, keepdims=True)
-    lse = (others - top).exp().sum(axis=-1).log() + top[:, 0]
-    z_own = ep.where(is_own, logits, ep.zeros_like(logits)).sum(axis=-1)
-    return z_own - lse if target is not None else lse - z_own
-
 
 #: What FMN and C&W can follow: the soft margin or the papers' logit difference.
 DIRECTION_LOSSES = {"soft-margin": soft_margin, "margin": margin}
