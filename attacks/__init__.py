@@ -9,15 +9,15 @@ from attacks import losses
 from attacks.adaptive import BPDA, EOT
 from attacks.apgd import APGD
 from attacks.base import Attack, distances
-from attacks.decision import HopSkipJump
 from attacks.ensemble import Ensemble
 from attacks.external import FromAutoAttack, FromFoolbox, FromFunction, FromTorchattacks
 from attacks.gradient import FGSM, PGD
+from attacks.hopskipjump import HopSkipJump
 from attacks.minimization import DDN, FMN, CarliniWagnerL2
 from attacks.models import Bounds, Model
 from attacks.norms import norm_name, parse_p
 from attacks.rescaling import clipping_aware_rescaling, rescale_and_clip
-from attacks.score import Square
+from attacks.square import Square
 
 __all__ = [
     "APGD",

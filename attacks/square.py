@@ -1,4 +1,4 @@
-"""Score-based attacks: the Square attack (Andriushchenko et al., ECCV 2020), Linf and L2.
+"""The Square attack (Andriushchenko et al., ECCV 2020), Linf and L2, on scores.
 
 Why a score-based attack: defenses that mask gradients (input quantization,
 saturated softmax, non-differentiable preprocessing) defeat PGD without being

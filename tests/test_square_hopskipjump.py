@@ -21,9 +21,9 @@ from digits_models import held_out, native_mlp
 from framework_support import framework_params, same_framework, to_native, to_numpy
 
 from attacks.base import distances
-from attacks.decision import HopSkipJump
 from attacks.gradient import PGD
-from attacks.score import CHECK_EVERY, ImageLayout, Square, eta, p_selection, square_size
+from attacks.hopskipjump import HopSkipJump
+from attacks.square import CHECK_EVERY, ImageLayout, Square, eta, p_selection, square_size
 
 
 @pytest.fixture(autouse=True, scope="module")

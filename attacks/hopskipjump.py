@@ -1,4 +1,4 @@
-"""Decision-based attacks: HopSkipJump (Chen, Jordan and Wainwright, IEEE S&P 2020), L2 and Linf.
+"""HopSkipJump (Chen, Jordan and Wainwright, IEEE S&P 2020), L2 and Linf, on labels only.
 
 Why: some defenses leave neither useful gradients nor trustworthy scores
 (randomised or thresholded outputs, detectors that change the scores). An
