@@ -302,6 +302,11 @@ TESTS = """
     def test_pgd(attack_test, model, data, pgd):
         x, y = data
         attack_test(model, x, y, attack=pgd, epsilon=0.1, chunk_size=8)
+
+
+    def test_claim(attack_test, model, data, pgd):
+        x, y = data
+        attack_test(model, x, y, attack=pgd, epsilon=0.1, n_validation=8, claim=0.25)
 """
 
 
@@ -314,19 +319,91 @@ def test_plugin_prints_progress_lines_only_when_on(tmp_path: Any) -> None:
         "-o",
         "attack_test_progress_interval=0",
     )
-    forced = run_pytest(path, *common, "--attack-test-progress")
-    forced.assert_outcomes(passed=1)
+    forced = run_pytest(path, *common, "--attack-test-progress", "-k", "test_pgd")
+    forced.assert_outcomes(passed=1, deselected=1)
     lines = [line for line in forced.outlines if line.startswith("[attacktest]")]
     label = "[attacktest] test_attack.py::test_pgd:"
-    assert f"{label} attack, 0/16 samples" in "\n".join(lines)
-    assert f"{label} attack, 8/16 samples" in "\n".join(lines)
+    phases = [line.split(", ")[0].removeprefix(f"{label} ") for line in lines]
+    # Every phase of both chunks, the attack's 10 PGD steps in each, then done.
+    chunk = ["sampling", "features", "fit", "attack", *["attack"] * 11, "verification"]
+    assert phases == [*chunk, *chunk, "done"]
+    text = "\n".join(lines)
+    assert f"{label} attack, 0/16 samples, step 0/10, " in text
+    assert f"{label} attack, 8/16 samples, step 10/10, " in text
+    step = next(line for line in lines if "0/16 samples, step 5/10" in line)
+    assert "ETA ?" not in step  # an estimate from the steps, inside the first chunk
     assert lines[-1].startswith(f"{label} done, 16 samples in ")
 
     # Captured output is not a terminal: auto mode stays silent, as does off.
     for extra in ((), ("--attack-test-progress=off",)):
-        quiet = run_pytest(path, *common, *extra)
-        quiet.assert_outcomes(passed=1)
+        quiet = run_pytest(path, *common, *extra, "-k", "test_pgd")
+        quiet.assert_outcomes(passed=1, deselected=1)
         assert not [line for line in quiet.outlines if line.startswith("[attacktest]")]
+
+
+def test_the_claim_gates_attack_shows_before_the_test_is_done(tmp_path: Any) -> None:
+    path = make_project(tmp_path, TESTS)
+    result = run_pytest(
+        path,
+        "--attack-test",
+        "--attack-test-samples",
+        "16",
+        "-o",
+        "attack_test_progress_interval=0",
+        "--attack-test-progress",
+        "-k",
+        "test_claim",
+    )
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)  # either verdict
+    label = "[attacktest] test_attack.py::test_claim:"
+    lines = [line.removeprefix(f"{label} ") for line in result.outlines if label in line]
+    phases = [line.split(", ")[0] for line in lines]
+    assert phases.count("done") == 1
+    assert phases[-1] == "done"
+    claim = phases.index("claim")
+    assert phases[:claim][-1] == "verification"  # after the binarization test's attack
+    assert lines[claim].startswith("claim, 0/16 samples, ")
+    assert set(phases[claim:-1]) == {"claim"}
+    assert any(line.startswith("claim, 0/16 samples, step 10/10, ") for line in lines)
+
+
+def test_zoo_training_is_announced_once(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from pytest_attacktest import zoo
+
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path))
+    untrained = dataclasses.replace(zoo.get("plain"), name="toy", train=lambda module: None)
+    lines: list[str] = []
+    untrained.model(announce=lines.append)
+    assert lines[0] == "training zoo model toy (first use, then cached) ..."
+    assert lines[1].startswith("trained zoo model toy in ")
+    assert len(lines) == 2
+    untrained.model(announce=lines.append)  # cached now: nothing to say
+    assert len(lines) == 2
+
+
+def test_a_bench_cell_says_it_trains_its_zoo_model(tmp_path: Any) -> None:
+    path = tmp_path / "project"
+    path.mkdir()
+    (path / "pytest.ini").write_text("[pytest]\n")
+    result = run_pytest(
+        path,
+        "--attack-test",
+        "--attack-bench",
+        "FGSM()",
+        "--attack-test-samples",
+        "8",
+        "-k",
+        "plain",
+        "--attack-test-progress",
+        env={"PYTEST_ATTACKTEST_ZOO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
+    )
+    result.assert_outcomes(passed=1, deselected=7)
+    label = "[attacktest] attack-bench::plain[FGSM()]:"
+    lines = [line for line in result.outlines if line.startswith(label)]
+    assert lines[0] == f"{label} training zoo model plain (first use, then cached) ..."
+    assert lines[1].startswith(f"{label} trained zoo model plain in ")
 
 
 def test_bad_progress_mode_is_a_usage_error(tmp_path: Any) -> None:
