@@ -104,6 +104,7 @@ def test_engine_passes_the_attacks_steps_within_each_chunk() -> None:
         (lambda a: a.APGD("l1", steps=10), 10),
         (lambda a: a.Square(queries=6, restarts=2), 12),
     ],
+    ids=["pgd-restarts", "apgd-restarts", "apgd-targeted", "apgd-l1", "square"],
 )
 def test_attacks_count_every_step_only_when_someone_listens(make: Any, total: int) -> None:
     import attacks
