@@ -5,7 +5,7 @@ This package knows nothing of pytest: it is the attack library that
 the caller's framework (NumPy, PyTorch, TensorFlow, JAX).
 """
 
-from attacks import losses
+from attacks import losses, progress
 from attacks.adaptive import BPDA, EOT
 from attacks.apgd import APGD
 from attacks.base import Attack, distances
@@ -43,6 +43,7 @@ __all__ = [
     "losses",
     "norm_name",
     "parse_p",
+    "progress",
     "rescale_and_clip",
 ]
 

@@ -33,7 +33,7 @@ import math
 
 import eagerpy as ep
 
-from attacks import backend, fast_path
+from attacks import backend, fast_path, progress
 from attacks.base import Attack, RunContext, atleast_kd
 from attacks.gradient import (
     _gradient_norm,
@@ -155,7 +155,9 @@ class APGD(Attack):
         best_x, best_score = x, margin(clean, y, target)
         name = type(self).__name__
         status = fast_path.plan(self.compile, ctx.model, x, name)
+        counter = progress.counter(len(loss_targets) * self.restarts * self.steps)
         run = _Run(self, ctx, x, y, target, status, targeted=loss_targets[0] is not None)
+        run.loop.counter = counter
         for loss_target in loss_targets:
             for _ in range(self.restarts):
                 x_run, found, best = run.single(found, best, loss_target)
@@ -278,6 +280,8 @@ class _Run:
         zeros = ep.zeros_like(loss)  # rises: steps since the last checkpoint whose loss rose
         state: fast_path.State = (x_adv, x_adv, grad, loss, zeros, x_adv, grad, loss, eps * 2.0)
         state = self._body((*state, found, best, *extra), momentum=False)  # step 0
+        if self.loop.counter is not None:
+            self.loop.counter.advance()
         loss_best_at_check = loss
         reduced_at_check = ep.ones_like(loss).bool()  # AutoAttack: no rule (b) at the first check
         intervals = checkpoint_intervals(self.attack.steps)

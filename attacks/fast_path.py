@@ -34,7 +34,7 @@ from typing import Any, Literal
 import eagerpy as ep
 import numpy as np
 
-from attacks import backend
+from attacks import backend, progress
 from attacks.models import Model
 
 State = tuple[ep.Tensor, ...]
@@ -282,10 +282,19 @@ class StepLoop:
     eager state.
     """
 
-    def __init__(self, step: Step, status: FastPathStatus, name: str = "attack") -> None:
+    def __init__(
+        self,
+        step: Step,
+        status: FastPathStatus,
+        name: str = "attack",
+        counter: progress.Counter | None = None,
+    ) -> None:
         self._step = step
         self.status = status
         self._name = name
+        #: Told of every step done (:mod:`attacks.progress`): per eager step,
+        #: per replayed run of steps (one CUDA-graph or ``lax.fori_loop`` call).
+        self.counter = counter
         self._runner: _Runner | None = None  # checked: replays from here on
         self._recorded: _Runner | None = None  # recorded, not yet checked
         self._warm = 0
@@ -293,13 +302,24 @@ class StepLoop:
 
     def run(self, state: State, steps: int) -> State:
         """``steps`` steps from ``state``; returns fresh tensors (never the loop's buffers)."""
+        counter = self.counter
         while steps > 0 and self._runner is None and self.status.kind != EAGER:
             state = self._capture_step(state)
             steps -= 1
+            if counter is not None:
+                counter.advance()
         if self._runner is not None and steps > 0:
-            return self._runner.run(state, steps)
+            state = self._runner.run(state, steps)
+            if counter is not None:
+                counter.advance(steps)
+            return state
+        if counter is None:
+            for _ in range(steps):
+                state = self._step(state)
+            return state
         for _ in range(steps):
             state = self._step(state)
+            counter.advance()
         return state
 
     def _capture_step(self, state: State) -> State:

@@ -23,7 +23,7 @@ from typing import Any
 
 import eagerpy as ep
 
-from attacks import backend, fast_path
+from attacks import backend, fast_path, progress
 from attacks.backend import RandomSource
 from attacks.base import Attack, RunContext, atleast_kd, lp_norms
 from attacks.losses import Loss, get_loss, is_adversarial
@@ -305,7 +305,8 @@ class PGD(Attack):
 
         name = type(self).__name__
         status = fast_path.plan(self.compile, ctx.model, x, name)
-        loop = fast_path.StepLoop(pgd_step, status, name)
+        counter = progress.counter(self.restarts * self.steps)
+        loop = fast_path.StepLoop(pgd_step, status, name, counter)
         found, best = ep.zeros(x, (x.shape[0],)).bool(), x
         for _ in range(self.restarts):
             x_adv = random_start(ctx, x, eps, p) if self.random_start else x

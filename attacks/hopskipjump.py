@@ -40,6 +40,7 @@ import math
 
 import eagerpy as ep
 
+from attacks import progress
 from attacks.base import PROJECTION_SLACK, Attack, RunContext, atleast_kd, lp_norms
 from attacks.losses import is_adversarial
 from attacks.models import Model
@@ -157,7 +158,10 @@ class HopSkipJump(Attack):
         if not active.any().item():
             return best
         lo, hi = ctx.bounds
+        count = progress.counter(self.steps)
         for t in range(1, self.steps + 1):
+            if count is not None:
+                count.at(t - 1)
             if ctx.epsilon is not None:
                 inside = best_dist <= ctx.epsilon * (1 - 2 * PROJECTION_SLACK)
                 active = ep.logical_and(active, ep.logical_not(inside))

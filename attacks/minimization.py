@@ -33,7 +33,7 @@ import math
 
 import eagerpy as ep
 
-from attacks import backend
+from attacks import backend, progress
 from attacks.base import Attack, RunContext, atleast_kd, lp_norms
 from attacks.gradient import loss_and_logits, project_ball
 from attacks.losses import Loss, cross_entropy, is_adversarial, margin, soft_margin
@@ -223,7 +223,10 @@ class FMN(Attack):
         fn = loss_and_logits(ctx.model, follow, y, target)
         smallest = _Smallest(x, worst)
         x_adv = x
+        count = progress.counter(self.steps)
         for i in range(self.steps):
+            if count is not None:
+                count.at(i)
             alpha = scale * _cosine(i, self.steps, self.alpha_init, self.alpha_final)
             gamma = _cosine(i, self.steps, self.gamma_init, self.gamma_final)
             _, logits, grad = backend.value_and_grad(fn, x_adv)
@@ -311,7 +314,10 @@ class DDN(Attack):
         fn = loss_and_logits(ctx.model, cross_entropy, y, target)
         smallest = _Smallest(x, worst)
         x_adv = x
+        count = progress.counter(self.steps)
         for i in range(self.steps):
+            if count is not None:
+                count.at(i)
             alpha = scale * _cosine(i, self.steps, self.max_stepsize, 0.01)
             _, logits, grad = backend.value_and_grad(fn, x_adv)
             adversarial = is_adversarial(logits, y, target)
@@ -429,6 +435,7 @@ class CarliniWagnerL2(Attack):
         lower, upper = zeros, zeros + _UNBOUNDED
         smallest = _Smallest(x, _worst_norm(x, 2.0, ctx.bounds))
         w_start = w_clean
+        count = progress.counter(self.binary_search_steps * self.steps)
 
         for search_step in range(self.binary_search_steps):
             if search_step == self.binary_search_steps - 1 and self.binary_search_steps >= 10:
@@ -447,6 +454,8 @@ class CarliniWagnerL2(Attack):
             w, m, v = w_start, ep.zeros_like(x), ep.zeros_like(x)
             previous = math.inf
             for step in range(self.steps):
+                if count is not None:
+                    count.at(search_step * self.steps + step)
                 _, logits, grad = backend.value_and_grad(loss_fn, w)
                 x_adv = to_model(w)
                 margins = margin(logits, y, target)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import eagerpy as ep
 import numpy as np
 
+from attacks import progress
 from attacks.base import Attack, RunContext, atleast_kd, lp_norms
 from attacks.losses import Loss, get_loss, is_adversarial
 from attacks.norms import parse_p
@@ -247,7 +248,10 @@ class Square(Attack):
         search = _Search(ctx, xc, eps, self.p)
         loss_best, fooled = evaluate(xc)  # samples misclassified already stay at x
         x_best = xc
-        for _ in range(self.restarts):
+        count = progress.counter(self.restarts * self.queries)
+        for restart in range(self.restarts):
+            if count is not None:
+                count.at(restart * self.queries)
             if fooled.all().item():
                 break
             start = search.start()
@@ -267,6 +271,8 @@ class Square(Attack):
                 x_best = ep.where(atleast_kd(improved, xc.ndim), candidate, x_best)
                 loss_best = ep.where(improved, loss, loss_best)
                 fooled = ep.logical_or(fooled, ep.logical_and(improved, adversarial))
+                if count is not None:
+                    count.advance()
         return layout.to_input(x_best, shape)
 
 

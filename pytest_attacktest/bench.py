@@ -165,10 +165,13 @@ class BenchItem(pytest.Item):
         from pytest_attacktest.progress import tracker_for
 
         defense = zoo.get(self.defense)
-        model = defense.model()  # trained (first use) or loaded before the clock starts
+        progress = tracker_for(self.config, self.nodeid)
+        # Trained (first use, up to a minute: said on the terminal) or loaded
+        # before the clock starts.
+        model = defense.model(announce=None if progress is None else progress.note)
         attack = self.entry.build(defense)
         overrides: dict[str, Any] = {}
-        progress = tracker_for(self.config, self.nodeid)
+        progress = tracker_for(self.config, self.nodeid)  # its clock starts with the cell
         if progress is not None:
             overrides["progress"] = progress
         start = time.perf_counter()

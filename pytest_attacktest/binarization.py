@@ -18,6 +18,7 @@ attack must find it. The phases run for a whole chunk of samples at once:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import sys
@@ -30,6 +31,7 @@ import eagerpy as ep
 import numpy as np
 
 from attacks import backend, seeding
+from attacks import progress as attack_progress
 from attacks.base import Attack, atleast_kd, check_gradient_support, check_inputs, lp_norms
 from attacks.models import Model, as_model
 from attacks.norms import norm_name
@@ -206,8 +208,11 @@ def binarization_test(
             a chunk, with ``done`` the samples finished before that chunk, and
             once more as ``("done", total, total)``. For live progress of long
             runs (the plugin's ``--attack-test-progress``); ``done`` advances
-            per chunk, so a smaller ``chunk_size`` gives finer progress. It
-            only observes: results are the same with or without it.
+            per chunk, so a smaller ``chunk_size`` gives finer progress. When
+            it also has a method ``attack_steps(step, steps, end)``, our
+            attacks call it during "attack" with their steps done so far
+            (:mod:`attacks.progress`; ``end``: the samples done once this
+            chunk is). It only observes: results are the same with or without it.
 
     Raises:
         ValueError: bad epsilon, norm, sizes or inputs; FeatureError when no
@@ -424,6 +429,13 @@ class _Engine:
         if self.progress is not None:
             self.progress(phase, done, self.total)
 
+    def _attack_progress(self, end: int) -> contextlib.AbstractContextManager[None]:
+        """Our attacks' steps go to the progress callback's ``attack_steps``, if it has one."""
+        steps = getattr(self.progress, "attack_steps", None)
+        if steps is None:
+            return contextlib.nullcontext()
+        return attack_progress.reporting(lambda done, total: steps(done, total, end))
+
     def _timed(self, phase: str, start: float) -> float:
         now = time.perf_counter()
         self.report.timings[phase] += now - start
@@ -493,7 +505,8 @@ class _Engine:
 
         clean_ok, boundary_ok = guaranteed
         if (readouts.robust & clean_ok & boundary_ok & ~rejected_training).any():
-            x_adv = self._run_attack(binarized, x, _zeros_labels(x), eps)
+            with self._attack_progress(offset + s):
+                x_adv = self._run_attack(binarized, x, _zeros_labels(x), eps)
         else:  # every sample is inconclusive already: the attack could decide nothing
             x_adv = x
             self.report.warnings.append(

@@ -850,6 +850,9 @@ class AttackTestFixture:
 
         from pytest_attacktest.binarization import binarization_test
 
+        tracker = self._progress()
+        if tracker is not None:
+            tracker.hold_done = settings.claim is not None  # the claim's attack comes first
         start = time.perf_counter()
         report = binarization_test(
             model,
@@ -861,12 +864,12 @@ class AttackTestFixture:
             threshold=settings.threshold,
             seed=settings.seed,
             stacklevel=3,  # warnings point at the test that called the fixture
-            progress=self._progress(),
+            progress=tracker,
             **settings.engine,  # type: ignore[arg-type]
         )
         claim = None
         if settings.claim is not None:
-            claim = self._claim(model, x, y, attack, settings, report.verdict)
+            claim = self._claim(model, x, y, attack, settings, report.verdict, tracker)
         seconds = time.perf_counter() - start
         self._record(report, seconds, claim)
         # A weak attack (verdict "failed") raises AttackTestFailed, also when a
@@ -883,24 +886,36 @@ class AttackTestFixture:
         return report
 
     def _claim(
-        self, model: Any, x: Any, y: Any, attack: Any, settings: AttackTestSettings, verdict: str
+        self,
+        model: Any,
+        x: Any,
+        y: Any,
+        attack: Any,
+        settings: AttackTestSettings,
+        verdict: str,
+        tracker: progress.Tracker | None = None,
     ) -> ClaimResult:
-        """The claim gate: measure robust accuracy on the real model, combine with ``verdict``."""
+        """The claim gate: measure robust accuracy on the real model, combine with ``verdict``.
+
+        Its attack runs on every sample again, as long as the test's own; with
+        live progress it shows as the phase "claim", before the test's "done".
+        """
         from pytest_attacktest.claims import check_claim, measure_robust_accuracy
 
         assert settings.claim is not None
         assert settings.epsilon is not None
         passes = settings.engine.get("verify_passes", 1)
-        measurement = measure_robust_accuracy(
-            model,
-            x,
-            y,
-            attack=attack,
-            epsilon=settings.epsilon,
-            p=settings.p,
-            verify_passes=passes if isinstance(passes, int) else 1,
-            valid_input=settings.engine.get("valid_input"),
-        )
+        with progress.claim_phase(tracker, int(x.shape[0])):
+            measurement = measure_robust_accuracy(
+                model,
+                x,
+                y,
+                attack=attack,
+                epsilon=settings.epsilon,
+                p=settings.p,
+                verify_passes=passes if isinstance(passes, int) else 1,
+                valid_input=settings.engine.get("valid_input"),
+            )
         tolerance = (
             DEFAULT_CLAIM_TOLERANCE if self._session is None else self._session.claim_tolerance
         )

@@ -2,18 +2,23 @@
 
 Why: a binarization test on a real model can run for many minutes, and a
 silent terminal looks like a hang. The engine calls ``progress(phase, done,
-total)`` as each phase of a chunk starts (``binarization_test(progress=...)``);
-this module turns those calls into lines such as::
+total)`` as each phase of a chunk starts (``binarization_test(progress=...)``)
+and, inside the attack, ``progress.attack_steps(step, steps, end)`` as our
+attacks do their steps (:mod:`attacks.progress`); the claim gate's attack is
+the phase "claim"; a bench cell that trains its zoo model first says so. This
+module turns those calls into lines such as::
 
     [attacktest] test_model.py::test_pgd: attack, 1024/4096 samples, 41s, ETA 2m03s
+    [attacktest] test_model.py::test_pgd: attack, 0/64 samples, step 40/100, 12s, ETA 17s
 
 Where they go: a test's output is captured, so lines are written through
 pytest's terminal reporter with capturing suspended (as pytest's live logging
 does). They are whole lines, not in-place rewrites: pytest is writing its own
 progress on the current line, and whole lines read the same on a terminal, in
-a CI log and in a file. At most one line per ``attack_test_progress_interval``
-seconds per test (default 2), plus a last line when a test that printed
-finishes; short tests print nothing.
+a CI log and in a file. Nothing in a test's first
+``attack_test_progress_interval`` seconds (default 2: short tests print
+nothing); after that every phase change, and steps at most once per interval;
+a test that printed ends with a "done" line after its claim gate.
 
 When: ``--attack-test-progress`` (ini ``attack_test_progress``) is ``auto``
 (default: on when the output is a terminal and not ``-q``), ``on`` or ``off``.
@@ -29,7 +34,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -39,6 +45,7 @@ __all__ = [
     "PROGRESS_FLAG",
     "ProgressWriter",
     "Tracker",
+    "claim_phase",
     "format_seconds",
     "parse_interval",
     "parse_mode",
@@ -88,10 +95,18 @@ def format_seconds(seconds: float) -> str:
 
 
 class Tracker:
-    """The engine's ``progress`` callback for one test: throttled lines through ``write``.
+    """The engine's ``progress`` callback for one test: lines through ``write``.
 
-    The ETA extrapolates the time per finished sample; before the first chunk
-    finishes there is none (``ETA ?``).
+    When lines appear: nothing in the test's first ``interval`` seconds (a
+    short test prints nothing); after that every phase change at once, and
+    repeated updates within a phase (an attack's steps) at most once per
+    ``interval``. A test that printed ends with a "done" line.
+
+    The ETA: after a chunk, from the time per finished sample; inside a chunk's
+    attack (our attacks report their steps, :mod:`attacks.progress`), from the
+    time per step of the attack call, plus the later chunks at the time per
+    sample that implies, so that a run of one chunk (all samples at once, as
+    on a CPU) has an ETA too. Before either there is none (``ETA ?``).
     """
 
     def __init__(
@@ -106,26 +121,97 @@ class Tracker:
         self.interval = interval
         self.clock = clock
         self.start = clock()
-        self.last: float | None = None
+        self.last: float | None = None  # when the last line was written
+        #: The phase, samples finished and total of the last ``__call__``.
+        self.phase: str | None = None
+        self.done = 0
+        self.total = 0
+        #: Set while a claim gate follows the test: the engine's "done" is not the end.
+        self.hold_done = False
+        self._call_start: float | None = None  # when the current attack call began
+        self._steps: tuple[int, int] | None = None  # its (done, total) steps
+        self._finish_at: float | None = None  # the clock time the last estimate ends at
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         now = self.clock()
-        elapsed = now - self.start
         if phase == "done":
-            if self.last is not None:  # only tests that showed progress say they finished
-                self.write(
-                    f"{PREFIX} {self.label}: done, {total} samples in {format_seconds(elapsed)}"
-                )
+            if self.last is not None and not self.hold_done:
+                # only tests that showed progress say they finished
+                self._write(now, f"done, {total} samples in {format_seconds(now - self.start)}")
             return
-        since = elapsed if self.last is None else now - self.last
-        if since < self.interval:
-            return
+        changed = phase != self.phase
+        if (changed and phase == "claim") or done != self.done:
+            self._finish_at = None  # a new stage: estimates of the last one are spent
+        self.phase, self.done, self.total = phase, done, total
+        self._call_start, self._steps = None, None
+        if self._due(now, changed):
+            self._write(now, f"{phase}, {done}/{total} samples, {self._times(now)}")
+
+    def attack_steps(self, step: int, steps: int, end: int) -> None:
+        """An attack running in the current phase did ``step`` of its ``steps``.
+
+        ``end`` is the sample count done once the attacked samples are
+        (``done`` plus the chunk). A sink of :mod:`attacks.progress`, bound to
+        ``end`` by the caller.
+        """
+        now = self.clock()
+        if self._steps is None or step < self._steps[0] or step == 0:
+            self._call_start = now  # a new attack call (the next block, member or restart)
+        self._steps = (step, steps)
+        assert self._call_start is not None
+        if step > 0:
+            call_left = (now - self._call_start) * (steps - step) / step
+            at_end = now - self.start + call_left  # elapsed when the attacked samples are done
+            later = at_end * (self.total - end) / end if 0 < end < self.total else 0.0
+            self._finish_at = now + call_left + later
+        if self._due(now, False):
+            self._write(
+                now,
+                f"{self.phase}, {self.done}/{self.total} samples, step {step}/{steps}, "
+                f"{self._times(now)}",
+            )
+
+    def note(self, text: str) -> None:
+        """A line about slow work outside the phases (training a zoo model), shown at once."""
+        self.write(f"{PREFIX} {self.label}: {text}")
+
+    def _due(self, now: float, changed: bool) -> bool:
+        if self.last is None:
+            return now - self.start >= self.interval
+        return changed or now - self.last >= self.interval
+
+    def _times(self, now: float) -> str:
+        elapsed = now - self.start
+        if self._finish_at is not None:  # this chunk's attack steps: the finer estimate
+            eta = format_seconds(self._finish_at - now)
+        elif self.done > 0:
+            eta = format_seconds(elapsed * (self.total - self.done) / self.done)
+        else:
+            eta = "?"
+        return f"{format_seconds(elapsed)}, ETA {eta}"
+
+    def _write(self, now: float, text: str) -> None:
         self.last = now
-        eta = "?" if done <= 0 else format_seconds(elapsed * (total - done) / done)
-        self.write(
-            f"{PREFIX} {self.label}: {phase}, {done}/{total} samples, "
-            f"{format_seconds(elapsed)}, ETA {eta}"
-        )
+        self.write(f"{PREFIX} {self.label}: {text}")
+
+
+@contextmanager
+def claim_phase(tracker: Tracker | None, samples: int) -> Iterator[None]:
+    """The claim gate's attack as the phase "claim", with its steps; then the test is done.
+
+    The claim gate attacks every sample once more after the binarization
+    test, so the test's "done" line waits for it (``Tracker.hold_done``).
+    """
+    if tracker is None:
+        yield
+        return
+    from attacks import progress as attack_progress  # not at import: attacks loads eagerpy
+
+    tracker("claim", 0, samples)
+    with attack_progress.reporting(lambda step, steps: tracker.attack_steps(step, steps, samples)):
+        yield
+    tracker.hold_done = False
+    tracker("done", samples, samples)
 
 
 #: Where the run's writer lives (absent when progress is off or in an xdist worker).

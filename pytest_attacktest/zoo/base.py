@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -168,11 +169,15 @@ class Defense:
         """The weights file of this defense for training seed ``seed``."""
         return cache_dir() / f"{self.name}-v{self.version}-seed{seed}.pt"
 
-    def model(self, seed: int = 0) -> torch.nn.Module:
+    def model(
+        self, seed: int = 0, *, announce: Callable[[str], None] | None = None
+    ) -> torch.nn.Module:
         """The trained defended model (a fresh module in eval mode, on the CPU).
 
-        Loaded from the cache, else trained now (a few seconds) and cached.
+        Loaded from the cache, else trained now (seconds to a minute) and cached.
         Parameters do not require gradients: attacks differentiate inputs only.
+        ``announce(line)`` is told before and after a training, so that a
+        caller showing progress is not silent meanwhile.
         """
         path = self.cache_path(seed)
         module = self._restore(self._memory.get(path) or _load(path))
@@ -180,8 +185,14 @@ class Defense:
             with _exclusive(path):  # parallel workers: one trains, the others load
                 module = self._restore(_load(path))
                 if module is None:
+                    if announce is not None:
+                        announce(f"training zoo model {self.name} (first use, then cached) ...")
+                    start = time.perf_counter()
                     module = self._train(seed)
                     _save(path, module.state_dict())
+                    if announce is not None:
+                        seconds = time.perf_counter() - start
+                        announce(f"trained zoo model {self.name} in {seconds:.0f}s")
         self._memory[path] = {k: v.detach().clone() for k, v in module.state_dict().items()}
         module.eval()
         for parameter in module.parameters():
