@@ -25,11 +25,12 @@ from typing import Any
 import eagerpy as ep
 
 from attacks.backend import model_framework
+from pytest_attacktest.errors import AttackTestError
 
 FeatureFn = Callable[[Any], Any]
 
 
-class FeatureError(ValueError):
+class FeatureError(AttackTestError, ValueError):
     """No usable feature layer: says what was looked for and how to pass one."""
 
 

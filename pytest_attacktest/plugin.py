@@ -1058,11 +1058,46 @@ def pytest_runtest_makereport(
         if problem is not None:
             report.outcome = "failed"
             report.longrepr = problem
+    error = _user_error(call)
+    if error is not None and report.failed and not item.config.getoption("fulltrace", False):
+        report.longrepr = _one_line(item, error)
     payload: dict[str, Any] = {}
     if call.when == "call" or (call.when == "setup" and not report.passed):
         payload["reports"] = [] if fixture is None else list(fixture.records)
+    if error is not None:
+        payload["error"] = error
     setattr(report, REPORT_ATTRIBUTE, payload)
     return report
+
+
+def _user_error(call: pytest.CallInfo[None]) -> str | None:
+    """The message of an :class:`~pytest_attacktest.errors.AttackTestError` the phase raised.
+
+    Why only these: their message says what to change (no epsilon, no such
+    feature layer, an attack object of another library), and a traceback
+    through the engine would bury it. Any other exception may be a bug, in
+    the plugin or in the user's model or attack, and keeps its traceback.
+    """
+    from pytest_attacktest.errors import AttackTestError
+
+    excinfo = call.excinfo
+    if excinfo is None or not isinstance(excinfo.value, AttackTestError):
+        return None
+    return str(excinfo.value) or type(excinfo.value).__name__
+
+
+def _one_line(item: pytest.Item, message: str) -> Any:
+    """``ERROR: message`` as pytest shows ``pytest.fail(..., pytrace=False)``: no traceback.
+
+    Built through ``item.repr_failure`` so that the short test summary shows
+    the message too, as for any ``pytest.fail``; ``--fulltrace`` keeps the
+    traceback for whoever needs it.
+    """
+    try:
+        raise pytest.fail.Exception(f"ERROR: {message}", pytrace=False)
+    except pytest.fail.Exception:
+        info = pytest.ExceptionInfo.from_current()
+    return item.repr_failure(info)
 
 
 class _ResultsReporter:
@@ -1102,7 +1137,9 @@ class _ResultsReporter:
         if payload is None:
             return
         outcome = phase_outcome(report.when, report.outcome, hasattr(report, "wasxfail"))
-        self.results.add(report.nodeid, report.when, outcome, payload.get("reports"))
+        self.results.add(
+            report.nodeid, report.when, outcome, payload.get("reports"), payload.get("error")
+        )
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
