@@ -31,6 +31,7 @@ import numpy as np
 
 from attacks import backend, seeding
 from attacks.base import Attack, atleast_kd, check_gradient_support, check_inputs, lp_norms
+from attacks.keywords import keyword_hints
 from attacks.models import Model, as_model
 from attacks.norms import norm_name
 from pytest_attacktest.blocks import Blocks, block_size_for
@@ -128,6 +129,7 @@ def _keeps_model_state(test: Callable[_P, Report]) -> Callable[_P, Report]:
 
 
 @_keeps_model_state
+@keyword_hints
 def binarization_test(
     model: Any,
     x: Any,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["AttackError", "AttackTestError", "InputError", "did_you_mean"]
+__all__ = ["AttackError", "AttackTestError", "FewerSamplesWarning", "InputError", "did_you_mean"]
 
 
 class AttackTestError(Exception):
@@ -29,6 +29,10 @@ class AttackError(AttackTestError, TypeError):
 
 class InputError(AttackTestError, ValueError):
     """The model, the inputs or the labels cannot be tested as given (shape, range, values)."""
+
+
+class FewerSamplesWarning(UserWarning):
+    """An attack test got fewer inputs than its ``samples`` asks for, and ran on those."""
 
 
 #: Misspellings of our keywords that difflib does not find (too short, or another word).

@@ -433,6 +433,13 @@ def _test_section(entry: Mapping[str, Any], anchor: str) -> str:
             parts.append(
                 '<ul class="causes">' + "".join(f"<li>{_e(c)}</li>" for c in causes) + "</ul>"
             )
+        notes = report.get("warnings") or []
+        if notes:
+            parts.append(
+                '<ul class="warnings">'
+                + "".join(f"<li>warning: {_e(w)}</li>" for w in notes)
+                + "</ul>"
+            )
         parts.append(
             _histogram(report.get("samples") or [], "logit-difference improvement", f"{anchor}-h")
         )

@@ -844,8 +844,14 @@ class AttackTestFixture:
                 f"claim={settings.claim:g} needs the true labels to measure robust accuracy: "
                 "call attack_test(model, x, y, attack=...) with y"
             )
+        given = _length(x)
         x = x[: settings.samples]
         y = None if y is None else y[: settings.samples]
+        fewer = _fewer_samples(settings.samples, given)
+        if fewer is not None:
+            from pytest_attacktest.errors import FewerSamplesWarning
+
+            warnings.warn(FewerSamplesWarning(fewer), stacklevel=2)
         model, x, y = self._to_device(model, x, y)
 
         from pytest_attacktest.binarization import binarization_test
@@ -864,6 +870,8 @@ class AttackTestFixture:
             progress=self._progress(),
             **settings.engine,  # type: ignore[arg-type]
         )
+        if fewer is not None:
+            report.warnings.append(fewer)
         claim = None
         if settings.claim is not None:
             claim = self._claim(model, x, y, attack, settings, report.verdict)
@@ -994,6 +1002,33 @@ class AttackTestFixture:
         if any(c["verdict"] != "passed" for c in claims):
             return "attack_test: a claim gate failed but the test caught the failure"
         return None
+
+
+def _length(x: Any) -> int | None:
+    """How many inputs ``x`` holds (its first axis), or ``None`` when it cannot tell."""
+    shape = getattr(x, "shape", None)
+    if shape is not None and len(shape) > 0 and shape[0] is not None:
+        return int(shape[0])
+    try:
+        return len(x)
+    except TypeError:
+        return None
+
+
+def _fewer_samples(asked: int, given: int | None) -> str | None:
+    """The note for a test given fewer inputs than ``samples`` asks for, or ``None``.
+
+    Why said: a verdict (and a claim gate's interval) from 20 samples is much
+    weaker evidence than one from the 64 the settings promise, and nothing
+    else in the report tells that the inputs ran out.
+    """
+    if given is None or given >= asked:
+        return None
+    return (
+        f"samples={asked} asked, {given} given: the binarization test (and a claim gate) "
+        f"ran on {given} samples; pass at least {asked} inputs, or set samples={given} to "
+        "mean it"
+    )
 
 
 #: Where the fixture of a test lives: ``item.stash[fixture_key]``, for the report hooks.
