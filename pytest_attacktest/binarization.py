@@ -324,8 +324,8 @@ def binarization_test(
         settings["out_of_memory_retries"] = halvings
     if progress is not None:
         progress("done", engine.total, engine.total)
-    for warning in report.warnings:  # + 1: the frame of _keeps_model_state
-        warnings.warn(warning, stacklevel=stacklevel + 1)
+    for warning in report.warnings:  # + 2: the frames of _keeps_model_state and keyword_hints
+        warnings.warn(warning, stacklevel=stacklevel + 2)
     return report
 
 

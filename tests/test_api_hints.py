@@ -102,3 +102,20 @@ def test_fewer_inputs_than_samples_warns_and_notes_it_in_every_report() -> None:
         warnings.simplefilter("error", FewerSamplesWarning)
         report = quiet(torch_mlp(), x, y, attack=attacks.PGD(steps=10))
     assert not any("asked" in w for w in report.warnings)
+
+
+@pytest.mark.torch
+def test_engine_warnings_still_point_at_the_caller() -> None:
+    """The keyword check wraps binarization_test: its warnings must still name the test's line."""
+    torch = pytest.importorskip("torch")
+
+    def in_place(model: Any, x: Any, y: Any, epsilon: float) -> Any:
+        x.add_(0.5 * epsilon).clamp_(0, 1)  # writes into the points it was given
+        return x
+
+    x, y = held_out(12)
+    with pytest.warns(UserWarning, match="modified its input") as caught:
+        binarization_test(
+            torch_mlp(), torch.from_numpy(x), y, attack=in_place, epsilon=0.1, n_validation=4
+        )
+    assert {w.filename for w in caught if "modified its input" in str(w.message)} == {__file__}
