@@ -49,6 +49,8 @@ from attacks.gradient import (
 from attacks.losses import Loss, get_loss, is_adversarial, margin
 from attacks.rescaling import rescale_and_clip
 
+#: Target classes APGD-T tries by default (AutoAttack's ``n_target_classes``).
+AUTOATTACK_TARGETS = 9
 MOMENTUM = 0.75  #: weight of the new step; 1 - MOMENTUM goes to the previous move
 #: Linf/L2 checkpoints, as fractions of the budget: first interval, decrease, floor.
 FIRST_CHECK, CHECK_DECREASE, MIN_CHECK = 0.22, 0.03, 0.06
@@ -91,7 +93,10 @@ class APGD(Attack):
             misclassification. AutoAttack's APGD-T is
             ``APGD(targeted=True, loss="dlr")``. An explicit ``target`` passed to
             the call always makes the attack targeted towards it.
-        n_target_classes: how many classes APGD-T tries (capped at classes - 1).
+        n_target_classes: how many classes APGD-T tries, at most classes - 1;
+            ``None`` (default): AutoAttack's 9, capped at classes - 1 when the
+            model has fewer. The repr shows what was set, since the count
+            used depends on the model attacked.
         rho: the step is halved when the loss rose in at most this share of
             the steps since the last checkpoint.
         seed: seed of the random starts (``None``: fresh randomness).
@@ -111,12 +116,12 @@ class APGD(Attack):
         restarts: int = 1,
         loss: str | Loss = "ce",
         targeted: bool = False,
-        n_target_classes: int = 9,
+        n_target_classes: int | None = None,
         rho: float = 0.75,
         seed: int | None = 0,
         compile: fast_path.CompileSetting = "auto",
     ) -> None:
-        if steps < 1 or restarts < 1 or n_target_classes < 1:
+        if steps < 1 or restarts < 1 or (n_target_classes is not None and n_target_classes < 1):
             raise ValueError(
                 "steps, restarts and n_target_classes must be >= 1, got "
                 f"{steps}, {restarts} and {n_target_classes}"
@@ -177,7 +182,8 @@ class APGD(Attack):
             return [None]
         classes = clean.shape[-1]
         order = clean.argsort(axis=-1)  # ascending: column -1 is the top class
-        n = min(self.n_target_classes, classes - 1)
+        wanted = AUTOATTACK_TARGETS if self.n_target_classes is None else self.n_target_classes
+        n = min(wanted, classes - 1)
         return [order[:, classes - 1 - j] for j in range(1, n + 1)]
 
     def _check_loss(self, clean: ep.Tensor, y: ep.Tensor, loss_target: ep.Tensor | None) -> None:

@@ -19,6 +19,7 @@ import eagerpy as ep
 import numpy as np
 
 from attacks import backend
+from attacks.keywords import keyword_hints
 from attacks.losses import is_adversarial
 from attacks.models import Model, as_model
 from attacks.norms import norm_name, parse_p
@@ -57,6 +58,18 @@ class Attack(ABC):
     p: float = math.inf
     seed: int | None = 0
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every attack's constructor answers ``eps=`` with where the budget goes.
+
+        Why here: ``PGD(eps=8/255)`` (torchattacks' spelling) is the most
+        common first mistake, and a bare ``TypeError`` does not say that
+        epsilon is given per call. See :mod:`attacks.keywords`.
+        """
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            cls.__init__ = keyword_hints(init)  # type: ignore[method-assign]
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({args})"
@@ -67,6 +80,7 @@ class Attack(ABC):
         return norm_name(self.p)
 
     @final
+    @keyword_hints
     def __call__(
         self,
         model: Any,

@@ -33,6 +33,7 @@ import numpy as np
 from attacks import backend, seeding
 from attacks import progress as attack_progress
 from attacks.base import Attack, atleast_kd, check_gradient_support, check_inputs, lp_norms
+from attacks.keywords import keyword_hints
 from attacks.models import Model, as_model
 from attacks.norms import norm_name
 from pytest_attacktest.blocks import Blocks, block_size_for
@@ -41,15 +42,17 @@ from pytest_attacktest.checks import (
     ball_points,
     boolean_mask,
     check_affine_features,
+    check_attack,
     check_labels,
     check_logits,
     forward_guard,
     private_copy,
     same_values,
 )
+from pytest_attacktest.errors import InputError
 from pytest_attacktest.features import FeatureFn, feature_extractor
 from pytest_attacktest.modelstate import preserved
-from pytest_attacktest.options import validate_engine_call
+from pytest_attacktest.options import SettingsError, validate_engine_call
 from pytest_attacktest.readout import MIN_CLOSENESS, NOISE_FACTOR, Readouts, fit_readouts
 from pytest_attacktest.report import MAX_EXAMPLE_VALUES, MAX_EXAMPLES, Report, SampleResult
 from pytest_attacktest.routing import BinarizedModel
@@ -128,6 +131,7 @@ def _keeps_model_state(test: Callable[_P, Report]) -> Callable[_P, Report]:
 
 
 @_keeps_model_state
+@keyword_hints
 def binarization_test(
     model: Any,
     x: Any,
@@ -240,6 +244,7 @@ def binarization_test(
             "max_batch": max_batch,
         },
     )
+    check_attack(attack)
     wrapped = as_model(model)
     x_, _ = wrapped.adopt(x)
     check_inputs(x_, wrapped, "put normalisation inside the model and pass inputs in the bounds")
@@ -248,7 +253,7 @@ def binarization_test(
     blocks = Blocks(min(block_size_for(x_.shape[1:], _itemsize(x_)), max_batch or sys.maxsize))
     classes, clean_logits = _clean_logits(wrapped, x_, blocks, max_batch)
     if isinstance(attack, Attack) and not math.isclose(attack.p, p):
-        raise ValueError(
+        raise SettingsError(
             f"the attack's norm ({attack.norm}) differs from the test's ({norm_name(p)}): "
             "a test at one norm says nothing about an attack at another"
         )
@@ -324,8 +329,8 @@ def binarization_test(
         settings["out_of_memory_retries"] = halvings
     if progress is not None:
         progress("done", engine.total, engine.total)
-    for warning in report.warnings:  # + 1: the frame of _keeps_model_state
-        warnings.warn(warning, stacklevel=stacklevel + 1)
+    for warning in report.warnings:  # + 2: the frames of _keeps_model_state and keyword_hints
+        warnings.warn(warning, stacklevel=stacklevel + 2)
     return report
 
 
@@ -344,7 +349,7 @@ def _clean_logits(
     with _no_grad(x):
         logits = blocks.concatenate(lambda block: backend.wrap(forward(block.raw)), x)
     if not same_values(before, x):
-        raise ValueError(
+        raise InputError(
             "the model modifies its input in place: clone it inside the model's forward "
             "(x = x.clone()) so that the points under test stay where they are"
         )
@@ -789,7 +794,7 @@ def _check_epsilon_scale(epsilon: float, p: float, model: Model, x: ep.Tensor) -
     dim = math.prod(int(d) for d in x.shape[1:])
     largest = (hi - lo) * (1.0 if math.isinf(p) else dim ** (1.0 / p))
     if epsilon >= largest:
-        raise ValueError(
+        raise SettingsError(
             f"epsilon={epsilon:g} is at least the largest {norm_name(p)} distance between two "
             f"inputs in the bounds ({lo:g}, {hi:g}) ({largest:g}): every input would be in every "
             "ball. Is epsilon on the inputs' scale (8/255 for pixel values in [0, 1])? Inputs in "

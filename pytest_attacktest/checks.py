@@ -20,6 +20,7 @@ import numpy as np
 
 from attacks import backend
 from pytest_attacktest.blocks import Blocks
+from pytest_attacktest.errors import AttackError, InputError
 
 __all__ = [
     "AFFINE_POINTS_MAX",
@@ -27,6 +28,7 @@ __all__ = [
     "attack_result",
     "boolean_mask",
     "check_affine_features",
+    "check_attack",
     "private_copy",
     "same_values",
 ]
@@ -91,7 +93,7 @@ def boolean_mask(mask: object, n: int, like: ep.Tensor | None = None) -> ep.Tens
             "score < threshold"
         )
     if tuple(mask.shape) != (n,):
-        raise ValueError(
+        raise InputError(
             f"valid_input must return a boolean mask of shape ({n},), got shape {tuple(mask.shape)}"
         )
     out = backend.wrap(mask)
@@ -290,25 +292,25 @@ def check_logits(logits: ep.Tensor, n: int) -> int:
     """
     shape = tuple(int(d) for d in logits.shape)
     if len(shape) == 1:
-        raise ValueError(
+        raise InputError(
             f"the model returned shape {shape}: one number per input. Return logits of shape "
             "(N, classes); for a binary classifier with one logit z, return stack([-z, z], 1)"
         )
     if len(shape) != 2 or shape[0] != n:
         hint = " (squeeze the trailing axes)" if len(shape) > 2 and shape[0] == n else ""
-        raise ValueError(
+        raise InputError(
             f"the model returned shape {shape} for {n} inputs: it must return logits of shape "
             f"({n}, classes){hint}"
         )
     if shape[1] < 2:
-        raise ValueError(
+        raise InputError(
             f"the model returned {shape[1]} logit per input: return (N, classes) logits with "
             "at least 2 classes (for one logit z, return stack([-z, z], 1))"
         )
     values = np.asarray(backend.to_numpy(logits))
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
-        raise ValueError(
+        raise InputError(
             f"the model returned NaN or inf logits for {int(bad.sum())} of the {n} clean inputs "
             f"(first at index {int(np.flatnonzero(bad)[0])}): fix the model (or its inputs' "
             "range and dtype) before testing an attack on it"
@@ -323,24 +325,24 @@ def check_labels(y: Any, n: int, classes: int) -> np.ndarray:
     except TypeError:
         labels = np.asarray(y)
     if labels.ndim == 2 and labels.shape == (n, classes):
-        raise ValueError(
+        raise InputError(
             f"the labels have shape {labels.shape}, one-hot or scores: pass class indices of "
             f"shape ({n},) (labels.argmax(1))"
         )
     if labels.ndim != 1 or labels.shape[0] != n:
-        raise ValueError(
+        raise InputError(
             f"the labels have shape {labels.shape} for {n} inputs: pass one class index per "
             f"input, shape ({n},)"
         )
     if labels.dtype.kind == "f":
         if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
-            raise ValueError("the labels must be integer class indices, got non-integer numbers")
+            raise InputError("the labels must be integer class indices, got non-integer numbers")
         labels = labels.astype(np.int64)
     elif labels.dtype.kind not in "iu":
-        raise ValueError(f"the labels must be integer class indices, got dtype {labels.dtype}")
+        raise InputError(f"the labels must be integer class indices, got dtype {labels.dtype}")
     outside = (labels < 0) | (labels >= classes)
     if outside.any():
-        raise ValueError(
+        raise InputError(
             f"{int(outside.sum())} labels are outside [0, {classes}) (the model has {classes} "
             f"logits), e.g. {labels[outside][:5].tolist()}: pass class indices of this model"
         )
@@ -432,6 +434,61 @@ def translate_forward_error(error: BaseException, x: Any) -> Exception | None:
 # ---------------------------------------------------------------------- attack results
 
 
+#: What to pass for an attack object of another library (by its top-level module).
+_ADAPTERS = {
+    "torchattacks": (
+        "torchattacks binds the model it attacks when the attack object is built, and the "
+        "test attacks another model (the binarized one): pass the class through the adapter, "
+        "attack=attacks.FromTorchattacks(torchattacks.{name}, steps=...), without model and eps"
+    ),
+    "foolbox": (
+        "Foolbox attacks take (fmodel, x, criterion, epsilons=...): pass "
+        "attack=attacks.FromFoolbox(<the attack object>)"
+    ),
+}
+
+
+def check_attack(attack: object) -> None:
+    """Refuse, before any work, an ``attack`` the engine cannot call: saying what to pass.
+
+    Why up front: an attack is first called after the samples are drawn, the
+    features extracted and the readouts fitted, and an attack object of
+    another library called as ``attack(model, x, y, epsilon)`` fails deep in
+    its own code with a ``TypeError`` that says nothing about the fix.
+
+    Raises:
+        AttackError: a class instead of an instance, an object of a library
+            that needs an adapter (torchattacks, Foolbox), or not callable.
+    """
+    from attacks.base import Attack
+
+    library = (type(attack).__module__ or "").split(".")[0]
+    if isinstance(attack, type):
+        library = (attack.__module__ or "").split(".")[0]
+        if issubclass(attack, Attack):
+            raise AttackError(
+                f"attack={attack.__name__} is a class: pass an instance, "
+                f"attack={attack.__name__}(...)"
+            )
+        if library in _ADAPTERS:
+            raise AttackError(
+                f"attack={library}.{attack.__name__} is a class of another library: "
+                + _ADAPTERS[library].format(name=attack.__name__)
+            )
+        return  # a callable class of the user's own: called like a function
+    if library in _ADAPTERS:
+        raise AttackError(
+            f"attack= got a {library} attack object ({type(attack).__name__}), which the "
+            "test cannot call as attack(model, x, y, epsilon): "
+            + _ADAPTERS[library].format(name=type(attack).__name__)
+        )
+    if not callable(attack):
+        raise AttackError(
+            f"attack= must be an attacks.Attack or a function (model, x, y, epsilon) -> x_adv, "
+            f"got {type(attack).__name__}"
+        )
+
+
 def attack_result(out: object, x: ep.Tensor, who: str) -> ep.Tensor:
     """A user attack's result as a tensor like ``x`` (framework, device, dtype, shape).
 
@@ -441,17 +498,17 @@ def attack_result(out: object, x: ep.Tensor, who: str) -> ep.Tensor:
     """
     expected = f"return the adversarial inputs: one array of shape {tuple(x.shape)} like x"
     if out is None:
-        raise TypeError(f"{who} returned None: {expected} (a missing return statement?)")
+        raise AttackError(f"{who} returned None: {expected} (a missing return statement?)")
     if isinstance(out, type):
-        raise TypeError(f"{who} returned the class {out.__name__}, not a tensor: {expected}")
+        raise AttackError(f"{who} returned the class {out.__name__}, not a tensor: {expected}")
     try:
         source = backend.tensor_framework(out)
     except TypeError:
-        raise TypeError(f"{who} returned {type(out).__name__}: {expected}") from None
+        raise AttackError(f"{who} returned {type(out).__name__}: {expected}") from None
     target = backend.tensor_framework(x)
     if source != target:
         if source != "numpy":
-            raise TypeError(
+            raise AttackError(
                 f"{who} returned a {source} tensor for {target} inputs: {expected} "
                 f"(a {target} tensor or a NumPy array)"
             )
@@ -459,7 +516,7 @@ def attack_result(out: object, x: ep.Tensor, who: str) -> ep.Tensor:
         out = backend.from_numpy(target, np.asarray(out), device)
     adv = backend.wrap(out)
     if tuple(adv.shape) != tuple(x.shape):
-        raise ValueError(
+        raise InputError(
             f"{who} returned shape {tuple(adv.shape)} for inputs of shape {tuple(x.shape)}: "
             f"{expected}"
         )

@@ -35,6 +35,8 @@ from typing import Any
 
 import pytest
 
+from pytest_attacktest.errors import AttackTestError
+
 __all__ = [
     "SIMULATED_GPUS_ENV",
     "VISIBLE_DEVICES_ENV",
@@ -71,7 +73,7 @@ NVIDIA_SMI_TIMEOUT = 20.0
 Runner = Callable[[list[str]], str]
 
 
-class DeviceError(RuntimeError):
+class DeviceError(AttackTestError, RuntimeError):
     """The model or the inputs cannot be moved to the requested device."""
 
 

@@ -6,9 +6,10 @@ a new readout. By default the features are the *input* of the model's final
 linear layer, found automatically for PyTorch (the ``nn.Linear`` whose output
 the forward pass returns, found by tracing one pass) and for Keras 3
 Sequential and functional models (the last ``keras.layers.Dense`` in call
-order). A named layer (its output) or a user
-callable works too. A JAX or NumPy model is a function whose inside nothing
-can see, so it needs the callable, as does a subclassed Keras model's default
+order). A named layer (its output: the attribute path, as for torch,
+or for Keras a layer name too) or a user callable works too. A JAX or
+NumPy model is a function whose inside nothing can see, so it needs the
+callable, as does a subclassed Keras model's default
 (its call order is Python code, not a graph).
 
 An extractor maps a native batch to a native ``(N, d)`` feature tensor and must
@@ -25,11 +26,12 @@ from typing import Any
 import eagerpy as ep
 
 from attacks.backend import model_framework
+from pytest_attacktest.errors import AttackTestError
 
 FeatureFn = Callable[[Any], Any]
 
 
-class FeatureError(ValueError):
+class FeatureError(AttackTestError, ValueError):
     """No usable feature layer: says what was looked for and how to pass one."""
 
 
@@ -42,7 +44,9 @@ def feature_extractor(model: Any, features: str | FeatureFn | None, probe: Any =
             straight-through preprocessed input).
         features: ``None`` (the input of the final ``torch.nn.Linear`` or
             ``keras.layers.Dense``), the name of a layer (its flattened output;
-            dotted for nested ones: ``"block.fc"``), or a callable: the defended
+            dotted for nested ones: ``"block.fc"``; for Keras, the attribute path
+            of a subclassed model's layer, ``"block.dense"``, or a layer name), or
+            a callable: the defended
             model up to its final linear layer (the engine checks that the
             logits are an affine function of it). The attack's gradients flow
             through the features only. For an :class:`attacks.BPDA` model the
@@ -355,8 +359,9 @@ def _final_dense(model: Any) -> Any:
         raise FeatureError(
             f"{name} is a subclassed Keras model: the order in which its call() uses its "
             "layers is unknown, so its final Dense layer cannot be found; pass "
-            "features='layer_name' (that layer's output is used, e.g. the one before the "
-            f"final Dense; its layers: {_names(model)}) or features=callable(x) -> (N, d)"
+            "features='attribute.path' (that layer's output is used, e.g. the one before the "
+            f"final Dense; its layers' attributes: {_attribute_paths(model)}) or "
+            "features=callable(x) -> (N, d)"
         )
     dense = _dense_layers(model)
     if not dense:
@@ -388,16 +393,96 @@ def _names(container: Any) -> list[str]:
 
 
 def _named_layer(model: Any, name: str) -> Any:
-    """The layer called ``name``, or for ``"a.b"`` layer ``b`` inside nested layer ``a``."""
+    """The layer ``name`` stands for: an attribute path or a layer name.
+
+    Why both: Keras generates layer names from a per-process counter
+    (``dense``, then ``dense_4`` once other models were built), so a
+    subclassed model's layers are named by the order in which a test session
+    happened to build models. Its attributes (``model.head``,
+    ``model.block.dense``) do not change, and are what ``features=`` means for
+    a PyTorch module. Layer names keep working (``"dense"`` or nested
+    ``"outer.inner"``, the only way to name a layer of a Sequential or
+    functional model). A name that means one layer as an attribute path and
+    another as a layer name is refused: which one was meant depends on the
+    order models were built.
+    """
+    by_attribute = _attribute_layer(model, name)
+    by_name = _layer_by_name(model, name)
+    if by_attribute is not None and by_name is not None and by_attribute is not by_name:
+        raise FeatureError(
+            f"features={name!r} is ambiguous in {type(model).__name__} {model.name!r}: the "
+            f"attribute {name!r} is {type(by_attribute).__name__} {by_attribute.name!r}, but the "
+            f"layer named {name!r} is another one ({type(by_name).__name__}); Keras generates "
+            "layer names in build order, so give the layer a name of its own "
+            f"(keras.layers.Dense(..., name='...')) or pass features=callable(x) -> (N, d)"
+        )
+    found = by_attribute if by_attribute is not None else by_name
+    if found is None:
+        raise FeatureError(
+            f"{type(model).__name__} {model.name!r} has no layer {name!r}: pass an attribute "
+            f"path (for subclassed models; it has {_attribute_paths(model)}) or a layer name "
+            f"(its layers are {_names(model)}; nested ones as 'outer.inner'), or "
+            "features=callable(x) -> (N, d)"
+        )
+    return found
+
+
+def _attribute_layer(model: Any, path: str) -> Any:
+    """``model.a.b`` (``model.blocks[0]`` for ``"blocks.0"``) when that is one of its layers."""
+    import keras
+
+    target = model
+    for part in path.split("."):
+        if isinstance(target, list | tuple) and part.isdigit():
+            target = target[int(part)] if int(part) < len(target) else None
+        elif part.isidentifier() and not part.startswith("_"):
+            target = vars(target).get(part) if hasattr(target, "__dict__") else None
+        else:
+            return None
+        if target is None:
+            return None
+    if not isinstance(target, keras.layers.Layer) or target is model:
+        return None
+    # Only a layer the model tracks: an attribute may hold an unrelated layer.
+    return target if any(target is sub for sub in _sublayers(model)) else None
+
+
+def _attribute_paths(model: Any, limit: int = 20) -> list[str]:
+    """Attribute paths of the layers inside a model (``head``, ``block.dense``, ``parts.0``)."""
+    import keras
+
+    paths: list[str] = []
+    seen = {id(model)}
+
+    def visit(obj: Any, prefix: str, depth: int) -> None:
+        items = (
+            [(str(i), v) for i, v in enumerate(obj)]
+            if isinstance(obj, list | tuple)
+            else [(k, v) for k, v in vars(obj).items() if not k.startswith("_")]
+        )
+        for key, value in items:
+            if len(paths) >= limit:
+                return
+            if isinstance(value, keras.layers.Layer) and id(value) not in seen:
+                seen.add(id(value))
+                paths.append(f"{prefix}{key}")
+                if depth < 3:
+                    visit(value, f"{prefix}{key}.", depth + 1)
+            elif isinstance(value, list | tuple) and depth < 3:
+                visit(value, f"{prefix}{key}.", depth + 1)
+
+    visit(model, "", 0)
+    return paths
+
+
+def _layer_by_name(model: Any, name: str) -> Any:
+    """The layer called ``name`` (``"a.b"``: ``b`` inside nested layer ``a``), or None."""
     path = [name] if any(layer.name == name for layer in _children(model)) else None
     container = model
     for part in path or name.split("."):
         matches = [layer for layer in _children(container) if layer.name == part]
         if not matches:
-            raise FeatureError(
-                f"{type(container).__name__} {container.name!r} has no layer {part!r}; its "
-                f"layers are {_names(container)} (name nested layers as 'outer.inner')"
-            )
+            return None
         container = matches[0]
     return container
 

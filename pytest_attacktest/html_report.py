@@ -352,6 +352,12 @@ def _summary_table(tests: Sequence[Mapping[str, Any]], anchors: Mapping[str, str
         for name, report in _calls(entry):
             link = f'<a href="#{anchors[str(entry["nodeid"])]}">{_e(name)}</a>'
             outcome = entry.get("outcome")
+            if report is None and entry.get("error"):
+                cells = [f'<td class="name">{link}</td>', f"<td{_cls(outcome)}>{_e(outcome)}</td>"]
+                span = len(_SUMMARY_HEADER) - 2
+                cells += [f'<td class="error" colspan="{span}">error: {_e(entry["error"])}</td>']
+                rows.append(f'<tr class="test">{"".join(cells)}</tr>')
+                continue
             if report is None:
                 cells = [f'<td class="name">{link}</td>', f"<td{_cls(outcome)}>{_e(outcome)}</td>"]
                 cells += ["<td>no report</td>"] + ["<td>-</td>"] * (len(_SUMMARY_HEADER) - 3)
@@ -399,6 +405,9 @@ def _claim_paragraph(claim: Mapping[str, Any]) -> str:
 def _test_section(entry: Mapping[str, Any], anchor: str) -> str:
     parts = [f'<section class="test" id="{anchor}"><h2>{_e(entry["nodeid"])}</h2>']
     for name, report in _calls(entry):
+        if report is None and entry.get("error"):
+            parts.append(f'<p class="error">error: {_e(entry["error"])}</p>')
+            continue
         if report is None:
             parts.append(
                 f"<p>No binarization report: the test ended as {_e(entry.get('outcome'))} "
@@ -423,6 +432,13 @@ def _test_section(entry: Mapping[str, Any], anchor: str) -> str:
         if causes:
             parts.append(
                 '<ul class="causes">' + "".join(f"<li>{_e(c)}</li>" for c in causes) + "</ul>"
+            )
+        notes = report.get("warnings") or []
+        if notes:
+            parts.append(
+                '<ul class="warnings">'
+                + "".join(f"<li>warning: {_e(w)}</li>" for w in notes)
+                + "</ul>"
             )
         parts.append(
             _histogram(report.get("samples") or [], "logit-difference improvement", f"{anchor}-h")

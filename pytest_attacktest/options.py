@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeGuard
 
+from pytest_attacktest.errors import AttackTestError, did_you_mean
+
 __all__ = [
     "CORE_KEYS",
     "DEFAULT_NORM",
@@ -94,7 +96,7 @@ DEFAULT_SAMPLES = 64
 _DEVICE = re.compile(r"[a-z][a-z0-9_]*(:[0-9]+)?")
 
 
-class SettingsError(ValueError):
+class SettingsError(AttackTestError, ValueError):
     """An ``attack_test`` marker argument or fixture override is invalid."""
 
 
@@ -416,7 +418,9 @@ def validate_engine_call(
     """
     unknown = sorted(set(engine) - set(ENGINE_KEYS))
     if unknown:
-        raise SettingsError(f"unknown engine setting(s) {', '.join(map(repr, unknown))}")
+        raise SettingsError(
+            f"unknown engine setting(s) {_unknown(unknown, (*ENGINE_KEYS, 'epsilon'))}"
+        )
     checked: dict[str, object] = {}
     for key, value in engine.items():
         if value is None and key in _NONE_IS_DEFAULT:
@@ -425,6 +429,12 @@ def validate_engine_call(
             checked[key] = _ENGINE_CHECKS[key](value)
     _, p = _check_norm(norm)
     return _check_epsilon(epsilon), p, _check_threshold(threshold), checked
+
+
+def _unknown(names: Iterable[str], allowed: Iterable[str]) -> str:
+    """The unknown keywords, each with the allowed one it most likely meant (``eps``: epsilon)."""
+    choices = tuple(allowed)
+    return ", ".join(f"{name!r}{did_you_mean(name, choices)}" for name in names)
 
 
 def apply_kwargs(settings: AttackTestSettings, kwargs: Mapping[str, object]) -> AttackTestSettings:
@@ -438,7 +448,7 @@ def apply_kwargs(settings: AttackTestSettings, kwargs: Mapping[str, object]) -> 
     unknown = sorted(set(kwargs) - set(MARKER_KEYS))
     if unknown:
         raise SettingsError(
-            f"unknown keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"unknown keyword argument(s) {_unknown(unknown, MARKER_KEYS)}; "
             f"allowed: {', '.join(MARKER_KEYS)}"
         )
     epsilon = _check_epsilon(kwargs["epsilon"]) if "epsilon" in kwargs else settings.epsilon

@@ -844,8 +844,14 @@ class AttackTestFixture:
                 f"claim={settings.claim:g} needs the true labels to measure robust accuracy: "
                 "call attack_test(model, x, y, attack=...) with y"
             )
+        given = _length(x)
         x = x[: settings.samples]
         y = None if y is None else y[: settings.samples]
+        fewer = _fewer_samples(settings.samples, given)
+        if fewer is not None:
+            from pytest_attacktest.errors import FewerSamplesWarning
+
+            warnings.warn(FewerSamplesWarning(fewer), stacklevel=2)
         model, x, y = self._to_device(model, x, y)
 
         from pytest_attacktest.binarization import binarization_test
@@ -867,6 +873,8 @@ class AttackTestFixture:
             progress=tracker,
             **settings.engine,  # type: ignore[arg-type]
         )
+        if fewer is not None:
+            report.warnings.append(fewer)
         claim = None
         if settings.claim is not None:
             claim = self._claim(model, x, y, attack, settings, report.verdict, tracker)
@@ -1011,6 +1019,33 @@ class AttackTestFixture:
         return None
 
 
+def _length(x: Any) -> int | None:
+    """How many inputs ``x`` holds (its first axis), or ``None`` when it cannot tell."""
+    shape = getattr(x, "shape", None)
+    if shape is not None and len(shape) > 0 and shape[0] is not None:
+        return int(shape[0])
+    try:
+        return len(x)
+    except TypeError:
+        return None
+
+
+def _fewer_samples(asked: int, given: int | None) -> str | None:
+    """The note for a test given fewer inputs than ``samples`` asks for, or ``None``.
+
+    Why said: a verdict (and a claim gate's interval) from 20 samples is much
+    weaker evidence than one from the 64 the settings promise, and nothing
+    else in the report tells that the inputs ran out.
+    """
+    if given is None or given >= asked:
+        return None
+    return (
+        f"samples={asked} asked, {given} given: the binarization test (and a claim gate) "
+        f"ran on {given} samples; pass at least {asked} inputs, or set samples={given} to "
+        "mean it"
+    )
+
+
 #: Where the fixture of a test lives: ``item.stash[fixture_key]``, for the report hooks.
 fixture_key = pytest.StashKey[AttackTestFixture]()
 
@@ -1073,11 +1108,46 @@ def pytest_runtest_makereport(
         if problem is not None:
             report.outcome = "failed"
             report.longrepr = problem
+    error = _user_error(call)
+    if error is not None and report.failed and not item.config.getoption("fulltrace", False):
+        report.longrepr = _one_line(item, error)
     payload: dict[str, Any] = {}
     if call.when == "call" or (call.when == "setup" and not report.passed):
         payload["reports"] = [] if fixture is None else list(fixture.records)
+    if error is not None:
+        payload["error"] = error
     setattr(report, REPORT_ATTRIBUTE, payload)
     return report
+
+
+def _user_error(call: pytest.CallInfo[None]) -> str | None:
+    """The message of an :class:`~pytest_attacktest.errors.AttackTestError` the phase raised.
+
+    Why only these: their message says what to change (no epsilon, no such
+    feature layer, an attack object of another library), and a traceback
+    through the engine would bury it. Any other exception may be a bug, in
+    the plugin or in the user's model or attack, and keeps its traceback.
+    """
+    from pytest_attacktest.errors import AttackTestError
+
+    excinfo = call.excinfo
+    if excinfo is None or not isinstance(excinfo.value, AttackTestError):
+        return None
+    return str(excinfo.value) or type(excinfo.value).__name__
+
+
+def _one_line(item: pytest.Item, message: str) -> Any:
+    """``ERROR: message`` as pytest shows ``pytest.fail(..., pytrace=False)``: no traceback.
+
+    Built through ``item.repr_failure`` so that the short test summary shows
+    the message too, as for any ``pytest.fail``; ``--fulltrace`` keeps the
+    traceback for whoever needs it.
+    """
+    try:
+        raise pytest.fail.Exception(f"ERROR: {message}", pytrace=False)
+    except pytest.fail.Exception:
+        info = pytest.ExceptionInfo.from_current()
+    return item.repr_failure(info)
 
 
 class _ResultsReporter:
@@ -1117,7 +1187,9 @@ class _ResultsReporter:
         if payload is None:
             return
         outcome = phase_outcome(report.when, report.outcome, hasattr(report, "wasxfail"))
-        self.results.add(report.nodeid, report.when, outcome, payload.get("reports"))
+        self.results.add(
+            report.nodeid, report.when, outcome, payload.get("reports"), payload.get("error")
+        )
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:

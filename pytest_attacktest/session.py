@@ -142,8 +142,9 @@ class RunResults:
     Attributes:
         entries: node id -> entry: ``nodeid``, ``outcome`` (as pytest counts it, or
             ``"interrupted"``, see :meth:`finish`), ``verdict``, ``asr``,
-            ``n_samples``, ``n_inconclusive``, ``seconds`` and ``reports`` (one
-            ``Report.to_dict()`` per fixture call, plus its ``seconds``).
+            ``n_samples``, ``n_inconclusive``, ``seconds``, ``reports`` (one
+            ``Report.to_dict()`` per fixture call, plus its ``seconds``) and,
+            when the test stopped on a setup error, ``error`` (its message).
         device_warned: the "device not applied" warning was shown in this process.
         workers: under xdist with ``--attack-test-device cuda``, worker id -> the
             GPU it took (:meth:`pytest_attacktest.devices.WorkerDevice.to_dict`).
@@ -155,12 +156,20 @@ class RunResults:
     _phases: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
 
     def add(
-        self, nodeid: str, when: str, outcome: str, reports: list[dict[str, Any]] | None
+        self,
+        nodeid: str,
+        when: str,
+        outcome: str,
+        reports: list[dict[str, Any]] | None,
+        error: str | None = None,
     ) -> None:
         """Merge one phase of a test: its outcome and, from the call phase, its reports.
 
         Entries are keyed by node id, so each test appears once however many
-        of its phases (or workers' copies of them) arrive.
+        of its phases (or workers' copies of them) arrive. ``error`` is the
+        message of a setup error the phase raised (an
+        :class:`~pytest_attacktest.errors.AttackTestError`: no epsilon, no
+        feature layer, ...); the entry keeps the first one as ``error``.
         """
         phases = self._phases.setdefault(nodeid, {})
         phases[when] = outcome
@@ -168,6 +177,9 @@ class RunResults:
         entry["outcome"] = _merged_outcome(phases)
         if reports:
             entry["reports"] = list(reports)
+        if error is not None and not entry.get("error"):
+            entry["error"] = error
+        entry.setdefault("error", None)
         self._aggregate(entry)
 
     @staticmethod

@@ -37,6 +37,10 @@ def _rows(entries: Sequence[dict[str, Any]], claims: bool) -> list[tuple[str, ..
     extra = len(CLAIM_HEADER) if claims else 0
     for entry in entries:
         reports = entry["reports"]
+        if not reports and entry.get("error"):
+            # Stopped on a setup error: its message, on one line (see summary_rows).
+            rows.append((entry["nodeid"], f"error: {entry['error']}"))
+            continue
         if not reports:
             # Ran but produced no binarization report: say how the test ended.
             rows.append((entry["nodeid"], f"no report ({entry['outcome']})", *("-",) * (4 + extra)))
@@ -62,9 +66,15 @@ def summary_rows(entries: Sequence[dict[str, Any]]) -> list[str]:
     claims = any(report.get("claim") for entry in entries for report in entry["reports"])
     header = HEADER + CLAIM_HEADER if claims else HEADER
     rows = [header, *_rows(entries, claims)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    # A setup error's row is its name and message: the message may be long, and
+    # must neither widen the table's columns nor be cut.
+    table = [row for row in rows if len(row) == len(header)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = []
     for row in rows:
+        if len(row) != len(header):
+            lines.append(f"{row[0].ljust(widths[0])}  {' '.join(row[1].split())}")
+            continue
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
         cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
         lines.append("  ".join(cells).rstrip())

@@ -195,7 +195,7 @@ def test_named_layer_features_and_a_clear_error_for_a_missing_name() -> None:
 
 def test_subclassed_model_needs_a_named_layer_or_a_callable() -> None:
     model = subclassed_mlp()
-    with pytest.raises(FeatureError, match=r"subclassed.*features='layer_name'.*callable"):
+    with pytest.raises(FeatureError, match=r"subclassed.*features='attribute.path'.*callable"):
         feature_extractor(model, None)
     x, y = _data(16)
     extract = feature_extractor(model, "body")

@@ -125,7 +125,7 @@ def test_with_flag_marked_test_runs_and_fixture_call_fails(pytester: pytest.Pyte
             "*::test_plain PASSED*",
         ]
     )
-    result.stdout.fnmatch_lines(["*SettingsError: epsilon is missing: give it in the marker*"])
+    result.stdout.fnmatch_lines(["ERROR: epsilon is missing: give it in the marker*"])
 
 
 def test_fixture_error_cannot_be_swallowed_by_except_exception(
@@ -204,7 +204,7 @@ def test_missing_epsilon_is_a_clear_error(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--attack-test")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["E * epsilon is missing: give it in the marker*or in the call*epsilon=8/255))"]
+        ["ERROR: epsilon is missing: give it in the marker*or in the call*epsilon=8/255))"]
     )
 
 
@@ -365,11 +365,11 @@ def test_invalid_call_overrides_are_reported_as_such(pytester: pytest.Pytester) 
     )
     result = run(pytester, "--attack-test")
     result.assert_outcomes(failed=3)
-    result.stdout.fnmatch_lines(["*SettingsError: epsilon must be a positive finite number*"])
+    result.stdout.fnmatch_lines(["ERROR: epsilon must be a positive finite number*"])
     result.stdout.fnmatch_lines(
-        ["*SettingsError: unknown keyword argument(s) 'steps'; allowed: epsilon, norm,*"]
+        ["ERROR: unknown keyword argument(s) 'steps'; allowed: epsilon, norm,*"]
     )
-    result.stdout.fnmatch_lines(["*SettingsError: verify_passes must be a positive integer*"])
+    result.stdout.fnmatch_lines(["ERROR: verify_passes must be a positive integer*"])
 
 
 # --------------------------------------------------------------------------- bad markers
@@ -378,7 +378,8 @@ def test_invalid_call_overrides_are_reported_as_such(pytester: pytest.Pytester) 
 BAD_MARKERS = [
     pytest.param(
         "eps=0.1",
-        "unknown keyword argument(s) 'eps'; allowed: epsilon, norm, threshold, samples, "
+        "unknown keyword argument(s) 'eps' (did you mean 'epsilon'?); allowed: epsilon, norm, "
+        "threshold, samples, "
         "claim, features, n_inner, *, chunk_size, max_batch",
         id="unknown-key",
     ),
