@@ -5,7 +5,9 @@ through the ``pytest11`` entry point, so pytest imports this package on every
 run: it imports no ML framework (nor NumPy) until one of the engine's names is
 used. ``from pytest_attacktest import binarization_test`` loads the engine.
 ``AttackTestFailed`` (what a weak attack's test fails with, for
-``xfail(raises=...)``) imports pytest only.
+``xfail(raises=...)``) imports pytest only; ``AttackTestError`` (the base of
+every setup error the engine raises: bad settings, inputs, feature layers,
+attack objects) imports nothing.
 """
 
 from __future__ import annotations
@@ -14,10 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["AttackTestFailed", "Report", "SampleResult", "binarization_test"]
+__all__ = [
+    "AttackTestError",
+    "AttackTestFailed",
+    "Report",
+    "SampleResult",
+    "binarization_test",
+]
 
 if TYPE_CHECKING:
     from pytest_attacktest.binarization import binarization_test
+    from pytest_attacktest.errors import AttackTestError
     from pytest_attacktest.outcomes import AttackTestFailed
     from pytest_attacktest.report import Report, SampleResult
 
@@ -28,6 +37,10 @@ def __getattr__(name: str) -> Any:
         from pytest_attacktest.binarization import binarization_test
 
         return binarization_test
+    if name == "AttackTestError":
+        from pytest_attacktest.errors import AttackTestError
+
+        return AttackTestError
     if name == "AttackTestFailed":
         from pytest_attacktest.outcomes import AttackTestFailed
 
