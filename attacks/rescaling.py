@@ -456,7 +456,8 @@ def _torch_solve_linf(
     eta = torch.minimum(eta_reach, s_max)
     reachable = None
     if not isinstance(eps, float):
-        eta = eta.clamp_min_(0.0)  # entries <= 0 give eta = 0
+        # Entries <= 0 give eta = 0 (a row that cannot move gives 0 / 0 there).
+        eta = eta.nan_to_num_(nan=0.0).clamp_min_(0.0)
         if need_reachable:
             reachable = (a_reach > 0) | (eps <= 0)
     elif need_reachable:
