@@ -28,6 +28,14 @@ crossing happened), which keeps large p from overflowing. The cumulative sums
 only *locate* the segment; the final sums are recomputed as plain reductions
 (pairwise summation on every backend), which keeps float32 results within a
 few ulps of the float64 answer even for 224x224x3 inputs.
+
+PyTorch inputs that need no gradient take a second coding of the same math
+(:func:`_torch_solve`): on a GPU the kernel is bound by how many operations it
+launches, and the EagerPy program above launches 50 to 90. That path finds the
+solution as the largest root over the linear pieces of the concave norm^p
+(no search, no recomputation: its sums are in float64) in about 25
+operations. Both are tested to agree; gradients, float64 and other frameworks
+use the EagerPy program.
 """
 
 from __future__ import annotations
