@@ -494,6 +494,8 @@ def test_torch_path_agrees_with_the_eagerpy_program(dtype: Any) -> None:
     from attacks import rescaling
 
     for x, delta, eps, p, (lo, hi) in _edge_cases(dtype):
+        if dtype == np.float64 and not math.isinf(p):
+            continue  # float64 with finite p takes the EagerPy program on both sides
         args = [torch.from_numpy(x), torch.from_numpy(delta)]
         eps_in = torch.from_numpy(np.asarray(eps, dtype)) if isinstance(eps, np.ndarray) else eps
         bounds = tuple(torch.from_numpy(b) if isinstance(b, np.ndarray) else b for b in (lo, hi))
