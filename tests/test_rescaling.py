@@ -555,3 +555,21 @@ def test_other_frameworks_agree_with_the_torch_path(framework: str) -> None:
             )
             assert to_numpy(reach).tolist() == reference_reach.tolist()
             np.testing.assert_allclose(to_numpy(eta), to_numpy(reference), rtol=3e-6)
+
+
+@pytest.mark.torch
+def test_torch_path_is_float32_exact_on_imagenet_sized_inputs() -> None:
+    """150528 coordinates, saturated pixels, a direction of magnitude 1e-25 (its squares
+    underflow float32): the clipped norm misses epsilon by at most about one float32 ulp,
+    the cost of rounding eta itself, because the sums are in float64."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 1, (4, 3, 224, 224))
+    x[x > 0.9] = 1.0
+    x[x < 0.05] = 0.0
+    x = x.astype(np.float32)
+    delta = (rng.normal(size=x.shape) * 1e-25).astype(np.float32)
+    for p, eps in [(1.0, 490.0), (1.0, 5.0), (2.0, 7.0), (2.0, 150.0), (math.inf, 8 / 255)]:
+        eta = attacks.clipping_aware_rescaling(torch.from_numpy(x), torch.from_numpy(delta), eps, p)
+        error = np.abs(clipped_norm(x, delta, to_numpy(eta), p, 0, 1) / eps - 1).max()
+        assert error <= 1.2e-7, (p, eps, error)
