@@ -16,7 +16,8 @@
 # sklearn"` fails on the GPU machine, add scikit-learn threadpoolctl joblib there.)
 # then on the GPU machine, with `.whl` carried:
 #   bash benchmarks/gpu_session.sh tests        # the CUDA tests, first (1-2 min)
-#   bash benchmarks/gpu_session.sh throughput   # PGD/APGD at batch 512 and 64, fast path
+#   bash benchmarks/gpu_session.sh throughput   # PGD/APGD at batch 512 and 64, fast path;
+#                                               # the rescaling kernel (issue 16.2, under a minute)
 #   bash benchmarks/gpu_session.sh e2e18        # whole test, ResNet-18 32x32, 512 samples
 #   bash benchmarks/gpu_session.sh e2e50        # whole test, ResNet-50 224x224, 512 samples
 #   bash benchmarks/gpu_session.sh scale18      # 64..4096 samples, ResNet-18
@@ -63,6 +64,7 @@ tests | dry)
 throughput | dry)
     run pgd-512 $py $bench/attack_throughput.py --device cuda --batch 512 --json "$out/pgd-cuda-512.json"
     run pgd-64 $py $bench/attack_throughput.py --device cuda --batch 64 --json "$out/pgd-cuda-64.json"
+    run rescaling $py $bench/rescaling.py --device cuda --sizes full --json "$out/rescaling-cuda.json"
     ;;&
 e2e18 | dry)
     run e2e18 $py $bench/binarization.py --device cuda --model resnet18 --samples 512 --baseline-samples 64 --what-if-position-routing --json "$out/e2e-resnet18-512.json"

@@ -18,7 +18,12 @@ Measured figures live in benchmarks/RESULTS.md.
 
 What is compared, on the same inputs and in one run:
 
-1. the kernel, for p = 2, p = 1 and p = inf;
+1. the kernel, for p = 2, p = 1 and p = inf, as users call it (PyTorch tensors
+   without gradients take its PyTorch path), and the same kernel run as the
+   EagerPy program that every other framework runs ("eagerpy"), with the
+   number of aten operations one call dispatches (counted on the CPU with a
+   ``TorchDispatchMode``, views included: launches are what bound the kernel
+   on a GPU);
 2. a plain-PyTorch bisection on ``eta``, batched over samples: the interval
    starts at ``[0, max_i room_i / |delta_i|]`` (at the upper end every
    coordinate is saturated) and each step computes the clipped norm of all
@@ -150,6 +155,35 @@ def kernel_eta(x: torch.Tensor, delta: torch.Tensor, eps: float, p: float) -> to
     """The project's analytic kernel."""
     eta: torch.Tensor = clipping_aware_rescaling(x, delta, eps, p, BOUNDS)
     return eta
+
+
+def eagerpy_eta(x: torch.Tensor, delta: torch.Tensor, eps: float, p: float) -> torch.Tensor:
+    """The same kernel run as the EagerPy program (the path of NumPy, TensorFlow and JAX)."""
+    switches = vars(_rescaling)
+    switches["TORCH_PATH"] = False
+    try:
+        eta: torch.Tensor = clipping_aware_rescaling(x, delta, eps, p, BOUNDS)
+    finally:
+        switches["TORCH_PATH"] = True
+    return eta
+
+
+def count_ops(fn: Callable[[], Any]) -> int:
+    """Aten operations one call of ``fn`` dispatches (on the CPU: a property of the code)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):  # type: ignore[no-untyped-call]
+        count = 0
+
+        def __torch_dispatch__(
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter() as counter:  # type: ignore[no-untyped-call]
+        fn()
+    return int(counter.count)
 
 
 def bisection_eta(
@@ -344,6 +378,10 @@ def run_case(
             "reached": reached,
         }
         fns[f"{norm.name}/kernel"] = functools.partial(kernel_eta, x, delta, eps, p)
+        fns[f"{norm.name}/eagerpy"] = functools.partial(eagerpy_eta, x, delta, eps, p)
+        xc, dc = x[:2].cpu(), delta[:2].cpu()
+        setups[norm.name]["ops"] = count_ops(functools.partial(kernel_eta, xc, dc, eps, p))
+        setups[norm.name]["ops_eagerpy"] = count_ops(functools.partial(eagerpy_eta, xc, dc, eps, p))
         fns[f"{norm.name}/bisection"] = functools.partial(
             bisection_eta, x, delta, eps, p, bisection_steps
         )
@@ -360,6 +398,7 @@ def run_case(
         setup = setups[norm.name]
         accuracy = setup["accuracy"]
         k_times = times[f"{norm.name}/kernel"]
+        g_times = times[f"{norm.name}/eagerpy"]
         b_times = times[f"{norm.name}/bisection"]
         e_times = times[f"{norm.name}/bisection_equal_accuracy"]
         k_median = statistics.median(k_times)
@@ -372,7 +411,15 @@ def run_case(
                 "norm": norm.name,
                 "p": "inf" if math.isinf(norm.p) else norm.p,
                 "epsilon": setup["eps"],
-                "kernel": summarize(k_times, accuracy(outputs[f"{norm.name}/kernel"])),
+                "kernel": {
+                    "ops_per_call": setup["ops"],
+                    **summarize(k_times, accuracy(outputs[f"{norm.name}/kernel"])),
+                },
+                "eagerpy": {
+                    "ops_per_call": setup["ops_eagerpy"],
+                    **summarize(g_times, accuracy(outputs[f"{norm.name}/eagerpy"])),
+                },
+                "eagerpy_relative_to_kernel": statistics.median(g_times) / k_median,
                 "bisection": {
                     "steps": bisection_steps,
                     **summarize(b_times, accuracy(outputs[f"{norm.name}/bisection"])),
@@ -392,6 +439,7 @@ def run_case(
                 # The same ratios from each method's fastest repeat: on a shared
                 # machine the least disturbed run, a check on the medians.
                 "from_fastest_repeat": {
+                    "eagerpy_relative_to_kernel": min(g_times) / min(k_times),
                     "speedup_vs_bisection": min(b_times) / min(k_times),
                     "speedup_vs_bisection_equal_accuracy": min(e_times) / min(k_times),
                     "cost_relative_to_sort": min(k_times) / min(times["sort"]),
@@ -492,8 +540,12 @@ def format_table(rows: list[dict[str, Any]], bisection_steps: int) -> str:
         "input",
         "norm",
         "eps",
+        "kernel ops",
         "kernel ms",
         "kernel err",
+        "eagerpy ops",
+        "eagerpy ms",
+        "eagerpy / kernel",
         f"bisect{bisection_steps} ms",
         f"bisect{bisection_steps} err",
         "eq-acc steps",
@@ -513,8 +565,12 @@ def format_table(rows: list[dict[str, Any]], bisection_steps: int) -> str:
                 row["input"],
                 row["norm"],
                 f"{row['epsilon']:.4g}",
+                str(row["kernel"]["ops_per_call"]),
                 ms(row["kernel"]["median_s"]),
                 f"{row['kernel']['max_rel_error']:.1e}",
+                str(row["eagerpy"]["ops_per_call"]),
+                ms(row["eagerpy"]["median_s"]),
+                f"{row['eagerpy_relative_to_kernel']:.2f}x",
                 ms(row["bisection"]["median_s"]),
                 f"{row['bisection']['max_rel_error']:.1e}",
                 steps,
@@ -538,13 +594,14 @@ def format_table(rows: list[dict[str, Any]], bisection_steps: int) -> str:
 def format_fastest(rows: list[dict[str, Any]], bisection_steps: int) -> str:
     """The ratios again, from each method's fastest repeat instead of the median."""
     lines = [
-        f"ratios from the fastest repeat (input, norm: bisect{bisection_steps} / kernel, "
-        "bisect eq-acc / kernel, kernel / sort):"
+        f"ratios from the fastest repeat (input, norm: eagerpy / kernel, "
+        f"bisect{bisection_steps} / kernel, bisect eq-acc / kernel, kernel / sort):"
     ]
     for row in rows:
         fast = row["from_fastest_repeat"]
         lines.append(
-            f"  {row['input']} {row['norm']}: {fast['speedup_vs_bisection']:.2f}x, "
+            f"  {row['input']} {row['norm']}: {fast['eagerpy_relative_to_kernel']:.2f}x, "
+            f"{fast['speedup_vs_bisection']:.2f}x, "
             f"{fast['speedup_vs_bisection_equal_accuracy']:.2f}x, "
             f"{fast['cost_relative_to_sort']:.2f}x"
         )
