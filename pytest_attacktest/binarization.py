@@ -684,6 +684,7 @@ class _Engine:
             ep.logical_or(flat.min(axis=1) < lo, flat.max(axis=1) > hi)
         )
         nan = ~np.isfinite(distance)
+        moved = ~(distance <= slack)  # NaN moved too: not the clean point
         adversarial = np.ones(s, dtype=bool)
         z_adv = np.full(s, np.inf)
         with _no_grad(x):
@@ -696,6 +697,9 @@ class _Engine:
                 rejected = ~backend.to_numpy(self._valid(x_adv)).astype(bool)
             inner_acc, boundary_acc, random_hit = self._validation(binarized, x, eps, random)
         success = adversarial & ~outside_ball & ~outside_bounds & ~rejected & ~nan
+        reasons = [_setup_failure(i, readouts, guaranteed, rejected_training) for i in range(s)]
+        missed = np.array([not r for r in reasons]) & ~success
+        z_clean, clean_grad = self._diagnose(binarized, x, index, bool(missed.any()))
         if outside_ball.any():
             self.report.warnings.append(
                 f"the attack returned {int(outside_ball.sum())} points outside the "
@@ -706,8 +710,7 @@ class _Engine:
                 f"the attack returned {int(outside_bounds.sum())} points outside the bounds "
                 f"{tuple(self.model.bounds)}: they get no credit"
             )
-        for i in range(s):
-            reason = _setup_failure(i, readouts, guaranteed, rejected_training)
+        for i, reason in enumerate(reasons):
             self.report.samples.append(
                 SampleResult(
                     index=i,
@@ -725,8 +728,63 @@ class _Engine:
                     train_margin=float(readouts.train_margin[i]),
                     noise=float(readouts.noise[i]),
                     closeness=float(readouts.closeness[i]),
+                    moved=bool(moved[i]),
+                    logit_gain=float(z_adv[i] - z_clean[i]),
+                    clean_grad=clean_grad[i] if missed[i] else "",
                 )
             )
+
+    def _diagnose(
+        self, binarized: BinarizedModel, x: ep.Tensor, index: ep.Tensor, missed: bool
+    ) -> tuple[np.ndarray, list[str]]:
+        """What a failure's diagnosis needs: the clean points' readout logits, and the gradients.
+
+        Under the global RNGs seeded and restored (:func:`attacks.seeding.seeded`),
+        so that a randomized defense's later forward passes draw as they would
+        have without these passes: a diagnostic must never change a result.
+        The gradients only when some sample was missed (:meth:`_clean_gradients`).
+        """
+        with seeding.seeded(self.seed):
+            with _no_grad(x):
+                z_clean = self._blocked_logit(binarized, x, index).astype(np.float64)
+            grads = self._clean_gradients(binarized, x, index) if missed else [""] * x.shape[0]
+        return z_clean, grads
+
+    def _clean_gradients(
+        self, binarized: BinarizedModel, x: ep.Tensor, index: ep.Tensor
+    ) -> list[str]:
+        """Per sample, the input gradient of its readout logit at the clean point.
+
+        See :attr:`SampleResult.clean_grad`. One gradient per sample, in the
+        attack's batch; ``""`` everywhere when the model has no gradients, the
+        attack uses none, or the framework fails: a diagnostic must never cost
+        a verdict.
+        """
+        s = x.shape[0]
+        uses_gradient = not isinstance(self.attack, Attack) or self.attack.uses_gradient
+        if not (self.model.differentiable and uses_gradient):
+            return [""] * s
+
+        def block(i: int, j: int) -> np.ndarray:
+            def loss(t: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
+                z = binarized.readout_logit(t, index[i:j])
+                return z.sum(), z
+
+            if backend.tensor_framework(x) == "jax":  # eager: no compilation for one gradient
+                from attacks.jaxjit import eager_value_and_grad
+
+                _, _, grad = eager_value_and_grad(loss, x[i:j])
+            else:
+                _, _, grad = backend.value_and_grad(loss, x[i:j])
+            # A sum: NaN and inf reach it in every framework (a max may drop NaN).
+            return np.asarray(backend.to_numpy(grad.flatten(start=1).abs().sum(axis=1)))
+
+        try:
+            with preserved(self.model):
+                total = np.concatenate(self.attack_blocks.run(block, s)).astype(np.float64)
+        except Exception:  # diagnostic only: never fail a test over it
+            return [""] * s
+        return ["non-finite" if not np.isfinite(g) else "zero" if g == 0 else "ok" for g in total]
 
     def _blocked_logit(
         self, binarized: BinarizedModel, points: ep.Tensor, index: ep.Tensor
