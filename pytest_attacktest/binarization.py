@@ -31,6 +31,7 @@ import numpy as np
 
 from attacks import backend, seeding
 from attacks.base import Attack, atleast_kd, check_gradient_support, check_inputs, lp_norms
+from attacks.losses import cross_entropy
 from attacks.models import Model, as_model
 from attacks.norms import norm_name
 from pytest_attacktest.blocks import Blocks, block_size_for
@@ -765,26 +766,35 @@ class _Engine:
         if not (self.model.differentiable and uses_gradient):
             return [""] * s
 
-        def block(i: int, j: int) -> np.ndarray:
-            def loss(t: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
+        def size(loss: Callable[[ep.Tensor], ep.Tensor], i: int, j: int) -> np.ndarray:
+            def fn(t: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
                 z = binarized.readout_logit(t, index[i:j])
-                return z.sum(), z
+                return loss(z).sum(), z
 
             if backend.tensor_framework(x) == "jax":  # eager: no compilation for one gradient
                 from attacks.jaxjit import eager_value_and_grad
 
-                _, _, grad = eager_value_and_grad(loss, x[i:j])
+                _, _, grad = eager_value_and_grad(fn, x[i:j])
             else:
-                _, _, grad = backend.value_and_grad(loss, x[i:j])
+                _, _, grad = backend.value_and_grad(fn, x[i:j])
             # A sum: NaN and inf reach it in every framework (a max may drop NaN).
             return np.asarray(backend.to_numpy(grad.flatten(start=1).abs().sum(axis=1)))
 
+        def logit(z: ep.Tensor) -> ep.Tensor:
+            return z
+
+        def ce(z: ep.Tensor) -> ep.Tensor:  # what a cross-entropy attack differentiates
+            return cross_entropy(ep.stack([-z, z], axis=1), _zeros_labels(z))
+
+        def block(i: int, j: int) -> np.ndarray:
+            return np.stack([size(logit, i, j), size(ce, i, j)], axis=1)
+
         try:
             with preserved(self.model):
-                total = np.concatenate(self.attack_blocks.run(block, s)).astype(np.float64)
+                sizes = np.concatenate(self.attack_blocks.run(block, s)).astype(np.float64)
         except Exception:  # diagnostic only: never fail a test over it
             return [""] * s
-        return ["non-finite" if not np.isfinite(g) else "zero" if g == 0 else "ok" for g in total]
+        return [_gradient_state(g, g_ce) for g, g_ce in sizes]
 
     def _blocked_logit(
         self, binarized: BinarizedModel, points: ep.Tensor, index: ep.Tensor
@@ -900,6 +910,15 @@ def _setup_failure(
             f"{noise}; {float32}"
         )
     return ""
+
+
+def _gradient_state(logit: float, ce: float) -> str:
+    """:attr:`SampleResult.clean_grad` from the sizes of the two gradients at a clean point."""
+    if not np.isfinite(logit):
+        return "non-finite"
+    if logit == 0:
+        return "zero"
+    return "saturated" if ce == 0 or not np.isfinite(ce) else "ok"
 
 
 def _itemsize(x: ep.Tensor) -> int:

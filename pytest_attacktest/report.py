@@ -64,9 +64,11 @@ class SampleResult:
             adversarial than where it started, the loss never rose).
         clean_grad: the input gradient of the readout logit at the clean
             point, through the model the attack sees: ``"ok"`` (finite and
-            not all zero), ``"zero"``, ``"non-finite"``, or ``""`` when not
-            computed (the sample was fooled, the model has no gradients, or
-            the attack uses none). Diagnostic only: it never decides a verdict.
+            not all zero), ``"zero"``, ``"non-finite"``, ``"saturated"`` (the
+            logit's gradient is fine but the cross-entropy's is zero: the
+            softmax saturates), or ``""`` when not computed (the sample was
+            fooled, the model has no gradients, or the attack uses none).
+            Diagnostic only: it never decides a verdict.
     """
 
     index: int
@@ -219,10 +221,11 @@ class Report:
         The evidence, per missed sample: the returned point is the clean
         point (``moved``), the readout logit did not rise above the clean
         point's (``logit_gain``), the input gradient at the clean point was
-        zero or non-finite (``clean_grad``). When most missed samples show it,
-        gradients look masked (quantization, squeezing, saturation: BPDA; a
-        randomized defense: EOT); when the gradient was fine but the loss
-        still never rose, the attack itself did not climb.
+        zero or non-finite, or the cross-entropy's zero (``clean_grad``). When
+        most missed samples with a gradient show it, gradients look masked
+        (quantization, squeezing: BPDA; randomness: EOT; a saturated softmax:
+        a margin loss); when the gradient was fine but the loss still never
+        rose for most, the attack itself did not climb.
         """
         misses = [
             s
@@ -238,10 +241,17 @@ class Report:
         no_gain = sum(not s.moved or s.logit_gain <= 0 for s in misses)
         known = [s for s in misses if s.clean_grad]
         flat = sum(s.clean_grad in ("zero", "non-finite") for s in known)
+        saturated = sum(s.clean_grad == "saturated" for s in known)
         evidence = []
-        if known:
+        if flat:
             evidence.append(
                 f"the input gradient at the clean point was zero or non-finite for {flat}"
+            )
+        if saturated:
+            evidence.append(
+                "the cross-entropy's gradient at the clean point was zero (its softmax "
+                "saturated) for "
+                f"{saturated}"
             )
         if stuck:
             evidence.append(f"the attack returned the unmodified clean point for {stuck}")
@@ -252,7 +262,12 @@ class Report:
             )
         seen = f"of {m} missed samples, " + ", ".join(evidence)
         recipe = f'README section "{MASKED_GRADIENTS_SECTION}"'
-        if known and 2 * flat > len(known):
+        if known and 2 * (flat + saturated) > len(known):
+            if saturated > flat:
+                return [
+                    "gradients look masked: the cross-entropy saturates, use a margin loss "
+                    f'(e.g. attacks.APGD("linf", loss="margin")) ({recipe}); {seen}'
+                ]
             return [f"gradients look masked: try BPDA or EOT ({recipe}); {seen}"]
         if 2 * no_gain <= m:
             return []
@@ -278,8 +293,9 @@ class Report:
             f"seed={self.seed}"
         )
         causes = self.causes()
-        if causes:
-            head += "\n  likely causes:\n" + "\n".join(f"  - {c}" for c in causes)
+        if causes:  # a pass has no causes to explain, only its caveats
+            label = "caveats" if self.passed else "likely causes"
+            head += f"\n  {label}:\n" + "\n".join(f"  - {c}" for c in causes)
         return head
 
     def to_dict(self) -> dict[str, Any]:
