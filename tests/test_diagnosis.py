@@ -113,6 +113,34 @@ def test_squeezing_with_bpda_passes_without_a_masked_diagnosis() -> None:
     assert {s.clean_grad for s in _misses(report)} <= {"ok"}
 
 
+class Saturated(torch.nn.Module):
+    """Logits x1000, as defensive distillation deployed: the softmax is one-hot in float32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = torch_mlp()
+        self.eval()
+
+    def forward(self, t: Any) -> Any:
+        return 1000.0 * self.classifier(t)
+
+
+def test_a_saturated_softmax_is_diagnosed_with_a_margin_loss_as_the_fix() -> None:
+    """The readout spans the defense's logit range: CE's gradient underflows, the logit's not."""
+    x, y = _data(32)
+    args = {"epsilon": 0.1, "rescale_logits": "adaptive"}
+    plain = binarization_test(Saturated(), x, y, attack=attacks.PGD("linf", steps=20), **args)
+    assert plain.verdict == "failed", plain.summary()
+    assert {s.clean_grad for s in _misses(plain)} == {"saturated"}
+    cause = plain.causes()[0]
+    assert cause.startswith("gradients look masked: the cross-entropy saturates"), cause
+    assert 'loss="margin"' in cause
+    margin = binarization_test(
+        Saturated(), x, y, attack=attacks.PGD("linf", steps=20, loss="margin"), **args
+    )
+    assert margin.passed, margin.summary()
+
+
 def test_the_clean_gradient_goes_through_bpda() -> None:
     """The same squeezed model, plain and behind BPDA: zero gradients, then working ones."""
     x, y = _data(16)
@@ -256,6 +284,7 @@ def test_caveats_are_in_the_report_whatever_the_verdict() -> None:
     assert "too easy to be informative (a pass says little about the attack)" in caveat
     assert report.to_dict()["caveats"] == [caveat]
     assert report.causes() == [f"caveat: {caveat}"]
+    assert report.summary().endswith(f"\n  caveats:\n  - caveat: {caveat}")
 
 
 TOO_EASY = """
