@@ -212,7 +212,11 @@ class Report:
         return [
             f"random points are already adversarial for {rate:.0%} of samples: the test is "
             "too easy to be informative"
-            + (" (a pass says little about the attack)" if self.verdict == "passed" else "")
+            + (
+                " (a pass says little about the attack)"
+                if self.verdict == "passed"
+                else " for a pass (a miss where random points succeed is the attack's weakness)"
+            )
         ]
 
     def _progress_causes(self) -> list[str]:
