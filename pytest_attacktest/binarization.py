@@ -34,6 +34,7 @@ from attacks import backend, seeding
 from attacks import progress as attack_progress
 from attacks.base import Attack, atleast_kd, check_gradient_support, check_inputs, lp_norms
 from attacks.keywords import keyword_hints
+from attacks.losses import cross_entropy
 from attacks.models import Model, as_model
 from attacks.norms import norm_name
 from pytest_attacktest.blocks import Blocks, block_size_for
@@ -702,6 +703,7 @@ class _Engine:
             ep.logical_or(flat.min(axis=1) < lo, flat.max(axis=1) > hi)
         )
         nan = ~np.isfinite(distance)
+        moved = ~(distance <= slack)  # NaN moved too: not the clean point
         adversarial = np.ones(s, dtype=bool)
         z_adv = np.full(s, np.inf)
         with _no_grad(x):
@@ -714,6 +716,9 @@ class _Engine:
                 rejected = ~backend.to_numpy(self._valid(x_adv)).astype(bool)
             inner_acc, boundary_acc, random_hit = self._validation(binarized, x, eps, random)
         success = adversarial & ~outside_ball & ~outside_bounds & ~rejected & ~nan
+        reasons = [_setup_failure(i, readouts, guaranteed, rejected_training) for i in range(s)]
+        missed = np.array([not r for r in reasons]) & ~success
+        z_clean, clean_grad = self._diagnose(binarized, x, index, bool(missed.any()))
         if outside_ball.any():
             self.report.warnings.append(
                 f"the attack returned {int(outside_ball.sum())} points outside the "
@@ -724,8 +729,7 @@ class _Engine:
                 f"the attack returned {int(outside_bounds.sum())} points outside the bounds "
                 f"{tuple(self.model.bounds)}: they get no credit"
             )
-        for i in range(s):
-            reason = _setup_failure(i, readouts, guaranteed, rejected_training)
+        for i, reason in enumerate(reasons):
             self.report.samples.append(
                 SampleResult(
                     index=i,
@@ -743,8 +747,72 @@ class _Engine:
                     train_margin=float(readouts.train_margin[i]),
                     noise=float(readouts.noise[i]),
                     closeness=float(readouts.closeness[i]),
+                    moved=bool(moved[i]),
+                    logit_gain=float(z_adv[i] - z_clean[i]),
+                    clean_grad=clean_grad[i] if missed[i] else "",
                 )
             )
+
+    def _diagnose(
+        self, binarized: BinarizedModel, x: ep.Tensor, index: ep.Tensor, missed: bool
+    ) -> tuple[np.ndarray, list[str]]:
+        """What a failure's diagnosis needs: the clean points' readout logits, and the gradients.
+
+        Under the global RNGs seeded and restored (:func:`attacks.seeding.seeded`),
+        so that a randomized defense's later forward passes draw as they would
+        have without these passes: a diagnostic must never change a result.
+        The gradients only when some sample was missed (:meth:`_clean_gradients`).
+        """
+        with seeding.seeded(self.seed):
+            with _no_grad(x):
+                z_clean = self._blocked_logit(binarized, x, index).astype(np.float64)
+            grads = self._clean_gradients(binarized, x, index) if missed else [""] * x.shape[0]
+        return z_clean, grads
+
+    def _clean_gradients(
+        self, binarized: BinarizedModel, x: ep.Tensor, index: ep.Tensor
+    ) -> list[str]:
+        """Per sample, the input gradient of its readout logit at the clean point.
+
+        See :attr:`SampleResult.clean_grad`. One gradient per sample, in the
+        attack's batch; ``""`` everywhere when the model has no gradients, the
+        attack uses none, or the framework fails: a diagnostic must never cost
+        a verdict.
+        """
+        s = x.shape[0]
+        uses_gradient = not isinstance(self.attack, Attack) or self.attack.uses_gradient
+        if not (self.model.differentiable and uses_gradient):
+            return [""] * s
+
+        def size(loss: Callable[[ep.Tensor], ep.Tensor], i: int, j: int) -> np.ndarray:
+            def fn(t: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
+                z = binarized.readout_logit(t, index[i:j])
+                return loss(z).sum(), z
+
+            if backend.tensor_framework(x) == "jax":  # eager: no compilation for one gradient
+                from attacks.jaxjit import eager_value_and_grad
+
+                _, _, grad = eager_value_and_grad(fn, x[i:j])
+            else:
+                _, _, grad = backend.value_and_grad(fn, x[i:j])
+            # A sum: NaN and inf reach it in every framework (a max may drop NaN).
+            return np.asarray(backend.to_numpy(grad.flatten(start=1).abs().sum(axis=1)))
+
+        def logit(z: ep.Tensor) -> ep.Tensor:
+            return z
+
+        def ce(z: ep.Tensor) -> ep.Tensor:  # what a cross-entropy attack differentiates
+            return cross_entropy(ep.stack([-z, z], axis=1), _zeros_labels(z))
+
+        def block(i: int, j: int) -> np.ndarray:
+            return np.stack([size(logit, i, j), size(ce, i, j)], axis=1)
+
+        try:
+            with preserved(self.model):
+                sizes = np.concatenate(self.attack_blocks.run(block, s)).astype(np.float64)
+        except Exception:  # diagnostic only: never fail a test over it
+            return [""] * s
+        return [_gradient_state(g, g_ce) for g, g_ce in sizes]
 
     def _blocked_logit(
         self, binarized: BinarizedModel, points: ep.Tensor, index: ep.Tensor
@@ -860,6 +928,15 @@ def _setup_failure(
             f"{noise}; {float32}"
         )
     return ""
+
+
+def _gradient_state(logit: float, ce: float) -> str:
+    """:attr:`SampleResult.clean_grad` from the sizes of the two gradients at a clean point."""
+    if not np.isfinite(logit):
+        return "non-finite"
+    if logit == 0:
+        return "zero"
+    return "saturated" if ce == 0 or not np.isfinite(ce) else "ok"
 
 
 def _itemsize(x: ep.Tensor) -> int:

@@ -19,6 +19,11 @@ MAX_EXAMPLES = 3
 #: Inputs with more values than this (3x32x32) are not kept: the JSON report and
 #: the xdist channel carry them, and a test of large images would grow both.
 MAX_EXAMPLE_VALUES = 3072
+#: Above this share of conclusive samples with a random hit, the test is too
+#: easy for a pass to mean much (:meth:`Report.caveats`).
+RANDOM_SUCCESS_CAVEAT = 0.5
+#: The README section the masked-gradients diagnosis points to.
+MASKED_GRADIENTS_SECTION = "Masked gradients: BPDA and EOT"
 
 
 @dataclass
@@ -52,6 +57,18 @@ class SampleResult:
             the readout's logit span; 0 on exact arithmetic.
         closeness: the decision-boundary closeness applied: the configured
             one, or less where the noise needed a wider margin.
+        moved: the attack's point differs from the clean point by more than
+            float rounding (False: it returned the clean point unchanged).
+        logit_gain: ``z(x_adv) - z(x)``: how far the attack raised the
+            readout logit above the clean point's (<= 0: its point is no more
+            adversarial than where it started, the loss never rose).
+        clean_grad: the input gradient of the readout logit at the clean
+            point, through the model the attack sees: ``"ok"`` (finite and
+            not all zero), ``"zero"``, ``"non-finite"``, ``"saturated"`` (the
+            logit's gradient is fine but the cross-entropy's is zero: the
+            softmax saturates), or ``""`` when not computed (the sample was
+            fooled, the model has no gradients, or the attack uses none).
+            Diagnostic only: it never decides a verdict.
     """
 
     index: int
@@ -69,6 +86,9 @@ class SampleResult:
     train_margin: float = math.nan
     noise: float = math.nan
     closeness: float = math.nan
+    moved: bool = True
+    logit_gain: float = math.nan
+    clean_grad: str = ""
 
 
 @dataclass
@@ -143,7 +163,15 @@ class Report:
         return self.verdict == "passed"
 
     def causes(self) -> list[str]:
-        """Likely reasons for a failure or error, most specific first, in plain words."""
+        """Likely reasons for a failure or error, the best-evidenced first, in plain words.
+
+        Order: what the attack's points showed (outside the ball or bounds,
+        rejected), then what the engine saw of the attack's progress on the
+        missed samples (:meth:`_progress_causes`: points that never moved,
+        zero gradients), then why samples could not be set up (first instead
+        when the verdict is ``error``), and last the caveats
+        (:meth:`caveats`), which describe the test rather than explain a miss.
+        """
         found = []
         conclusive = [s for s in self.samples if s.conclusive]
         outside = sum(s.outside_ball for s in conclusive)
@@ -155,13 +183,9 @@ class Report:
         rejected = sum(s.rejected for s in conclusive)
         if rejected:
             found.append(f"the detector rejected the attack's points for {rejected} samples")
-        if self.random_success_rate > 0.5:
-            found.append(
-                "random points are already adversarial for "
-                f"{self.random_success_rate:.0%} of samples: the test is too easy to be informative"
-            )
+        setup = []
         if 0 < self.n_conclusive < self.min_conclusive:
-            found.append(
+            setup.append(
                 f"only {self.n_conclusive} conclusive samples: a verdict needs at least "
                 f"{self.min_conclusive} (test more samples)"
             )
@@ -170,8 +194,97 @@ class Report:
             if not s.conclusive:
                 reasons[s.reason] = reasons.get(s.reason, 0) + 1
         for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
-            found.append(f"inconclusive ({count} samples): {reason}")
-        return found
+            setup.append(f"inconclusive ({count} samples): {reason}")
+        progress = self._progress_causes() if self.verdict != "passed" else []
+        found += setup + progress if self.verdict == "error" else progress + setup
+        return found + [f"caveat: {c}" for c in self.caveats()]
+
+    def caveats(self) -> list[str]:
+        """What limits the test itself, whatever the verdict (shown for passing tests too).
+
+        A high random success rate means fresh random points in the ball are
+        already adversarial: a pass then says little about the attack (one
+        step of FGSM may pass), while a miss is all the more the attack's.
+        """
+        rate = self.random_success_rate
+        if rate <= RANDOM_SUCCESS_CAVEAT:
+            return []
+        return [
+            f"random points are already adversarial for {rate:.0%} of samples: the test is "
+            "too easy to be informative"
+            + (
+                " (a pass says little about the attack)"
+                if self.verdict == "passed"
+                else " for a pass (a miss where random points succeed is the attack's weakness)"
+            )
+        ]
+
+    def _progress_causes(self) -> list[str]:
+        """What the engine saw of the attack on the samples it missed with no other explanation.
+
+        The evidence, per missed sample: the returned point is the clean
+        point (``moved``), the readout logit did not rise above the clean
+        point's (``logit_gain``), the input gradient at the clean point was
+        zero or non-finite, or the cross-entropy's zero (``clean_grad``). When
+        most missed samples with a gradient show it, gradients look masked
+        (quantization, squeezing: BPDA; randomness: EOT; a saturated softmax:
+        a margin loss); when the gradient was fine but the loss still never
+        rose for most, the attack itself did not climb.
+        """
+        misses = [
+            s
+            for s in self.samples
+            if s.conclusive
+            and not s.success
+            and not (s.outside_ball or s.outside_bounds or s.rejected)
+        ]
+        m = len(misses)
+        if not m:
+            return []
+        stuck = sum(not s.moved for s in misses)
+        no_gain = sum(not s.moved or s.logit_gain <= 0 for s in misses)
+        known = [s for s in misses if s.clean_grad]
+        flat = sum(s.clean_grad in ("zero", "non-finite") for s in known)
+        saturated = sum(s.clean_grad == "saturated" for s in known)
+        evidence = []
+        if flat:
+            evidence.append(
+                f"the input gradient at the clean point was zero or non-finite for {flat}"
+            )
+        if saturated:
+            evidence.append(
+                "the cross-entropy's gradient at the clean point was zero (its softmax "
+                "saturated) for "
+                f"{saturated}"
+            )
+        if stuck:
+            evidence.append(f"the attack returned the unmodified clean point for {stuck}")
+        if no_gain > stuck:
+            evidence.append(
+                "a point no more adversarial than the clean point (the readout logit never "
+                f"rose) for {no_gain - stuck}{' more' if stuck else ''}"
+            )
+        seen = f"of {m} missed samples, " + ", ".join(evidence)
+        recipe = f'README section "{MASKED_GRADIENTS_SECTION}"'
+        if known and 2 * (flat + saturated) > len(known):
+            if saturated > flat:
+                return [
+                    "gradients look masked: the cross-entropy saturates, use a margin loss "
+                    f'(e.g. attacks.APGD("linf", loss="margin")) ({recipe}); {seen}'
+                ]
+            return [f"gradients look masked: try BPDA or EOT ({recipe}); {seen}"]
+        if 2 * no_gain <= m:
+            return []
+        if not known:  # no gradients: a NumPy model or a gradient-free attack
+            return [
+                "the attack made no progress: its points are no more adversarial than the "
+                f"clean points (more queries, iterations or restarts); {seen}"
+            ]
+        return [
+            "the attack made no progress although the gradient at the clean point is finite "
+            "and nonzero: check its step size and loss; a randomized defense's noisy gradients "
+            f"need EOT ({recipe}); {seen}"
+        ]
 
     def summary(self) -> str:
         """One paragraph for a failing test's message."""
@@ -184,8 +297,9 @@ class Report:
             f"seed={self.seed}"
         )
         causes = self.causes()
-        if causes:
-            head += "\n  likely causes:\n" + "\n".join(f"  - {c}" for c in causes)
+        if causes:  # a pass has no causes to explain, only its caveats
+            label = "caveats" if self.passed else "likely causes"
+            head += f"\n  {label}:\n" + "\n".join(f"  - {c}" for c in causes)
         return head
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,6 +319,7 @@ class Report:
             "n_inconclusive": self.n_inconclusive,
             "random_success_rate": self.random_success_rate,
             "causes": self.causes(),
+            "caveats": self.caveats(),
             "settings": self.settings,
             "timings": self.timings,
             "warnings": self.warnings,

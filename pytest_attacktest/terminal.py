@@ -7,6 +7,8 @@ glance without opening the JSON. Tests that make a robustness claim add three
 columns (measured robust accuracy, the claim, the claim gate's verdict); runs
 without claims keep the narrower table. Pure formatting of the plain entries that
 :class:`pytest_attacktest.session.RunResults` holds: no pytest, no ML framework.
+Under the table, a passing test's caveats (a test too easy to say much) get a
+line each: the table alone would show them as plain passes.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def _rows(entries: Sequence[dict[str, Any]], claims: bool) -> list[tuple[str, ..
 
 
 def summary_rows(entries: Sequence[dict[str, Any]]) -> list[str]:
-    """Aligned lines, header first: one row per fixture call (per test without one)."""
+    """Aligned lines, header first: one row per fixture call (per test without one),
+    then the caveats of passing tests."""
     claims = any(report.get("claim") for entry in entries for report in entry["reports"])
     header = HEADER + CLAIM_HEADER if claims else HEADER
     rows = [header, *_rows(entries, claims)]
@@ -78,4 +81,21 @@ def summary_rows(entries: Sequence[dict[str, Any]]) -> list[str]:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
         cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
         lines.append("  ".join(cells).rstrip())
+    return lines + _caveat_lines(entries)
+
+
+def _caveat_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per caveat of a passing test (a failing one shows its causes in its message).
+
+    Why on the terminal: a pass of a too-easy test (random points already
+    adversarial) looks like any other pass in the table.
+    """
+    lines = []
+    for entry in entries:
+        reports = entry["reports"]
+        for number, report in enumerate(reports, start=1):
+            if report.get("verdict") != "passed":
+                continue
+            name = entry["nodeid"] if len(reports) == 1 else f"{entry['nodeid']} [call {number}]"
+            lines += [f"caveat: {name}: {caveat}" for caveat in report.get("caveats") or ()]
     return lines

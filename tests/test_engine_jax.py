@@ -116,6 +116,9 @@ def test_quantized_input_plain_pgd_fails_and_bpda_passes() -> None:
     )
     assert plain.verdict == "failed", plain.summary()
     assert plain.asr < 0.5
+    # The diagnosis saw the zero gradients through the rounding (issue 15 item 2).
+    assert {s.clean_grad for s in plain.samples if s.conclusive and not s.success} == {"zero"}
+    assert plain.causes()[0].startswith("gradients look masked"), plain.causes()
 
     bpda = attacks.BPDA(lambda t: head(features(t)), _quantize)
     adaptive = binarization_test(

@@ -149,6 +149,9 @@ def test_quantized_keras_defense_plain_pgd_fails_and_pgd_with_bpda_passes() -> N
     plain = binarization_test(defended, x, y, attack=attacks.PGD(steps=30), epsilon=0.2)
     assert plain.verdict == "failed", plain.summary()
     assert plain.asr < 0.5
+    # The diagnosis saw the zero gradients through the rounding (issue 15 item 2).
+    assert {s.clean_grad for s in plain.samples if s.conclusive and not s.success} == {"zero"}
+    assert plain.causes()[0].startswith("gradients look masked"), plain.causes()
     bpda = attacks.BPDA(classifier, quantize)
     adaptive = binarization_test(bpda, x, y, attack=attacks.PGD(steps=30), epsilon=0.2)
     assert adaptive.passed, adaptive.summary()

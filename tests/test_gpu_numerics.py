@@ -210,3 +210,6 @@ def test_plain_pgd_fails_a_quantized_input_convnet_under_gpu_like_numerics() -> 
         )
     assert plain.verdict != "passed", plain.summary()
     assert bpda.verdict == "passed", bpda.summary()
+    # The diagnosis sees the zero gradients through the rounding under these numerics too.
+    assert {s.clean_grad for s in plain.samples if s.conclusive and not s.success} == {"zero"}
+    assert any(c.startswith("gradients look masked: try BPDA") for c in plain.causes())
