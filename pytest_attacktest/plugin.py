@@ -310,7 +310,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="attack_test_claim_tolerance",
         metavar="TOL",
         help=f"How far the robust accuracy measured by a test with {MARKER}(claim=...) may "
-        "differ from the claim (below it; above it, beyond its 95%% interval), in [0, 1). "
+        "differ from the claim beyond its 95%% interval (on either side), in [0, 1). "
         f"Overrides ini {INI_CLAIM_TOLERANCE}. "
         f"Default: {DEFAULT_CLAIM_TOLERANCE:g}.",
     )
@@ -817,8 +817,9 @@ class AttackTestFixture:
         With a ``claim`` (the claim gate), the attack also runs on the real
         model at the same samples and the test passes only when the attack
         passes the binarization test *and* the robust accuracy measured by the
-        plugin is at least ``claim - tolerance``
-        (:mod:`pytest_attacktest.claims`); the failure says which check
+        plugin agrees with the claim (its 95% interval reaches
+        ``[claim - tolerance, claim + tolerance]``;
+        :mod:`pytest_attacktest.claims`); the failure says which check
         failed, or both.
 
         Returns:
