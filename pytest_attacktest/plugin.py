@@ -47,12 +47,16 @@ from pytest_attacktest.baselines import (
     BaselineError,
     CompareFail,
     Comparison,
+    autosave_name,
     baseline_document,
     compare,
     comparison_lines,
     figures_of,
-    find_baseline,
+    framework_changes,
+    framework_versions,
     load_baseline,
+    locate_baseline,
+    machine_id,
     parse_baseline_name,
     parse_compare_fail,
     parse_compare_name,
@@ -91,6 +95,7 @@ if TYPE_CHECKING:
     from pytest_attacktest.report import Report
 
 __all__ = [
+    "AUTOSAVE_FLAG",
     "CLAIM_TOLERANCE_FLAG",
     "COMPARE_FAIL_FLAG",
     "COMPARE_FLAG",
@@ -139,6 +144,7 @@ JSON_FLAG = "--attack-test-json"
 CLAIM_TOLERANCE_FLAG = "--attack-test-claim-tolerance"
 HTML_FLAG = "--attack-test-html"
 SAVE_FLAG = "--attack-test-save"
+AUTOSAVE_FLAG = "--attack-test-autosave"
 COMPARE_FLAG = "--attack-test-compare"
 COMPARE_FAIL_FLAG = "--attack-test-compare-fail"
 STORAGE_FLAG = "--attack-test-storage"
@@ -331,8 +337,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         dest="attack_test_save",
         metavar="NAME",
-        help="Save this run's attack-test figures as baseline NAME (NNNN_NAME.json in the "
-        "storage folder).",
+        help="Save this run's attack-test figures as baseline NAME (NNNN_NAME.json in this "
+        "machine's folder of the storage folder).",
+    )
+    group.addoption(
+        AUTOSAVE_FLAG,
+        action="store_true",
+        default=None,
+        dest="attack_test_autosave",
+        help=f"Save a baseline after every run, named after the commit and the UTC time "
+        f"(NNNN_<commit>_<time>.json, as pytest-benchmark's autosave); {SAVE_FLAG} NAME wins.",
     )
     group.addoption(
         COMPARE_FLAG,
@@ -574,6 +588,8 @@ def _resolve_session(config: pytest.Config) -> AttackTestSession:
     if storage is None:
         storage = config.rootpath / DEFAULT_STORAGE
     save_name: str | None = config.getoption("attack_test_save")
+    if save_name is None and config.getoption("attack_test_autosave"):
+        save_name = autosave_name(config.rootpath)
     problem = None if save_name is None else _unwritable_folder(storage)
     if problem is not None:
         raise pytest.UsageError(
@@ -1089,12 +1105,21 @@ class _ResultsReporter:
         self.comparison: Comparison | None = None
         self.baseline: dict[str, Any] | None = None
         self.baseline_path: Path | None = None
+        self.baseline_notes: list[str] = []
         if self.session.compare is not None:
             # Found now, not at the end: a missing baseline is a usage error before any test.
             assert self.session.storage is not None
             try:
-                self.baseline_path = find_baseline(self.session.storage, self.session.compare)
+                self.baseline_path, note = locate_baseline(
+                    self.session.storage, self.session.compare, machine_id()
+                )
                 self.baseline = load_baseline(self.baseline_path)
+                self.baseline_notes = [note] if note else []
+                changes = framework_changes(self.baseline, framework_versions())
+                if changes:
+                    self.baseline_notes.append(
+                        f"frameworks changed since the baseline: {', '.join(changes)}"
+                    )
             except BaselineError as exc:
                 raise pytest.UsageError(f"{COMPARE_FLAG}: {exc}") from None
 
@@ -1194,6 +1219,8 @@ class _ResultsReporter:
             "claim_tolerance": self.session.claim_tolerance,
             "device": self.session.device,
             "pytest": pytest.__version__,
+            "machine": machine_id(),
+            "frameworks": framework_versions(),
             "exitstatus": int(session.exitstatus),
             **{
                 k: v
@@ -1204,7 +1231,9 @@ class _ResultsReporter:
             },
         }
         try:
-            self.saved = save_baseline(self.session.storage, name, baseline_document(ran, metadata))
+            self.saved = save_baseline(
+                self.session.storage / machine_id(), name, baseline_document(ran, metadata)
+            )
         except BaselineError as exc:
             self.save_error = str(exc)
             if session.exitstatus == pytest.ExitCode.OK:
@@ -1239,6 +1268,8 @@ class _ResultsReporter:
             terminalreporter.write_sep(
                 "=", f"attack tests compared with {comparison.baseline} (fail on: {rules})"
             )
+            for line in self.baseline_notes:
+                terminalreporter.write_line(f"note: {line}")
             for line in comparison_lines(comparison):
                 terminalreporter.write_line(line, red=line.startswith("REGRESSION"))
             if comparison.failed:
