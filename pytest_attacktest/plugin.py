@@ -719,6 +719,19 @@ def pytest_make_collect_report(
     return report
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Give tests that use the fixture without the marker a bare ``attack_test`` marker.
+
+    So ``-m attack_test`` selects every attack test (and ``-m "not
+    attack_test"`` none): pytest's ``-m`` sees markers only, and deselects in
+    ``pytest_collection_modifyitems``, after this hook. A bare marker has no
+    keywords, so the test's settings are unchanged. A test that gets the
+    fixture only through ``request.getfixturevalue`` cannot be seen here.
+    """
+    if _is_attack_test(item) and item.get_closest_marker(MARKER) is None:
+        item.add_marker(MARKER)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Store each attack test's settings and skip attack tests when disabled.

@@ -99,6 +99,69 @@ def test_without_flag_marked_and_fixture_tests_are_skipped_naming_the_flag(
     assert "--attack-test" in SKIP_REASON
 
 
+def test_dash_m_attack_test_selects_fixture_only_tests_too(pytester: pytest.Pytester) -> None:
+    """``-m attack_test`` runs the marked tests and those using only the fixture; nothing else.
+
+    The fixture-only test's settings still come from the module's marker (the
+    bare marker added at collection changes none of them).
+    """
+    write(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.attack_test(epsilon=0.25)
+        def test_marked():
+            pass
+
+        def test_fixture_only(attack_test):
+            assert attack_test.epsilon is None
+            pytest.skip("settings checked")
+
+        class TestGroup:
+            def test_fixture_in_class(self, attack_test):
+                assert attack_test.epsilon is None
+                pytest.skip("settings checked")
+
+        def test_plain():
+            pass
+        """,
+    )
+    write(
+        pytester,
+        """
+        import pytest
+
+        pytestmark = pytest.mark.attack_test(epsilon=0.125, samples=9)
+
+        def test_module_marked(attack_test):
+            assert (attack_test.epsilon, attack_test.samples) == (0.125, 9)
+            pytest.skip("settings checked")
+        """,
+        name="test_module",
+    )
+    selected = run(pytester, "--attack-test", "--strict-markers", "-m", "attack_test", "-v")
+    selected.assert_outcomes(passed=1, skipped=3, deselected=1)
+    selected.stdout.fnmatch_lines(["*::test_fixture_only SKIPPED*"], consecutive=False)
+    selected.stdout.no_fnmatch_line("*::test_plain*")
+    others = run(pytester, "--attack-test", "-m", "not attack_test", "-v")
+    others.assert_outcomes(passed=1, deselected=4)
+    others.stdout.fnmatch_lines(["*::test_plain PASSED*"])
+
+
+def test_readme_lists_every_marker_keyword() -> None:
+    """The README's keyword list names every key the marker accepts (it once missed some)."""
+    from pathlib import Path
+
+    from pytest_attacktest.options import MARKER_KEYS
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("- Marker and call keywords:")
+    listed = readme[start : readme.index("Unknown or invalid", start)]
+    missing = [key for key in MARKER_KEYS if f"`{key}`" not in listed]
+    assert not missing, f"README keyword list misses {missing}"
+
+
 def test_fixture_requested_dynamically_is_skipped_without_flag(pytester: pytest.Pytester) -> None:
     write(
         pytester,
