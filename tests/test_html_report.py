@@ -218,6 +218,27 @@ def test_page_contains_what_it_promises(document: dict[str, Any]) -> None:
     assert "<style>" in text
 
 
+def test_metadata_leaves_out_an_unset_device_and_time_stays_on_one_line(
+    document: dict[str, Any],
+) -> None:
+    """No "device None" row, a device given is shown, and "0.50 s" never wraps."""
+    assert document["metadata"]["device"] is None  # no --attack-test-device in this run
+    page = _parse(render_html(document))
+    head = "".join(page.text).split("Summary")[0]  # the metadata table
+    assert "seed0" in head
+    assert "device" not in head
+    assert "None" not in head
+    with_device = {**document, "metadata": {**document["metadata"], "device": "cuda:1"}}
+    shown = "".join(_parse(render_html(with_device)).text)
+    assert "devicecuda:1" in shown.split("Summary")[0]
+
+    html_text = render_html(document)
+    times = page.find("td", **{"class": "time"})
+    assert len(times) == len(page.summary_rows) == 2
+    assert [row[-1] for row in page.summary_rows] == ["0.50\xa0s", "0.10\xa0s"]
+    assert "td.time, th.time { white-space: nowrap; }" in html_text
+
+
 @pytest.mark.skipif(
     not (shutil.which("chromium") or shutil.which("chromium-browser")),
     reason="needs Debian's chromium (apt-get install chromium) to render the page",
