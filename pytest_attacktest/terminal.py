@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["CLAIM_HEADER", "HEADER", "summary_rows"]
+__all__ = ["CLAIM_HEADER", "HEADER", "start_line", "summary_rows"]
 
 HEADER = ("test", "verdict", "ASR", "threshold", "inconclusive", "time")
 #: Columns added when some test makes a claim (``attack_test(..., claim=0.55)``).
@@ -69,3 +69,19 @@ def summary_rows(entries: Sequence[dict[str, Any]]) -> list[str]:
         cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     return lines
+
+
+def start_line(reporter: Any) -> None:
+    """Make the terminal reporter's next line start at the left edge.
+
+    Why not ``reporter.ensure_newline()`` alone: it only ends a line that
+    pytest began with a file name. Progress dots written on their own (under
+    pytest-xdist every test's ``.``; a bench cell's after a progress line) leave
+    the cursor mid-line with no file name, and a progress line would be glued
+    to them (``..[attacktest] ...``). The terminal writer knows how much of
+    the current line is filled.
+    """
+    reporter.ensure_newline()
+    writer = getattr(reporter, "_tw", None)
+    if writer is not None and getattr(writer, "width_of_current_line", 0):
+        writer.line()

@@ -1046,3 +1046,55 @@ def test_summary_rows_align_and_show_each_call() -> None:
     assert lines[2].split()[3:] == ["failed", "0.500", "0.950", "1/8", "1.50s"]
     assert lines[3].split() == ["t.py::x", "no", "report", "(failed)", "-", "-", "-", "-"]
     assert lines[1].index("passed") == lines[0].index("verdict")
+
+
+# --------------------------------------------------------------------------- progress lines
+
+
+def test_start_line_ends_a_line_of_dots_that_has_no_file_name() -> None:
+    """``ensure_newline`` alone leaves ``..`` (no file name) and glues the next line to it."""
+    import io
+
+    from _pytest._io import TerminalWriter
+
+    from pytest_attacktest.terminal import start_line
+
+    class Reporter:  # pytest's TerminalReporter, as far as start_line uses it
+        def __init__(self) -> None:
+            self.out = io.StringIO()
+            self._tw = TerminalWriter(self.out)
+
+        def ensure_newline(self) -> None:  # no file name written: nothing to end
+            pass
+
+    reporter = Reporter()
+    reporter._tw.write("..")
+    start_line(reporter)
+    reporter._tw.line("[attacktest] line")
+    start_line(reporter)  # at the left edge already: no empty line
+    reporter._tw.line("[attacktest] next")
+    assert reporter.out.getvalue() == "..\n[attacktest] line\n[attacktest] next\n"
+
+
+def test_xdist_progress_lines_start_on_their_own_line(tmp_path: Any) -> None:
+    """Under ``-n 2`` each finished attack test's line is not glued to xdist's dots."""
+    pytest.importorskip("torch")
+    pytest.importorskip("xdist")
+    from attack_project import make_project, run_pytest
+
+    tests = """
+        import pytest
+
+        pytestmark = pytest.mark.attack_test(epsilon=0.1, n_validation=8, threshold=0.5)
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_pgd(attack_test, model, data, pgd, i):
+            attack_test(model, *data, attack=pgd)
+    """
+    path = make_project(tmp_path, tests)
+    args = ("--attack-test", "--attack-test-samples", "16", "--attack-test-progress", "on")
+    result = run_pytest(path, *args, "-n", "2")
+    result.assert_outcomes(passed=3)
+    lines = [line for line in result.outlines if "[attacktest]" in line]
+    assert len(lines) == 3
+    assert all(line.startswith("[attacktest] [gw") for line in lines), lines
