@@ -82,6 +82,6 @@ def start_line(reporter: Any) -> None:
     the current line is filled.
     """
     reporter.ensure_newline()
-    writer = getattr(reporter, "_tw", None)
-    if writer is not None and getattr(writer, "width_of_current_line", 0):
+    writer: Any = getattr(reporter, "_tw", None)
+    if writer is not None and int(getattr(writer, "width_of_current_line", 0)):
         writer.line()
