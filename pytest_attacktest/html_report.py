@@ -395,7 +395,18 @@ def _claim_paragraph(claim: Mapping[str, Any]) -> str:
         f"({_e(claim.get('n_robust'))}/{_e(claim.get('n_samples'))} samples, 95% interval "
         f"{_num(low)}-{_num(high)}), claim {_num(claim.get('claim'))}, tolerance "
         f"{_e(claim.get('tolerance'))}, clean accuracy {_num(claim.get('clean_accuracy'))}, "
-        f"binarization test {_e(claim.get('attack_verdict'))}</p>"
+        f"binarization test {_e(claim.get('attack_verdict'))}{_unsettled(claim)}</p>"
+    )
+
+
+def _unsettled(claim: Mapping[str, Any]) -> str:
+    """For a gate that passed within sampling error: how many samples would settle it."""
+    settle = claim.get("samples_to_settle")
+    if claim.get("verdict") != "passed" or not settle:
+        return ""
+    return (
+        f"; the measurement differs from the claim within sampling error only: about "
+        f"{_e(settle)} samples would settle it"
     )
 
 
