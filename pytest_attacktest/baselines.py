@@ -3,10 +3,23 @@
 The pytest-benchmark pattern, for attack strength instead of speed:
 ``--attack-test-save NAME`` stores each test's figures (verdict, ASR,
 inconclusive samples, robust accuracy when the test makes a claim, time) in
-``<storage>/NNNN_NAME.json``; ``--attack-test-compare [NAME]`` loads the
-newest baseline (of that name, or of any name), prints a comparison table, and
-``--attack-test-compare-fail FIELD:LIMIT`` fails the session when a figure got
-worse by more than the limit.
+``<storage>/<machine-id>/NNNN_NAME.json``; ``--attack-test-autosave`` does
+the same after every run under a timestamped name; ``--attack-test-compare
+[NAME]`` loads the newest baseline of this machine (of that name, or of any
+name), prints a comparison table, and ``--attack-test-compare-fail
+FIELD:LIMIT`` fails the session when a figure got worse by more than the
+limit.
+
+Baselines are kept per machine, as pytest-benchmark keeps
+``.benchmarks/<machine-id>/``: a ``time:`` rule that compared a laptop with a
+CI runner would measure the hardware, not the attack. The machine id
+(:func:`machine_id`) is pytest-benchmark's (system, Python implementation and
+version, word size) plus the CPU model. The versions of the ML frameworks are
+not in it on purpose: a new library version that weakens an attack is one of
+the drifts a baseline exists to catch, so they are stored in the baseline's
+metadata and a comparison across versions says so (:func:`framework_changes`).
+Baselines saved before this layout (files directly in the storage folder)
+are still found, with a note, when this machine's folder has no match.
 
 Why this exists beside the binarization test's own threshold: an attack can
 lose strength (a refactoring, a new library version) and still clear the
@@ -37,11 +50,15 @@ Nothing here imports pytest or an ML framework: plain JSON and paths.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import numbers
 import os
+import platform
 import re
+import struct
+import subprocess
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,12 +72,17 @@ __all__ = [
     "BaselineError",
     "CompareFail",
     "Comparison",
+    "autosave_name",
     "baseline_document",
     "compare",
     "comparison_lines",
     "figures_of",
     "find_baseline",
+    "framework_changes",
+    "framework_versions",
     "load_baseline",
+    "locate_baseline",
+    "machine_id",
     "parse_baseline_name",
     "parse_compare_fail",
     "parse_compare_name",
@@ -233,6 +255,95 @@ def baseline_document(
     }
 
 
+# --------------------------------------------------------------------------- machines
+
+#: The ML frameworks whose installed versions a baseline records.
+FRAMEWORKS = ("torch", "tensorflow", "tensorflow-cpu", "keras", "jax", "jaxlib", "numpy", "eagerpy")
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Hardware", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def machine_id() -> str:
+    """The folder of this machine's baselines, e.g. ``Linux-CPython-3.12-64bit-Intel_Xeon_...``.
+
+    pytest-benchmark's machine id (system, Python implementation, major.minor
+    version, word size) plus the CPU model, so that two Linux machines with
+    the same Python (a laptop and a CI runner) keep their timings apart. Only
+    characters safe in a folder name; the CPU part is cut at 48 characters.
+    """
+    version = ".".join(platform.python_version_tuple()[:2])
+    bits = struct.calcsize("P") * 8
+    cpu = re.sub(r"[^A-Za-z0-9.]+", "_", _cpu_name()).strip("_.")[:48].strip("_.")
+    parts = [platform.system() or "unknown", platform.python_implementation(), version]
+    return "-".join([*parts, f"{bits}bit", cpu or "unknown-cpu"])
+
+
+def framework_versions() -> dict[str, str]:
+    """Installed versions of :data:`FRAMEWORKS` (from package metadata: nothing is imported)."""
+    from importlib import metadata
+
+    found = {}
+    for name in FRAMEWORKS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def framework_changes(baseline: Mapping[str, Any], current: Mapping[str, str]) -> list[str]:
+    """``torch 2.12.0 -> 2.13.0`` for each framework whose version differs from the baseline's.
+
+    A baseline without recorded versions (saved before they were recorded)
+    gives no changes.
+    """
+    saved = (baseline.get("metadata") or {}).get("frameworks")
+    if not isinstance(saved, dict):
+        return []
+    return [
+        f"{name} {saved.get(name, 'absent')} -> {current.get(name, 'absent')}"
+        for name in sorted(set(saved) | set(current))
+        if saved.get(name) != current.get(name)
+    ]
+
+
+def autosave_name(rootdir: Path, now: datetime.datetime | None = None) -> str:
+    """The name ``--attack-test-autosave`` saves under: ``<commit>_<UTC time>``.
+
+    pytest-benchmark names its autosaves after the commit and the date; here
+    ``a1b2c3d_20261204T203741Z`` (``_uncommitted`` appended when the work tree
+    has changes; the time alone outside a git repository). The file then gets
+    its number as any saved baseline (``0004_a1b2c3d_20261204T203741Z.json``).
+    """
+    stamp = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=rootdir, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit or not re.fullmatch(r"[0-9a-f]{4,40}", commit):
+        return stamp
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"{commit}_{stamp}" + ("_uncommitted" if dirty else "")
+
+
 # --------------------------------------------------------------------------- storage
 
 
@@ -345,6 +456,50 @@ def find_baseline(storage: Path, name: str | None) -> Path:
             f"no baseline named {name!r} in {storage}; stored (newest last): {available}"
         )
     return matches[-1]
+
+
+def locate_baseline(storage: Path, name: str | None, machine: str) -> tuple[Path, str | None]:
+    """The baseline to compare with, in this machine's folder, else in the old flat layout.
+
+    Returns the path and a note for the terminal when the baseline came from
+    the old layout (files directly in ``storage``, saved before baselines were
+    kept per machine). A name found in this machine's folder always wins.
+
+    Raises:
+        BaselineError: no match in either place; the message names this
+            machine's folder and the other machines that have baselines.
+    """
+    folder = storage / machine
+    try:
+        return find_baseline(folder, name), None
+    except BaselineError as exc:
+        mine = exc
+    if stored_baselines(storage):
+        try:
+            path = find_baseline(storage, name)
+        except BaselineError:
+            pass
+        else:
+            return path, (
+                f"baseline {path.name} read from the old flat layout of {storage}; new "
+                f"baselines are saved per machine in {folder}"
+            )
+    others = (
+        sorted(
+            p.name
+            for p in storage.iterdir()
+            if p.is_dir() and p.name != machine and stored_baselines(p)
+        )
+        if storage.is_dir()
+        else []
+    )
+    message = f"{mine} (this machine's folder, {machine})"
+    if others:
+        message += (
+            f"; other machines have baselines: {', '.join(others[:5])} (timings of another "
+            "machine do not compare; copy a file into this machine's folder to compare anyway)"
+        )
+    raise BaselineError(message)
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
@@ -502,6 +657,28 @@ def _change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, key: s
     return f"{_number(a, digits)} -> {_number(b, digits)} ({b - a:+.{digits}f})"
 
 
+def _count(figures: Mapping[str, Any] | None) -> str:
+    """Inconclusive samples as a count, ``4/64`` (as the "attack tests" table shows them).
+
+    A baseline file without the counts falls back to the stored share.
+    """
+    if figures is None:
+        return "-"
+    n, total = figures.get("n_inconclusive"), figures.get("n_samples")
+    if isinstance(n, int) and isinstance(total, int) and total > 0:
+        return f"{n}/{total}"
+    return _number(figures.get("inconclusive"))
+
+
+def _inconclusive(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> str:
+    a, b = _count(old), _count(new)
+    if old is None:
+        return b
+    if new is None:
+        return f"{a} -> -"
+    return b if a == b else f"{a} -> {b}"
+
+
 COMPARISON_HEADER = ("test", "status", "verdict", "ASR", "robust acc", "inconclusive", "time")
 
 
@@ -509,13 +686,18 @@ def comparison_lines(comparison: Comparison) -> list[str]:
     """The comparison table, then one line per regression."""
     rows: list[tuple[str, ...]] = [COMPARISON_HEADER]
     flagged = {nodeid for nodeid, _ in comparison.regressions}
+    not_run = 0
     for nodeid, status, old, new in comparison.rows:
-        verdicts = [None if d is None else d.get("verdict") for d in (old, new)]
+        if new is None:
+            # Deselected or not collected in this session: not a row of this run.
+            not_run += 1
+            continue
+        verdicts = [
+            "-" if d is None or d.get("verdict") is None else str(d["verdict"]) for d in (old, new)
+        ]
         verdict = (
-            str(verdicts[1])
-            if old is None
-            else str(verdicts[0])
-            if new is None or verdicts[0] == verdicts[1]
+            verdicts[1]
+            if old is None or verdicts[0] == verdicts[1]
             else f"{verdicts[0]} -> {verdicts[1]}"
         )
         rows.append(
@@ -525,7 +707,7 @@ def comparison_lines(comparison: Comparison) -> list[str]:
                 verdict,
                 _change(old, new, "asr"),
                 _change(old, new, "robust_accuracy"),
-                _change(old, new, "inconclusive"),
+                _inconclusive(old, new),
                 _change(old, new, "time"),
             )
         )
@@ -533,6 +715,11 @@ def comparison_lines(comparison: Comparison) -> list[str]:
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
+    if not_run:
+        lines.append(
+            f"{not_run} test(s) of the baseline not run in this session (deselected or not "
+            "collected): not compared"
+        )
     for nodeid, reason in comparison.regressions:
         lines.append(f"REGRESSION {nodeid}: {reason}")
     return lines

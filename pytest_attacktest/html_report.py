@@ -46,6 +46,7 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; } h3 { font-si
 table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
 th { background: #f0f0f0; } td.name, th.name { text-align: left; font-family: monospace; }
+td.time, th.time { white-space: nowrap; }
 .passed { color: #176b2c; } .failed, .error { color: #b00020; font-weight: bold; }
 .meta td { text-align: left; }
 figure.example { display: inline-block; margin: 0 1em 1em 0; text-align: center; }
@@ -345,7 +346,8 @@ _SUMMARY_HEADER = (
 
 def _summary_table(tests: Sequence[Mapping[str, Any]], anchors: Mapping[str, str]) -> str:
     head = "".join(
-        f"<th{' class=name' if i == 0 else ''}>{_e(t)}</th>" for i, t in enumerate(_SUMMARY_HEADER)
+        f"<th{' class=name' if i == 0 else ' class=time' if t == 'time' else ''}>{_e(t)}</th>"
+        for i, t in enumerate(_SUMMARY_HEADER)
     )
     rows = []
     for entry in tests:
@@ -382,7 +384,8 @@ def _summary_table(tests: Sequence[Mapping[str, Any]], anchors: Mapping[str, str
                 f"<td{_cls(claim.get('verdict'))}>"
                 + (f"{_num(claim.get('claim'))} {_e(claim.get('verdict'))}" if claim else "-")
                 + "</td>",
-                f"<td>{_num(report.get('seconds'), 2)} s</td>",
+                # One line: "0.05 s" must not wrap in a narrow column.
+                f'<td class="time">{_num(report.get("seconds"), 2)}&nbsp;s</td>',
             ]
             rows.append(f'<tr class="test">{"".join(cells)}</tr>')
     return (
@@ -398,7 +401,18 @@ def _claim_paragraph(claim: Mapping[str, Any]) -> str:
         f"({_e(claim.get('n_robust'))}/{_e(claim.get('n_samples'))} samples, 95% interval "
         f"{_num(low)}-{_num(high)}), claim {_num(claim.get('claim'))}, tolerance "
         f"{_e(claim.get('tolerance'))}, clean accuracy {_num(claim.get('clean_accuracy'))}, "
-        f"binarization test {_e(claim.get('attack_verdict'))}</p>"
+        f"binarization test {_e(claim.get('attack_verdict'))}{_unsettled(claim)}</p>"
+    )
+
+
+def _unsettled(claim: Mapping[str, Any]) -> str:
+    """For a gate that passed within sampling error: how many samples would settle it."""
+    settle = claim.get("samples_to_settle")
+    if claim.get("verdict") != "passed" or not settle:
+        return ""
+    return (
+        f"; the measurement differs from the claim within sampling error only: about "
+        f"{_e(settle)} samples would settle it"
     )
 
 
@@ -456,10 +470,12 @@ def render_html(document: Mapping[str, Any]) -> str:
         t for t in document.get("tests") or [] if t.get("reports") or t.get("outcome") != "skipped"
     ]
     anchors = {str(t["nodeid"]): f"test-{n}" for n, t in enumerate(tests, start=1)}
+    # A field without a value is left out: "device None" (no --attack-test-device,
+    # models left where they were) reads as if no device had run the tests.
     meta_rows = "".join(
         f"<tr><th>{_e(k)}</th><td>{_e(metadata[k])}</td></tr>"
         for k in ("date", "version", "seed", "samples", "threshold", "device", "python", "pytest")
-        if k in metadata
+        if metadata.get(k) is not None
     )
     counts = ", ".join(f"{n} {_e(k)}" for k, n in sorted((document.get("summary") or {}).items()))
     all_samples = [s for t in tests for r in t.get("reports") or [] for s in r.get("samples") or []]

@@ -47,12 +47,16 @@ from pytest_attacktest.baselines import (
     BaselineError,
     CompareFail,
     Comparison,
+    autosave_name,
     baseline_document,
     compare,
     comparison_lines,
     figures_of,
-    find_baseline,
+    framework_changes,
+    framework_versions,
     load_baseline,
+    locate_baseline,
+    machine_id,
     parse_baseline_name,
     parse_compare_fail,
     parse_compare_name,
@@ -91,6 +95,7 @@ if TYPE_CHECKING:
     from pytest_attacktest.report import Report
 
 __all__ = [
+    "AUTOSAVE_FLAG",
     "CLAIM_TOLERANCE_FLAG",
     "COMPARE_FAIL_FLAG",
     "COMPARE_FLAG",
@@ -139,6 +144,7 @@ JSON_FLAG = "--attack-test-json"
 CLAIM_TOLERANCE_FLAG = "--attack-test-claim-tolerance"
 HTML_FLAG = "--attack-test-html"
 SAVE_FLAG = "--attack-test-save"
+AUTOSAVE_FLAG = "--attack-test-autosave"
 COMPARE_FLAG = "--attack-test-compare"
 COMPARE_FAIL_FLAG = "--attack-test-compare-fail"
 STORAGE_FLAG = "--attack-test-storage"
@@ -310,7 +316,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="attack_test_claim_tolerance",
         metavar="TOL",
         help=f"How far the robust accuracy measured by a test with {MARKER}(claim=...) may "
-        "differ from the claim (below it; above it, beyond its 95%% interval), in [0, 1). "
+        "differ from the claim beyond its 95%% interval (on either side), in [0, 1). "
         f"Overrides ini {INI_CLAIM_TOLERANCE}. "
         f"Default: {DEFAULT_CLAIM_TOLERANCE:g}.",
     )
@@ -331,8 +337,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         dest="attack_test_save",
         metavar="NAME",
-        help="Save this run's attack-test figures as baseline NAME (NNNN_NAME.json in the "
-        "storage folder).",
+        help="Save this run's attack-test figures as baseline NAME (NNNN_NAME.json in this "
+        "machine's folder of the storage folder).",
+    )
+    group.addoption(
+        AUTOSAVE_FLAG,
+        action="store_true",
+        default=None,
+        dest="attack_test_autosave",
+        help=f"Save a baseline after every run, named after the commit and the UTC time "
+        f"(NNNN_<commit>_<time>.json, as pytest-benchmark's autosave); {SAVE_FLAG} NAME wins.",
     )
     group.addoption(
         COMPARE_FLAG,
@@ -574,6 +588,8 @@ def _resolve_session(config: pytest.Config) -> AttackTestSession:
     if storage is None:
         storage = config.rootpath / DEFAULT_STORAGE
     save_name: str | None = config.getoption("attack_test_save")
+    if save_name is None and config.getoption("attack_test_autosave"):
+        save_name = autosave_name(config.rootpath)
     problem = None if save_name is None else _unwritable_folder(storage)
     if problem is not None:
         raise pytest.UsageError(
@@ -703,6 +719,19 @@ def pytest_make_collect_report(
     return report
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Give tests that use the fixture without the marker a bare ``attack_test`` marker.
+
+    So ``-m attack_test`` selects every attack test (and ``-m "not
+    attack_test"`` none): pytest's ``-m`` sees markers only, and deselects in
+    ``pytest_collection_modifyitems``, after this hook. A bare marker has no
+    keywords, so the test's settings are unchanged. A test that gets the
+    fixture only through ``request.getfixturevalue`` cannot be seen here.
+    """
+    if _is_attack_test(item) and item.get_closest_marker(MARKER) is None:
+        item.add_marker(MARKER)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Store each attack test's settings and skip attack tests when disabled.
@@ -817,8 +846,9 @@ class AttackTestFixture:
         With a ``claim`` (the claim gate), the attack also runs on the real
         model at the same samples and the test passes only when the attack
         passes the binarization test *and* the robust accuracy measured by the
-        plugin is at least ``claim - tolerance``
-        (:mod:`pytest_attacktest.claims`); the failure says which check
+        plugin agrees with the claim (its 95% interval reaches
+        ``[claim - tolerance, claim + tolerance]``;
+        :mod:`pytest_attacktest.claims`); the failure says which check
         failed, or both.
 
         Returns:
@@ -1173,12 +1203,21 @@ class _ResultsReporter:
         self.comparison: Comparison | None = None
         self.baseline: dict[str, Any] | None = None
         self.baseline_path: Path | None = None
+        self.baseline_notes: list[str] = []
         if self.session.compare is not None:
             # Found now, not at the end: a missing baseline is a usage error before any test.
             assert self.session.storage is not None
             try:
-                self.baseline_path = find_baseline(self.session.storage, self.session.compare)
+                self.baseline_path, note = locate_baseline(
+                    self.session.storage, self.session.compare, machine_id()
+                )
                 self.baseline = load_baseline(self.baseline_path)
+                self.baseline_notes = [note] if note else []
+                changes = framework_changes(self.baseline, framework_versions())
+                if changes:
+                    self.baseline_notes.append(
+                        f"frameworks changed since the baseline: {', '.join(changes)}"
+                    )
             except BaselineError as exc:
                 raise pytest.UsageError(f"{COMPARE_FLAG}: {exc}") from None
 
@@ -1280,6 +1319,8 @@ class _ResultsReporter:
             "claim_tolerance": self.session.claim_tolerance,
             "device": self.session.device,
             "pytest": pytest.__version__,
+            "machine": machine_id(),
+            "frameworks": framework_versions(),
             "exitstatus": int(session.exitstatus),
             **{
                 k: v
@@ -1290,7 +1331,9 @@ class _ResultsReporter:
             },
         }
         try:
-            self.saved = save_baseline(self.session.storage, name, baseline_document(ran, metadata))
+            self.saved = save_baseline(
+                self.session.storage / machine_id(), name, baseline_document(ran, metadata)
+            )
         except BaselineError as exc:
             self.save_error = str(exc)
             if session.exitstatus == pytest.ExitCode.OK:
@@ -1325,6 +1368,8 @@ class _ResultsReporter:
             terminalreporter.write_sep(
                 "=", f"attack tests compared with {comparison.baseline} (fail on: {rules})"
             )
+            for line in self.baseline_notes:
+                terminalreporter.write_line(f"note: {line}")
             for line in comparison_lines(comparison):
                 terminalreporter.write_line(line, red=line.startswith("REGRESSION"))
             if comparison.failed:

@@ -40,6 +40,8 @@ from typing import Any
 
 import pytest
 
+from pytest_attacktest.terminal import start_line
+
 __all__ = [
     "MODES",
     "PROGRESS_FLAG",
@@ -250,7 +252,7 @@ class ProgressWriter:
 
     @staticmethod
     def _write(reporter: Any, line: str) -> None:
-        reporter.ensure_newline()
+        start_line(reporter)
         reporter.write_line(line)
 
     def tracker(self, label: str) -> Tracker:
@@ -355,7 +357,7 @@ class FinishedLines:
         where = f" [{worker.id}]" if worker is not None else ""
         reporter: Any = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.ensure_newline()
+            start_line(reporter)
             reporter.write_line(f"{PREFIX}{where} {count} done{eta}: {report.nodeid}: {line}")
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["CLAIM_HEADER", "HEADER", "summary_rows"]
+__all__ = ["CLAIM_HEADER", "HEADER", "start_line", "summary_rows"]
 
 HEADER = ("test", "verdict", "ASR", "threshold", "inconclusive", "time")
 #: Columns added when some test makes a claim (``attack_test(..., claim=0.55)``).
@@ -99,3 +99,19 @@ def _caveat_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
             name = entry["nodeid"] if len(reports) == 1 else f"{entry['nodeid']} [call {number}]"
             lines += [f"caveat: {name}: {caveat}" for caveat in report.get("caveats") or ()]
     return lines
+
+
+def start_line(reporter: Any) -> None:
+    """Make the terminal reporter's next line start at the left edge.
+
+    Why not ``reporter.ensure_newline()`` alone: it only ends a line that
+    pytest began with a file name. Progress dots written on their own (under
+    pytest-xdist every test's ``.``; a bench cell's after a progress line) leave
+    the cursor mid-line with no file name, and a progress line would be glued
+    to them (``..[attacktest] ...``). The terminal writer knows how much of
+    the current line is filled.
+    """
+    reporter.ensure_newline()
+    writer: Any = getattr(reporter, "_tw", None)
+    if writer is not None and int(getattr(writer, "width_of_current_line", 0)):
+        writer.line()

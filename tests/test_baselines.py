@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,16 @@ from pytest_attacktest.baselines import (
     FORMAT_VERSION,
     BaselineError,
     CompareFail,
+    autosave_name,
     baseline_document,
     compare,
     comparison_lines,
     figures_of,
     find_baseline,
+    framework_changes,
     load_baseline,
+    locate_baseline,
+    machine_id,
     parse_baseline_name,
     parse_compare_fail,
     parse_compare_name,
@@ -371,6 +376,16 @@ def test_compare_flags_regressions_and_lists_new_and_missing_tests() -> None:
     assert "REGRESSED" in weaker
     assert "1.000 -> 0.750 (-0.250)" in weaker
     assert "0.300 -> 0.450 (+0.150)" in weaker
+    # Inconclusive samples as a count, as in the "attack tests" table (1 of 8 here).
+    assert weaker.split()[-2:] == ["1/8", "0.50"]
+    # A test of the baseline that did not run in this session is no row (no "verdict
+    # None", no "not run" per test) but one line saying so.
+    assert not any(line.startswith("t.py::gone") for line in lines)
+    assert "None" not in "\n".join(lines)
+    assert (
+        "1 test(s) of the baseline not run in this session (deselected or not collected): "
+        "not compared"
+    ) in lines
     assert lines[-1] == "REGRESSION t.py::weaker: asr 1 -> 0.75 (asr:5%)"
     assert not compare(base, current, [], name="0001_main").failed  # no rules: report only
     # With rules, a run in which no test of the baseline ran cannot pass the gate.
@@ -379,6 +394,101 @@ def test_compare_flags_regressions_and_lists_new_and_missing_tests() -> None:
         ("(run)", "no attack test of the baseline ran (--attack-test missing?): nothing compared")
     ]
     assert not compare(base, unrelated, [], name="0001_main").failed
+
+
+def test_compare_table_inconclusive_counts_and_missing_verdicts() -> None:
+    """Changed counts show as ``1/8 -> 3/8``; a test without a verdict shows ``-``."""
+    more = _entry("t.py::a", 1.0)
+    more["n_inconclusive"] = 3
+    no_verdict = _entry("t.py::b", None)
+    no_verdict["verdict"] = None
+    base = baseline_document([_entry("t.py::a", 1.0), _entry("t.py::b", 1.0)], {})
+    current = {e["nodeid"]: figures_of(e) for e in (more, no_verdict)}
+    lines = comparison_lines(compare(base, current, [], name="0001_main"))
+    row_a = next(line for line in lines if line.startswith("t.py::a"))
+    row_b = next(line for line in lines if line.startswith("t.py::b"))
+    assert "1/8 -> 3/8" in row_a
+    assert "0.375" not in row_a  # not as a share
+    assert row_b.split()[2:5] == ["passed", "->", "-"]
+    assert "None" not in "\n".join(lines)
+    # An old baseline file without the counts still compares (its share is shown).
+    old = {
+        "format": FORMAT_VERSION,
+        "tests": {"t.py::a": {"verdict": "passed", "inconclusive": 0.125}},
+    }
+    row = comparison_lines(compare(old, {"t.py::a": figures_of(more)}, [], name="x"))[1]
+    assert "0.125 -> 3/8" in row
+
+
+def test_machine_id_is_a_folder_name_naming_system_python_and_cpu() -> None:
+    import platform
+
+    ident = machine_id()
+    assert ident == machine_id()
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", ident)
+    version = ".".join(platform.python_version_tuple()[:2])
+    assert ident.startswith(f"{platform.system()}-{platform.python_implementation()}-{version}-")
+    assert len(ident.split("-")) >= 5  # pytest-benchmark's four parts plus the CPU
+
+
+def test_locate_baseline_per_machine_then_old_flat_layout(tmp_path: Path) -> None:
+    storage = tmp_path / ".attacktest"
+    doc = baseline_document([_entry("t.py::a", 1.0)], {})
+    flat = save_baseline(storage, "main", doc)  # the layout before per-machine folders
+    path, note = locate_baseline(storage, "main", "this-machine")
+    assert path == flat
+    assert note is not None
+    assert "old flat layout" in note
+    assert str(storage / "this-machine") in note
+    mine = save_baseline(storage / "this-machine", "main", doc)
+    assert locate_baseline(storage, "main", "this-machine") == (mine, None)
+    assert locate_baseline(storage, None, "this-machine") == (mine, None)
+    # Another machine's baselines are never used, but the error names them.
+    save_baseline(storage / "laptop", "feature", doc)
+    with pytest.raises(
+        BaselineError, match=r"no baseline named 'feature'.*other machines have baselines: laptop"
+    ):
+        locate_baseline(storage, "feature", "this-machine")
+    assert locate_baseline(storage, None, "ci-runner")[0] == flat  # old layout, any machine
+    flat.unlink()
+    with pytest.raises(
+        BaselineError,
+        match=r"no baseline stored in .*other machines have baselines: laptop, this-machine",
+    ):
+        locate_baseline(storage, None, "ci-runner")
+
+
+def test_framework_changes_are_listed() -> None:
+    base = {"metadata": {"frameworks": {"torch": "2.12.0", "numpy": "2.4.6"}}}
+    assert framework_changes(base, {"torch": "2.13.0", "numpy": "2.4.6"}) == [
+        "torch 2.12.0 -> 2.13.0"
+    ]
+    assert framework_changes(base, {"numpy": "2.4.6", "jax": "0.10.2"}) == [
+        "jax absent -> 0.10.2",
+        "torch 2.12.0 -> absent",
+    ]
+    assert framework_changes({"metadata": {}}, {"torch": "2.13.0"}) == []  # an old baseline
+
+
+def test_autosave_name_is_commit_and_utc_time(tmp_path: Path) -> None:
+    import datetime
+    import subprocess
+
+    now = datetime.datetime(2026, 12, 4, 20, 37, 41, tzinfo=datetime.timezone.utc)
+    assert autosave_name(tmp_path, now) == "20261204T203741Z"  # not a git repository
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "f.txt").write_text("a")
+    subprocess.run([*git, "add", "f.txt"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], cwd=tmp_path, check=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True, text=True
+    ).stdout.strip()
+    assert autosave_name(tmp_path, now) == f"{commit}_20261204T203741Z"
+    (tmp_path / "f.txt").write_text("b")
+    name = autosave_name(tmp_path, now)
+    assert name == f"{commit}_20261204T203741Z_uncommitted"
+    assert parse_baseline_name(name) == name  # a valid baseline name
 
 
 # --------------------------------------------------------------------------- end to end
@@ -427,17 +537,21 @@ def test_save_then_compare_under_xdist_fails_on_regression(tmp_path: Path) -> No
     saved = run_pytest(path, *args, "--attack-test-save", "base")
     saved.assert_outcomes(passed=2)
     assert saved.ret == 0
-    saved.stdout.fnmatch_lines(["*attack test baseline saved to *0001_base.json*"])
-    base = load_baseline(path / ".attacktest" / "0001_base.json")
+    machine = machine_id()
+    store = path / ".attacktest" / machine  # baselines are kept per machine
+    saved.stdout.fnmatch_lines([f"*attack test baseline saved to *{machine}*0001_base.json*"])
+    base = load_baseline(store / "0001_base.json")
     assert base["metadata"]["name"] == "base"
     assert base["metadata"]["samples"] == 16
+    assert base["metadata"]["machine"] == machine
+    assert "torch" in base["metadata"]["frameworks"]
     pgd = base["tests"]["test_attack.py::test_pgd"]
     assert pgd["asr"] == 1.0
     assert pgd["n_samples"] == 16
     assert base["tests"]["test_attack.py::test_pgd_claim"]["robust_accuracy"] is not None
 
     # A decoy saved later: the named comparison must not pick the newest file.
-    save_baseline(path / ".attacktest", "decoy", {"format": FORMAT_VERSION, "tests": {}})
+    save_baseline(store, "decoy", {"format": FORMAT_VERSION, "tests": {}})
 
     weak = run_pytest(
         path,
@@ -472,13 +586,58 @@ def test_save_then_compare_under_xdist_fails_on_regression(tmp_path: Path) -> No
     )
     weak.stdout.no_fnmatch_line("REGRESSION *robust_accuracy*")  # weaker attack: higher
     # The controller saved one baseline with both tests, and wrote one HTML page.
-    stored = load_baseline(path / ".attacktest" / "0003_weak.json")
+    stored = load_baseline(store / "0003_weak.json")
     assert set(stored["tests"]) == {"test_attack.py::test_pgd", "test_attack.py::test_pgd_claim"}
     assert stored["tests"]["test_attack.py::test_pgd"]["asr"] == 0.75
     assert stored["metadata"]["exitstatus"] == 1
     tags = _Tags()
     tags.feed((path / "out" / "report.html").read_text())
     assert tags.summary_links == ["#test-1", "#test-2"]
+
+
+def test_autosave_per_machine_and_old_flat_layout_end_to_end(tmp_path: Path) -> None:
+    """``--attack-test-autosave`` saves after each run, numbered, in this machine's folder.
+
+    A later ``--attack-test-compare`` picks the newest autosave; a test the run
+    deselects is one line, not a row. A baseline in the old flat layout is
+    still read, with a note.
+    """
+    pytest.importorskip("torch")
+    path = make_project(tmp_path, TESTS)
+    args = ("--attack-test", "--attack-test-samples", "16", "--attack-test-autosave")
+    first = run_pytest(path, *args)
+    first.assert_outcomes(passed=2)
+    store = path / ".attacktest" / machine_id()
+    (saved,) = stored_baselines(store)
+    assert re.fullmatch(r"0001_\d{8}T\d{6}Z\.json", saved.name)  # no git repo: the time
+    assert not stored_baselines(path / ".attacktest")  # nothing in the old flat layout
+
+    second = run_pytest(path, *args, "--attack-test-compare", "-k", "test_pgd_claim")
+    second.assert_outcomes(passed=1, deselected=1)
+    assert second.ret == 0
+    second.stdout.fnmatch_lines(
+        [
+            f"*= attack tests compared with {saved.stem} (fail on: none*",
+            "test_attack.py::test_pgd_claim *compared*passed*",
+            "1 test(s) of the baseline not run in this session (deselected or not collected)*",
+        ]
+    )
+    second.stdout.no_fnmatch_line("*None*")
+    assert [p.name[:5] for p in stored_baselines(store)] == ["0001_", "0002_"]
+
+    # The layout before per-machine folders: files directly in the storage folder.
+    flat = path / ".attacktest" / "0001_old.json"
+    flat.write_text(saved.read_text())
+    for stored in stored_baselines(store):
+        stored.unlink()
+    listed = run_pytest(path, "--attack-test", "--attack-test-compare=old", "--collect-only", "-q")
+    assert listed.ret == 0
+    listed.stdout.fnmatch_lines(
+        [
+            "note: baseline 0001_old.json read from the old flat layout of *; new baselines "
+            f"are saved per machine in *{machine_id()}"
+        ]
+    )
 
 
 def test_usage_errors_name_the_option(tmp_path: Path) -> None:

@@ -218,6 +218,42 @@ def test_page_contains_what_it_promises(document: dict[str, Any]) -> None:
     assert "<style>" in text
 
 
+def test_metadata_leaves_out_an_unset_device_and_time_stays_on_one_line(
+    document: dict[str, Any],
+) -> None:
+    """No "device None" row, a device given is shown, and "0.50 s" never wraps."""
+    assert document["metadata"]["device"] is None  # no --attack-test-device in this run
+    page = _parse(render_html(document))
+    head = "".join(page.text).split("Summary")[0]  # the metadata table
+    assert "seed0" in head
+    assert "device" not in head
+    assert "None" not in head
+    with_device = {**document, "metadata": {**document["metadata"], "device": "cuda:1"}}
+    shown = "".join(_parse(render_html(with_device)).text)
+    assert "devicecuda:1" in shown.split("Summary")[0]
+
+    html_text = render_html(document)
+    times = page.find("td", **{"class": "time"})
+    assert len(times) == len(page.summary_rows) == 2
+    assert [row[-1] for row in page.summary_rows] == ["0.50\xa0s", "0.10\xa0s"]
+    assert "td.time, th.time { white-space: nowrap; }" in html_text
+
+
+def test_claim_passed_within_sampling_error_says_how_many_samples_would_settle_it(
+    document: dict[str, Any],
+) -> None:
+    from pytest_attacktest.claims import check_claim
+
+    counts = {"n_samples": 64, "n_clean_correct": 64, "n_robust": 40}
+    result = check_claim(0.65, 0.0, {**counts, "n_invalid": 0, "n_rejected": 0}, "passed")
+    assert result.passed
+    tests = [dict(t) for t in document["tests"]]
+    tests[0] = {**tests[0], "reports": [{**tests[0]["reports"][0], "claim": result.to_dict()}]}
+    text = " ".join(_parse(render_html({**document, "tests": tests})).text)
+    assert f"about {result.samples_to_settle} samples would settle it" in text
+    assert "would settle it" not in " ".join(_parse(render_html(document)).text)
+
+
 @pytest.mark.skipif(
     not (shutil.which("chromium") or shutil.which("chromium-browser")),
     reason="needs Debian's chromium (apt-get install chromium) to render the page",

@@ -99,6 +99,69 @@ def test_without_flag_marked_and_fixture_tests_are_skipped_naming_the_flag(
     assert "--attack-test" in SKIP_REASON
 
 
+def test_dash_m_attack_test_selects_fixture_only_tests_too(pytester: pytest.Pytester) -> None:
+    """``-m attack_test`` runs the marked tests and those using only the fixture; nothing else.
+
+    The fixture-only test's settings still come from the module's marker (the
+    bare marker added at collection changes none of them).
+    """
+    write(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.attack_test(epsilon=0.25)
+        def test_marked():
+            pass
+
+        def test_fixture_only(attack_test):
+            assert attack_test.epsilon is None
+            pytest.skip("settings checked")
+
+        class TestGroup:
+            def test_fixture_in_class(self, attack_test):
+                assert attack_test.epsilon is None
+                pytest.skip("settings checked")
+
+        def test_plain():
+            pass
+        """,
+    )
+    write(
+        pytester,
+        """
+        import pytest
+
+        pytestmark = pytest.mark.attack_test(epsilon=0.125, samples=9)
+
+        def test_module_marked(attack_test):
+            assert (attack_test.epsilon, attack_test.samples) == (0.125, 9)
+            pytest.skip("settings checked")
+        """,
+        name="test_module",
+    )
+    selected = run(pytester, "--attack-test", "--strict-markers", "-m", "attack_test", "-v")
+    selected.assert_outcomes(passed=1, skipped=3, deselected=1)
+    selected.stdout.fnmatch_lines(["*::test_fixture_only SKIPPED*"], consecutive=False)
+    selected.stdout.no_fnmatch_line("*::test_plain*")
+    others = run(pytester, "--attack-test", "-m", "not attack_test", "-v")
+    others.assert_outcomes(passed=1, deselected=4)
+    others.stdout.fnmatch_lines(["*::test_plain PASSED*"])
+
+
+def test_readme_lists_every_marker_keyword() -> None:
+    """The README's keyword list names every key the marker accepts (it once missed some)."""
+    from pathlib import Path
+
+    from pytest_attacktest.options import MARKER_KEYS
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("- Marker and call keywords:")
+    listed = readme[start : readme.index("Unknown or invalid", start)]
+    missing = [key for key in MARKER_KEYS if f"`{key}`" not in listed]
+    assert not missing, f"README keyword list misses {missing}"
+
+
 def test_fixture_requested_dynamically_is_skipped_without_flag(pytester: pytest.Pytester) -> None:
     write(
         pytester,
@@ -984,3 +1047,55 @@ def test_summary_rows_align_and_show_each_call() -> None:
     assert lines[2].split()[3:] == ["failed", "0.500", "0.950", "1/8", "1.50s"]
     assert lines[3].split() == ["t.py::x", "no", "report", "(failed)", "-", "-", "-", "-"]
     assert lines[1].index("passed") == lines[0].index("verdict")
+
+
+# --------------------------------------------------------------------------- progress lines
+
+
+def test_start_line_ends_a_line_of_dots_that_has_no_file_name() -> None:
+    """``ensure_newline`` alone leaves ``..`` (no file name) and glues the next line to it."""
+    import io
+
+    from _pytest._io import TerminalWriter
+
+    from pytest_attacktest.terminal import start_line
+
+    class Reporter:  # pytest's TerminalReporter, as far as start_line uses it
+        def __init__(self) -> None:
+            self.out = io.StringIO()
+            self._tw = TerminalWriter(self.out)
+
+        def ensure_newline(self) -> None:  # no file name written: nothing to end
+            pass
+
+    reporter = Reporter()
+    reporter._tw.write("..")
+    start_line(reporter)
+    reporter._tw.line("[attacktest] line")
+    start_line(reporter)  # at the left edge already: no empty line
+    reporter._tw.line("[attacktest] next")
+    assert reporter.out.getvalue() == "..\n[attacktest] line\n[attacktest] next\n"
+
+
+def test_xdist_progress_lines_start_on_their_own_line(tmp_path: Any) -> None:
+    """Under ``-n 2`` each finished attack test's line is not glued to xdist's dots."""
+    pytest.importorskip("torch")
+    pytest.importorskip("xdist")
+    from attack_project import make_project, run_pytest
+
+    tests = """
+        import pytest
+
+        pytestmark = pytest.mark.attack_test(epsilon=0.1, n_validation=8, threshold=0.5)
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_pgd(attack_test, model, data, pgd, i):
+            attack_test(model, *data, attack=pgd)
+    """
+    path = make_project(tmp_path, tests)
+    args = ("--attack-test", "--attack-test-samples", "16", "--attack-test-progress", "on")
+    result = run_pytest(path, *args, "-n", "2")
+    result.assert_outcomes(passed=3)
+    lines = [line for line in result.outlines if "[attacktest]" in line]
+    assert len(lines) == 3
+    assert all(line.startswith("[attacktest] [gw") for line in lines), lines
