@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import attacks  # noqa: E402
 from pytest_attacktest import binarization as engine  # noqa: E402
 from pytest_attacktest import binarization_test  # noqa: E402
+from pytest_attacktest.blocks import ACTIVATION_FACTOR, device_block_size  # noqa: E402
 from pytest_attacktest.report import Report, SampleResult  # noqa: E402
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -328,9 +329,13 @@ def test_4096_samples_at_224x224_take_many_bounded_chunks_on_80gb() -> None:
     assert plan["n_inner"] == 999
     assert 1 < plan["chunk_size"] < 64
     assert plan["chunk_points_gib"] <= plan["budget_gib"] <= 39.5
-    # A block of forward passes holds at most 64 MiB of these images, not 4096 of them.
-    assert plan["forward_block"] == 111
-    assert plan["forward_block"] * 3 * 224 * 224 * 4 <= 64 * 2**20
+    # A block of forward passes is sized from the memory the chunk's points leave
+    # free (half of it, activations counted): hundreds of images, not 4096.
+    left = 79 * 2**30 - plan["chunk_points_gib"] * 2**30
+    image = 3 * 224 * 224 * 4
+    assert plan["forward_block"] == device_block_size((3, 224, 224), 4, int(left))
+    assert 111 < plan["forward_block"] < 4096
+    assert plan["forward_block"] * image * (1 + ACTIVATION_FACTOR) <= left / 2
 
 
 def test_linearity_of_an_exact_line_and_of_a_bent_one() -> None:

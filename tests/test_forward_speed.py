@@ -231,3 +231,18 @@ def test_feature_dtype_is_validated_and_torch_only() -> None:
             features=lambda x: x,
             feature_dtype="float16",
         )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_blocks_come_from_the_free_memory() -> None:
+    import eagerpy as ep
+
+    x = ep.astensor(torch.zeros(2, 3, 224, 224, device="cuda"))
+    free = blocks_module.free_device_bytes(x)
+    assert free is not None
+    assert free > 0
+    sized = blocks_module.forward_blocks(x, 4)
+    assert sized.size == device_block_size((3, 224, 224), 4, free) or sized.size < MAX_BLOCK
+    # An 80 GB GPU with most of it free allows far more than the 64 MiB input budget.
+    if free > 20 * 2**30:
+        assert sized.size > 111
