@@ -495,3 +495,50 @@ def test_gpu_numerics_script_emulates_gpu_noise_on_the_cpu(tmp_path: Path) -> No
     assert emulated["forward_noise_median"] > 0.0
     assert emulated["closeness_applied_min"] < exact["closeness_applied_min"]
     assert emulated["reference_ms_per_sample"] is None
+
+
+# --------------------------------------------------------------------------- issue 16 speed
+
+
+def test_model_throughput_finds_the_best_batch_and_the_features_ratio() -> None:
+    model_speed = _load("model_speed")
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    x = torch.rand(8, 64)
+    measured = model_speed.model_throughput(net, x, batches=(4, 16), laps=1, min_lap_inputs=64)
+    rates = [r["images_per_s"] for r in measured["rows"]]
+    assert [r["batch"] for r in measured["rows"]] == [4, 16]
+    assert all(rate > 0 for rate in rates)
+    assert measured["best_images_per_s"] == max(rates)
+    report = Report(
+        attack="a",
+        norm="linf",
+        epsilon=0.1,
+        threshold=0.95,
+        max_inconclusive=0.1,
+        seed=0,
+        settings={},
+    )
+    report.settings.update(features_per_s=0.5 * max(rates), forward_block=7)
+    ratio = model_speed.feature_ratio(report, measured)
+    assert ratio["ratio"] == pytest.approx(0.5)
+    assert ratio["met"] is False
+    assert "NOT met" in model_speed.ratio_line("ours", ratio)
+
+
+def test_framework_decision_says_whether_compile_wins_at_every_batch() -> None:
+    frameworks = _load("frameworks")
+
+    def rows(eager: float, fast: float, batch: int) -> list[dict[str, Any]]:
+        times = {
+            "hand-written loop (jit step)": 1.0,
+            "hand-written fori_loop (floor)": 0.5,
+            "ours eager (compile=False)": eager,
+            "ours fast path (compile=True)": fast,
+        }
+        return [{"batch": batch, "method": m, "best_s": t} for m, t in times.items()]
+
+    wins = frameworks.decision(rows(1.2, 0.6, 64) + rows(1.1, 0.55, 512))
+    assert wins["compile_true_faster_at_every_batch"] is True
+    assert wins["batches"][64]["fast path / hand-written fori_loop"] == pytest.approx(1.2)
+    loses = frameworks.decision(rows(1.2, 0.6, 64) + rows(1.1, 1.5, 512))
+    assert loses["compile_true_faster_at_every_batch"] is False
