@@ -317,7 +317,7 @@ def _outcome(report: Any, total: float) -> dict[str, Any]:
         "verdict": report.verdict,
         "asr": report.asr,
         "conclusive_share": (n - report.n_inconclusive) / n if n else 0.0,
-        "features_per_s": report.settings.get("features_per_s"),
+        "features_per_s": _sibling("model_speed").features_per_s(report),
         "forward_block": report.settings.get("forward_block"),
         "chunk_size": report.settings.get("chunk_size"),
         "forward_noise_median": report.settings.get("forward_noise_median"),

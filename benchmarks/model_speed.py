@@ -7,7 +7,8 @@ size, on the same device, in the same run. :func:`model_throughput` measures
 that figure (no-grad forward passes on copies of the benchmark's inputs, at
 each of several batch sizes; the fastest of a few timed laps after a warm-up,
 each lap long enough to hide launch overheads); :func:`feature_ratio` sets the
-engine's ``features_per_s`` (from ``report.settings``) beside it.
+engine's features phase (``settings["feature_inputs"]`` over
+``timings["features"]``) beside it.
 """
 
 from __future__ import annotations
@@ -92,9 +93,15 @@ def model_throughput(
     }
 
 
+def features_per_s(report: Any) -> float | None:
+    """The features phase's inputs per second: ``settings["feature_inputs"]`` over its time."""
+    inputs, seconds = report.settings.get("feature_inputs"), report.timings.get("features")
+    return inputs / seconds if inputs and seconds else None
+
+
 def feature_ratio(report: Any, throughput: dict[str, Any]) -> dict[str, Any]:
     """The features phase's images per second over the model's best, and the target."""
-    features = report.settings.get("features_per_s")
+    features = features_per_s(report)
     best = throughput.get("best_images_per_s")
     ratio = features / best if features and best else None
     return {

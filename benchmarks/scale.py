@@ -88,6 +88,7 @@ def _sibling(name: str) -> Any:
 
 common = _sibling("common")
 models = _sibling("models")
+model_speed = _sibling("model_speed")
 
 GIB = 2**30
 MIB = 2**20
@@ -261,7 +262,7 @@ def run_curve(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "growth_mib": memory.growth_mib,
                 "chunk_peak_mib": chunks.largest_mib,
                 "chunk_peaks": chunks.chunks,
-                "features_per_s": report.settings.get("features_per_s"),
+                "features_per_s": model_speed.features_per_s(report),
                 "forward_block": report.settings.get("forward_block"),
                 "conclusive_share": 1 - report.n_inconclusive / max(1, report.n_samples),
                 "offset": args.offset,

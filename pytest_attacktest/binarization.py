@@ -327,8 +327,8 @@ def binarization_test(
         engine.run_chunk(x_[start : start + chunk_size], start)
     settings["n_inner"] = engine.n_inner
     settings["forward_block"] = engine.blocks.size
-    if report.timings["features"] > 0:  # the features phase's speed, next to the model's own
-        settings["features_per_s"] = engine.feature_points / report.timings["features"]
+    # With timings["features"]: the features phase's speed, next to the model's own.
+    settings["feature_inputs"] = engine.feature_points
     settings.update(_noise_settings(report))
     halvings = engine.blocks.halvings + engine.attack_blocks.halvings
     if halvings:

@@ -34,6 +34,8 @@ from typing import TypeVar
 
 import eagerpy as ep
 
+from attacks import backend
+
 __all__ = [
     "ACTIVATION_FACTOR",
     "BLOCK_INPUT_BYTES",
@@ -126,14 +128,14 @@ def free_device_bytes(x: ep.Tensor) -> int | None:
     minus its use. TensorFlow does not say; it keeps the fixed input budget.
     """
     raw = x.raw
-    module = type(raw).__module__
-    if module.startswith("torch") and raw.device.type == "cuda":
+    framework = backend.tensor_framework(x)
+    if framework == "torch" and raw.device.type == "cuda":
         import torch
 
         free, _ = torch.cuda.mem_get_info(raw.device)
         cached = torch.cuda.memory_reserved(raw.device) - torch.cuda.memory_allocated(raw.device)
         return int(free) + max(0, int(cached))
-    if module.startswith("jax"):
+    if framework == "jax":
         device = next(iter(raw.devices()))
         stats = device.memory_stats() if device.platform != "cpu" else None
         if stats and "bytes_limit" in stats:

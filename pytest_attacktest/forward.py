@@ -35,12 +35,15 @@ Forward = Callable[[Any], Any]
 
 
 def _torch_module(model: Any) -> Any:
-    """The torch module behind ``model`` (native or :class:`attacks.Model`), else None."""
+    """The torch module behind ``model`` (native, an :class:`attacks.Model`, a wrapper), or None."""
     torch = sys.modules.get("torch")
     if torch is None:
         return None
     native = getattr(model, "native", model)
-    return native if isinstance(native, torch.nn.Module) else None
+    if isinstance(native, torch.nn.Module):
+        return native
+    inner = getattr(model, "inner", None)  # attacks.BPDA and other wrappers
+    return None if inner is None else _torch_module(inner)
 
 
 def uses_channels_last(model: Any) -> bool:
@@ -94,7 +97,7 @@ def reduced_precision(model: Any, forward: Forward, dtype: str | None) -> Forwar
         )
     if dtype is None or dtype == "float32":
         return forward
-    if _torch_module(model) is None:
+    if _torch_module(model) is None and getattr(model, "framework", None) != "torch":
         raise ValueError(
             f"feature_dtype={dtype!r} runs feature extraction under torch.autocast, for PyTorch "
             "models; for a JAX or Keras model leave it unset (full precision) or run the model "

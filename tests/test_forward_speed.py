@@ -204,7 +204,8 @@ def test_bf16_features_are_measured_as_noise_and_keep_the_verdict() -> None:
     assert report.verdict == reference.verdict == "passed", report.summary()
     share = 1 - report.n_inconclusive / SAMPLES
     assert share >= 0.75, report.summary()
-    assert report.settings["features_per_s"] > 0
+    assert report.settings["feature_inputs"] == SAMPLES * (1 + report.settings["n_inner"] + 1)
+    assert report.timings["features"] > 0
 
 
 def test_bf16_features_never_pass_a_non_attack() -> None:
@@ -246,3 +247,16 @@ def test_on_cuda_blocks_come_from_the_free_memory() -> None:
     # An 80 GB GPU with most of it free allows far more than the 64 MiB input budget.
     if free > 20 * 2**30:
         assert sized.size > 111
+
+
+def test_wrapped_torch_models_are_recognised() -> None:
+    """attacks.Model and attacks.BPDA around a torch module: bf16 allowed, layout seen."""
+    from pytest_attacktest.forward import reduced_precision
+
+    net = torch_convnet().to(memory_format=torch.channels_last)
+    bpda = attacks.BPDA(net, lambda x: x)
+    assert uses_channels_last(attacks.Model(net, bounds=(0, 1)))
+    assert uses_channels_last(bpda)
+    assert reduced_precision(bpda, len, "bfloat16") is not len
+    assert reduced_precision(bpda, len, "float32") is len
+    assert reduced_precision(bpda, len, None) is len
