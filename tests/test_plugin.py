@@ -379,7 +379,7 @@ BAD_MARKERS = [
     pytest.param(
         "eps=0.1",
         "unknown keyword argument(s) 'eps'; allowed: epsilon, norm, threshold, samples, "
-        "claim, features, n_inner, *, chunk_size, max_batch",
+        "claim, features, n_inner, *, chunk_size, max_batch, feature_dtype",
         id="unknown-key",
     ),
     pytest.param("0.1", "positional argument(s) (0.1,) are not accepted*", id="positional"),
