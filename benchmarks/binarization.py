@@ -36,6 +36,16 @@ digits. The attack is ``attacks.PGD("linf")`` with
 ``--steps`` steps. One tiny warm-up run of each mode comes first (lazy
 initialisation, cuDNN autotuning), outside the timings.
 
+``--model-throughput`` measures the model's own no-grad throughput at its
+best batch size in the same run (``benchmarks/model_speed.py``) and prints
+the features phase's images per second against it (issue 16: at least 0.9x).
+``--channels-last`` converts the model to ``channels_last`` first (the
+engine then feeds its inputs in that layout); ``--feature-dtype bfloat16``
+runs ours with reduced-precision feature extraction, and
+``--compare-feature-dtype bfloat16`` runs ours once more with it, beside the
+float32 run: what it buys (features phase, total) and what it costs
+(conclusive share, noise, closeness).
+
 ``--what-if-position-routing`` times ours once more with the binarized
 model's routing replaced by "input i goes to sample i % S" (for the question
 how much the engine's nearest-sample search per forward pass costs; it is
@@ -96,6 +106,7 @@ def _sibling(name: str) -> Any:
 common = _sibling("common")
 models = _sibling("models")
 baseline = _sibling("reference_baseline")
+model_speed = _sibling("model_speed")
 
 # benchmarks/attack_throughput.py takes its models from here.
 ResNet18, digits_mlp = models.ResNet18, models.digits_mlp
@@ -157,6 +168,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-warmup", action="store_true")
     parser.add_argument(
+        "--model-throughput",
+        action="store_true",
+        help="also measure the model's own no-grad throughput at its best batch size and "
+        "compare the features phase with it",
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="convert the model to channels_last first"
+    )
+    parser.add_argument(
+        "--feature-dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="the engine's feature_dtype for ours (default: full precision)",
+    )
+    parser.add_argument(
+        "--compare-feature-dtype",
+        choices=("bfloat16", "float16"),
+        default=None,
+        help="run ours once more with this feature_dtype and compare time and conclusive share",
+    )
+    parser.add_argument(
         "--what-if-position-routing",
         action="store_true",
         help="also time ours with each input routed to the readout of its batch position "
@@ -188,6 +220,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
     """Both modes on the same samples; rows per phase and a summary."""
     device = str(args.device)
     problem = models.make_problem(args.model, args.samples, args.seed, device, args.train_steps)
+    if args.channels_last:
+        problem.model.to(memory_format=torch.channels_last)
     attack = attacks.PGD("linf", steps=args.steps)
     shared = {
         "epsilon": problem.epsilon,
@@ -219,11 +253,13 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
         attack=attack,
         n_inner=args.n_inner,
         chunk_size=args.chunk_size,
+        feature_dtype=args.feature_dtype,
         **shared,
     )
     common.synchronize(device)
     ours_total, ours_cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = _peak_gib(device)
+    speed = _speed(problem, args, attack, shared, ours, ours_total)
     what_if = None
     if args.what_if_position_routing:
         what_if = _position_routing_run(problem, attack, args, shared)
@@ -286,6 +322,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
         "speedup": rows[-1]["ratio"],
         "what_if_position_routing": what_if,
         "target_speedup": TARGET_SPEEDUP,
+        "feature_dtype": args.feature_dtype,
+        "channels_last": args.channels_last,
+        **speed,
     }
     if ref is not None and ref_total is not None:
         iterations = ref.settings["sklearn_iterations"]
@@ -328,6 +367,76 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
         row["ours_conclusive"] = summary["ours"]["conclusive_share"]
         row["reference_conclusive"] = summary.get("reference", {}).get("conclusive_share")
     return rows, summary
+
+
+def _speed(
+    problem: Any,
+    args: argparse.Namespace,
+    attack: Any,
+    shared: dict[str, Any],
+    ours: Any,
+    ours_total: float,
+) -> dict[str, Any]:
+    """The model's own throughput beside the features phase, and the reduced-precision run."""
+    out: dict[str, Any] = {}
+    sample = problem.x[: min(64, problem.x.shape[0])]
+    if args.model_throughput:
+        throughput = model_speed.model_throughput(problem.model, sample, dtype=args.feature_dtype)
+        out["model_throughput"] = throughput
+        out["features_vs_model"] = model_speed.feature_ratio(ours, throughput)
+    dtype = args.compare_feature_dtype
+    if dtype:
+        device = str(args.device)
+        common.synchronize(device)
+        start = time.perf_counter()
+        other = binarization_test(
+            problem.model,
+            problem.x,
+            problem.y,
+            attack=attack,
+            n_inner=args.n_inner,
+            chunk_size=args.chunk_size,
+            feature_dtype=dtype,
+            **shared,
+        )
+        common.synchronize(device)
+        total = time.perf_counter() - start
+        comparison: dict[str, Any] = {
+            "dtype": dtype,
+            "total_s": total,
+            "features_s": other.timings["features"],
+            "features_speedup": ours.timings["features"] / max(other.timings["features"], 1e-12),
+            "total_speedup": ours_total / total,
+            "outcome": outcome(other),
+            "float32_outcome": outcome(ours),
+        }
+        if args.model_throughput:
+            throughput = model_speed.model_throughput(problem.model, sample, dtype=dtype)
+            comparison["model_throughput"] = throughput
+            comparison["features_vs_model"] = model_speed.feature_ratio(other, throughput)
+        out["feature_dtype_comparison"] = comparison
+    return out
+
+
+def speed_lines(summary: dict[str, Any]) -> list[str]:
+    """The features phase against the model's own speed; the reduced-precision run."""
+    lines = []
+    if summary.get("features_vs_model"):
+        name = f"ours ({summary.get('feature_dtype') or 'float32'})"
+        lines.append(model_speed.ratio_line(name, summary["features_vs_model"]))
+    c = summary.get("feature_dtype_comparison")
+    if c:
+        share, base = c["outcome"]["conclusive_share"], c["float32_outcome"]["conclusive_share"]
+        lines.append(
+            f"feature_dtype={c['dtype']}: total {c['total_s']:.2f} s ({c['total_speedup']:.3f}x "
+            f"the first run), features {c['features_s']:.2f} s ({c['features_speedup']:.3f}x); "
+            f"conclusive {100 * share:.1f}% vs {100 * base:.1f}% "
+            f"({100 * (share - base):+.1f} points), verdict {c['outcome']['verdict']}"
+        )
+        lines.append(outcome_line(f"ours, feature_dtype={c['dtype']}", c["outcome"]))
+        if c.get("features_vs_model"):
+            lines.append(model_speed.ratio_line(f"ours ({c['dtype']})", c["features_vs_model"]))
+    return lines
 
 
 def baseline_setting(args: argparse.Namespace, n_inner: int) -> dict[str, Any]:
@@ -471,6 +580,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"time {ours['cpu_s']:.2f} s), verdict "
         f"{ours['verdict']}, ASR {ours['asr']:.3f}, inconclusive {ours['inconclusive']}",
         outcome_line("ours", ours),
+        *speed_lines(summary),
     ]
     if summary["training"].get("test_accuracy") is not None:
         t = summary["training"]

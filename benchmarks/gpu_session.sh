@@ -25,7 +25,26 @@
 #   bash benchmarks/gpu_session.sh numerics     # issue 12's acceptance: trained ResNet-18 32x32
 #                                               # and ResNet-50 224x224 under TF32 + cudnn.benchmark
 #                                               # and bf16 autocast (exits 1 when a target is missed)
+#   bash benchmarks/gpu_session.sh features50   # issue 16.1: ResNet-50 224x224, 512 samples: the
+#                                               # features phase vs the model's own throughput,
+#                                               # and bf16 features (time, conclusive share)
+#   bash benchmarks/gpu_session.sh features50cl # the same with the model in channels_last
+#   bash benchmarks/gpu_session.sh jax          # issue 16.3: JAX PGD vs hand-written loops, compile=True
+#   bash benchmarks/gpu_session.sh jaxe2e       # JAX whole test vs torch, trained convnet
+#   bash benchmarks/gpu_session.sh tensorflow   # TF PGD and whole test (needs TensorFlow with GPU
+#                                               # support on the machine: not in the lent image,
+#                                               # and its wheel is far over the 64 MiB carry)
+#   bash benchmarks/gpu_session.sh scale50a     # issue 16.4: ResNet-50 224x224, 64..512 samples
+#   bash benchmarks/gpu_session.sh scale50b     # 1024 samples (samples 0..1023)
+#   bash benchmarks/gpu_session.sh scale50c     # samples 1024..2047 (with b: the 2048 point)
+#   bash benchmarks/gpu_session.sh scale50d     # samples 2048..3071
+#   bash benchmarks/gpu_session.sh scale50e     # samples 3072..4095 (b..e: the 4096 point)
 #   bash benchmarks/gpu_session.sh dry          # print the commands only
+# Every part runs under `timeout $PART_LIMIT` (default 570 s), so that it ends
+# inside one 10-minute call with its log under $OUT. The scale50 pieces use
+# equal chunks (--chunk-size 32), so the 2048 and 4096 points are sums of
+# pieces of the same chunks; at the features speed of the first H200 run
+# (7.2k images/s) each 1024-sample piece is about 3.5 minutes.
 # ResNet-50 at 4096 samples is about 4.4 million forward passes (tens of
 # minutes): `scale50` measures the per-chunk peak and the time curve up to 512,
 # from which 4096 follows (equal chunks, one chunk's peak); run
@@ -44,6 +63,7 @@ if [ -d .whl ] && [ "$part" != dry ]; then
     export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
 
+limit="${PART_LIMIT:-570}"
 run() {  # run NAME COMMAND...: the command's output goes to the terminal and $out/NAME.log
     local name="$1"
     shift
@@ -51,7 +71,7 @@ run() {  # run NAME COMMAND...: the command's output goes to the terminal and $o
     if [ "$part" = dry ]; then
         return 0
     fi
-    "$@" 2>&1 | tee "$out/$name.log"
+    timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
 }
 
 py=python3
@@ -59,7 +79,7 @@ bench=benchmarks
 case "$part" in
 tests | dry)
     run env $py -c "import torch, jax, eagerpy; print(torch.__version__, torch.cuda.get_device_name(), jax.__version__, jax.devices(), eagerpy.__version__)"
-    run tests $py -m pytest -q -p no:cacheprovider -p pytest_attacktest.plugin tests/test_gpu.py tests/test_fast_path.py tests/test_blocks.py
+    run tests $py -m pytest -q -p no:cacheprovider -p pytest_attacktest.plugin tests/test_gpu.py tests/test_fast_path.py tests/test_blocks.py tests/test_forward_speed.py
     ;;&
 throughput | dry)
     run pgd-512 $py $bench/attack_throughput.py --device cuda --batch 512 --json "$out/pgd-cuda-512.json"
@@ -82,9 +102,44 @@ scale50 | dry)
 numerics | dry)
     run numerics $py $bench/gpu_numerics.py --device cuda --json "$out/gpu-numerics.json"
     ;;&
-tests | throughput | e2e18 | e2e50 | scale18 | scale50 | numerics | dry) ;;
+features50 | dry)
+    run features50 $py $bench/binarization.py --device cuda --model resnet50 --samples 512 --baseline-samples 0 --model-throughput --compare-feature-dtype bfloat16 --json "$out/features-resnet50-512.json"
+    ;;&
+features50cl | dry)
+    run features50cl $py $bench/binarization.py --device cuda --model resnet50 --samples 512 --baseline-samples 0 --model-throughput --channels-last --compare-feature-dtype bfloat16 --json "$out/features-resnet50-512-channels-last.json"
+    ;;&
+jax | dry)
+    run jax $py $bench/frameworks.py --framework jax --part pgd --device cuda --batches 64,512 --steps 100 --json "$out/jax-pgd.json"
+    run jax-1000 $py $bench/frameworks.py --framework jax --part pgd --device cuda --batches 64,512 --steps 1000 --repeats 2 --json "$out/jax-pgd-1000.json"
+    ;;&
+jaxe2e | dry)
+    run jaxe2e $py $bench/frameworks.py --framework jax --part e2e --device cuda --samples 512 --steps 100 --json "$out/jax-e2e.json"
+    ;;&
+tensorflow | dry)
+    if [ "$part" = dry ] || $py -c "import tensorflow" 2>/dev/null; then
+        run tensorflow $py $bench/frameworks.py --framework tensorflow --device cuda --batches 64,512 --steps 100 --samples 512 --json "$out/tensorflow.json"
+    else
+        echo "tensorflow: not installed on this machine; skipped (not measured)" | tee "$out/tensorflow.log"
+    fi
+    ;;&
+scale50a | dry)
+    run scale50a $py $bench/scale.py --device cuda --model resnet50 --sizes 64,128,256,512 --chunk-size 32 --json "$out/scale-resnet50-64-512.json"
+    ;;&
+scale50b | dry)
+    run scale50b $py $bench/scale.py --device cuda --model resnet50 --sizes 1024 --chunk-size 32 --offset 0 --json "$out/scale-resnet50-1024-at-0.json"
+    ;;&
+scale50c | dry)
+    run scale50c $py $bench/scale.py --device cuda --model resnet50 --sizes 1024 --chunk-size 32 --offset 1024 --json "$out/scale-resnet50-1024-at-1024.json"
+    ;;&
+scale50d | dry)
+    run scale50d $py $bench/scale.py --device cuda --model resnet50 --sizes 1024 --chunk-size 32 --offset 2048 --json "$out/scale-resnet50-1024-at-2048.json"
+    ;;&
+scale50e | dry)
+    run scale50e $py $bench/scale.py --device cuda --model resnet50 --sizes 1024 --chunk-size 32 --offset 3072 --json "$out/scale-resnet50-1024-at-3072.json"
+    ;;&
+tests | throughput | e2e18 | e2e50 | scale18 | scale50 | numerics | features50 | features50cl | jax | jaxe2e | tensorflow | scale50a | scale50b | scale50c | scale50d | scale50e | dry) ;;
 *)
-    echo "unknown part '$part': tests, throughput, e2e18, e2e50, scale18, scale50, numerics or dry" >&2
+    echo "unknown part '$part': tests, throughput, e2e18, e2e50, scale18, scale50, numerics, features50, features50cl, jax, jaxe2e, tensorflow, scale50a..scale50e or dry" >&2
     exit 2
     ;;
 esac

@@ -16,13 +16,20 @@ the first two and checks the third by the engine's own arithmetic:
    and its growth over the resident size before the run). With equal chunks,
    the run's peak is the peak of one chunk. A least-squares line
    ``t = a + b N`` and the largest relative deviation from it say how linear
-   the curve is.
+   the curve is. Per chunk (through the engine's progress callback): its
+   wall time, time per sample and peak memory (``chunk_peaks`` in the JSON,
+   the largest per run in the table), and per run the features phase's
+   images per second. ``--offset K`` takes the samples from the K-th on, so
+   that a size too long for one 10-minute call runs as pieces of equal
+   chunks (e.g. 4096 as 0..2047 and 2048..4095: each piece is a run of its
+   own, the sum of their times is the whole).
 2. **Chunk arithmetic.** What ``auto_chunk_size`` (pytest_attacktest/
    binarization.py) picks for ResNet-18 at 32x32 and ResNet-50 at 224x224
    with 4096 samples on a GPU with ``--gpu-free-gib`` free (default 79, an
    80 GB H100), what its budget covers (the chunk's sampled points, counted
    three times for temporaries), the block of forward passes
-   (``pytest_attacktest.blocks``: 64 MiB of input, at most 4096 points) and
+   (``pytest_attacktest.blocks.device_block_size``: half the memory the
+   chunk leaves, activations estimated, at most 4096 points) and
    what it does not count (the activations of a block, the attack's forward
    and backward pass on the chunk; both are halved on out-of-memory).
    ``--routing-sizes`` times the binarized model's routing search (nearest
@@ -81,6 +88,7 @@ def _sibling(name: str) -> Any:
 
 common = _sibling("common")
 models = _sibling("models")
+model_speed = _sibling("model_speed")
 
 GIB = 2**30
 MIB = 2**20
@@ -108,6 +116,65 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
+
+
+class ChunkPeaks:
+    """Per chunk of one ``binarization_test``: wall time and peak memory, from its progress calls.
+
+    A chunk starts with the ``"sampling"`` phase and ends where the next one
+    starts (or at ``"done"``); the peak is reset at each start (CUDA:
+    ``torch.cuda.reset_peak_memory_stats``; CPU: the peak resident set).
+    """
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.chunks: list[dict[str, Any]] = []
+        self._start: float | None = None
+        self._done = 0
+
+    def _peak_mib(self) -> float | None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() / MIB
+        hwm = _status_kib("VmHWM")
+        return None if hwm is None else hwm / 1024
+
+    def _reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            reset_peak_rss()
+
+    def _close(self, done: int) -> None:
+        if self._start is None:
+            return
+        samples = done - self._done
+        elapsed = time.perf_counter() - self._start
+        self.chunks.append(
+            {
+                "first_sample": self._done,
+                "samples": samples,
+                "seconds": elapsed,
+                "ms_per_sample": 1000 * elapsed / max(1, samples),
+                "peak_mib": self._peak_mib(),
+            }
+        )
+        self._start = None
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase == "sampling" or phase == "done":
+            if self.cuda:
+                torch.cuda.synchronize()
+            self._close(done)
+            if phase == "sampling":
+                self._done = done
+                self._reset()
+                self._start = time.perf_counter()
+
+    @property
+    def largest_mib(self) -> float | None:
+        peaks = [c["peak_mib"] for c in self.chunks if c["peak_mib"] is not None]
+        return max(peaks) if peaks else None
 
 
 class PeakMemory:
@@ -148,7 +215,9 @@ class PeakMemory:
 
 def run_curve(args: argparse.Namespace) -> list[dict[str, Any]]:
     device = str(args.device)
-    problem = models.make_problem(args.model, max(args.sizes), args.seed, device)
+    problem = models.make_problem(args.model, args.offset + max(args.sizes), args.seed, device)
+    if args.channels_last:
+        problem.model.to(memory_format=torch.channels_last)
     attack = attacks.PGD("linf", steps=args.steps)
     chunk = None if args.chunk_size == "auto" else int(args.chunk_size)
     shared = {
@@ -157,17 +226,25 @@ def run_curve(args: argparse.Namespace) -> list[dict[str, Any]]:
         "n_inner": args.n_inner,
         "n_validation": args.n_validation,
         "seed": args.seed,
+        "feature_dtype": args.feature_dtype,
     }
+    x_all = problem.x[args.offset :]
     engine.binarization_test(
         problem.model, problem.x[:2], attack=attacks.PGD("linf", steps=2), **shared
     )  # warm-up, not timed
     rows = []
     for n in args.sizes:
+        chunks = ChunkPeaks(device)
         with PeakMemory(device) as memory:
             common.synchronize(device)
             start, cpu = time.perf_counter(), time.process_time()
             report = engine.binarization_test(
-                problem.model, problem.x[:n], attack=attack, chunk_size=chunk, **shared
+                problem.model,
+                x_all[:n],
+                attack=attack,
+                chunk_size=chunk,
+                progress=chunks,
+                **shared,
             )
             common.synchronize(device)
             total, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -183,6 +260,12 @@ def run_curve(args: argparse.Namespace) -> list[dict[str, Any]]:
                 **{f"{phase}_s": report.timings.get(phase, 0.0) for phase in PHASES},
                 "peak_mib": memory.peak_mib,
                 "growth_mib": memory.growth_mib,
+                "chunk_peak_mib": chunks.largest_mib,
+                "chunk_peaks": chunks.chunks,
+                "features_per_s": model_speed.features_per_s(report),
+                "forward_block": report.settings.get("forward_block"),
+                "conclusive_share": 1 - report.n_inconclusive / max(1, report.n_samples),
+                "offset": args.offset,
                 "verdict": report.verdict,
                 "asr": report.asr,
                 "n_inner": report.settings["n_inner"],
@@ -260,7 +343,11 @@ def chunk_plan(
         "chunks": math.ceil(samples / chunk),
         "chunk_points_gib": chunk * per_sample / GIB,
         "train_points_per_chunk": train_points,
-        "forward_block": (block := blocks.block_size_for(shape, itemsize)),
+        # The engine sizes forward blocks from what is free when a pass starts:
+        # at least what the chunk's points (counted three times) leave.
+        "forward_block": (
+            block := blocks.device_block_size(shape, itemsize, int(free_bytes - chunk * per_sample))
+        ),
         "feature_blocks_per_chunk": math.ceil(train_points / block),
     }
 
@@ -383,7 +470,11 @@ CURVE_COLUMNS = [
     common.Column("attack s", "attack_s", common.fixed(2)),
     common.Column("verify s", "verification_s", common.fixed(2)),
     common.Column("peak MiB", "peak_mib", _mib),
+    common.Column("chunk peak MiB", "chunk_peak_mib", _mib),
     common.Column("growth MiB", "growth_mib", _mib),
+    common.Column("features img/s", "features_per_s", common.fixed(0)),
+    common.Column("block", "forward_block"),
+    common.Column("conclusive", "conclusive_share", common.fixed(3)),
     common.Column("verdict", "verdict", right=False),
 ]
 
@@ -423,6 +514,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-inner", type=int, default=None)
     parser.add_argument("--n-validation", type=int, default=32)
     parser.add_argument("--chunk-size", default="512", help="samples per chunk, or 'auto'")
+    parser.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        help="take the samples from this one on (a long run in pieces of equal chunks)",
+    )
+    parser.add_argument(
+        "--feature-dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="the engine's feature_dtype (default: full precision)",
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="convert the model to channels_last first"
+    )
     parser.add_argument(
         "--gpu-free-gib",
         type=float,

@@ -37,7 +37,8 @@ from attacks.keywords import keyword_hints
 from attacks.losses import cross_entropy
 from attacks.models import Model, as_model
 from attacks.norms import norm_name
-from pytest_attacktest.blocks import Blocks, block_size_for
+from pytest_attacktest.blocks import Blocks, forward_blocks
+from pytest_attacktest.blocks import free_device_bytes as _free_device_bytes
 from pytest_attacktest.checks import (
     attack_result,
     ball_points,
@@ -52,6 +53,7 @@ from pytest_attacktest.checks import (
 )
 from pytest_attacktest.errors import InputError
 from pytest_attacktest.features import FeatureFn, feature_extractor
+from pytest_attacktest.forward import channels_last_inputs, reduced_precision
 from pytest_attacktest.modelstate import preserved
 from pytest_attacktest.options import SettingsError, validate_engine_call
 from pytest_attacktest.readout import MIN_CLOSENESS, NOISE_FACTOR, Readouts, fit_readouts
@@ -157,6 +159,7 @@ def binarization_test(
     valid_input: Callable[[Any], Any] | None = None,
     chunk_size: int | None = None,
     max_batch: int | None = None,
+    feature_dtype: str | None = None,
     seed: int = 0,
     stacklevel: int = 2,
     progress: ProgressFn | None = None,
@@ -205,6 +208,13 @@ def binarization_test(
             (every pass: clean points, features, detector, and the attack's
             passes through the binarized model); ``None``: sized by memory.
             For models that refuse large batches.
+        feature_dtype: ``"bfloat16"`` or ``"float16"`` extracts the training
+            points' features under ``torch.autocast`` (PyTorch models; faster
+            on GPUs with tensor cores); ``None`` (default): full precision.
+            The attack and the verification stay in full precision, and the
+            difference is measured as forward-pass noise that the readout's
+            margins cover (see :mod:`pytest_attacktest.forward`): it can cost
+            conclusive samples, never a false pass.
         seed: makes the run reproducible.
         stacklevel: of the warnings issued at the end (the report keeps them too);
             wrappers pass a larger value so warnings point at the user's code.
@@ -243,6 +253,7 @@ def binarization_test(
             "valid_input": valid_input,
             "chunk_size": chunk_size,
             "max_batch": max_batch,
+            "feature_dtype": feature_dtype,
         },
     )
     check_attack(attack)
@@ -251,7 +262,7 @@ def binarization_test(
     check_inputs(x_, wrapped, "put normalisation inside the model and pass inputs in the bounds")
     _check_epsilon_scale(epsilon, p, wrapped, x_)
     x_ = private_copy(x_)  # the engine's own clean points: nothing the user runs can move them
-    blocks = Blocks(min(block_size_for(x_.shape[1:], _itemsize(x_)), max_batch or sys.maxsize))
+    blocks = forward_blocks(x_, _itemsize(x_), max_batch)
     classes, clean_logits = _clean_logits(wrapped, x_, blocks, max_batch)
     if isinstance(attack, Attack) and not math.isclose(attack.p, p):
         raise SettingsError(
@@ -263,7 +274,10 @@ def binarization_test(
     # Two inputs find the feature layer (batch norm in training mode needs two),
     # small enough not to run out of memory outside the halving blocks.
     probe = x_[: min(2, max_batch or 2)].raw
-    extractor = forward_guard(feature_extractor(wrapped, features, probe=probe), max_batch)
+    extractor = channels_last_inputs(
+        wrapped, forward_guard(feature_extractor(wrapped, features, probe=probe), max_batch)
+    )
+    fast_extractor = reduced_precision(wrapped, extractor, feature_dtype)
     name = repr(attack) if isinstance(attack, Attack) else getattr(attack, "__name__", repr(attack))
     settings = {
         "n_inner": n_inner,
@@ -277,6 +291,7 @@ def binarization_test(
         "n_validation": n_validation,
         "chunk_size": chunk_size,
         "max_batch": max_batch,
+        "feature_dtype": feature_dtype,
         "detector": valid_input is not None,
     }
     report = Report(
@@ -307,6 +322,7 @@ def binarization_test(
         settings["clean_accuracy"] = float((clean_logits.argmax(axis=1) == labels).mean())
     engine = _Engine(wrapped, extractor, attack, p, float(epsilon), report, seed, blocks)
     engine.n_inner = n_inner
+    engine.fast_extractor = fast_extractor
     engine.options = settings
     engine.valid_input = valid_input
     engine.progress = progress
@@ -322,6 +338,8 @@ def binarization_test(
         engine.run_chunk(x_[start : start + chunk_size], start)
     settings["n_inner"] = engine.n_inner
     settings["forward_block"] = engine.blocks.size
+    # With timings["features"]: the features phase's speed, next to the model's own.
+    settings["feature_inputs"] = engine.feature_points
     settings.update(_noise_settings(report))
     halvings = engine.blocks.halvings + engine.attack_blocks.halvings
     if halvings:
@@ -380,23 +398,6 @@ def auto_chunk_size(x: ep.Tensor, points_per_sample: int) -> int:
     return int(max(1, min(MAX_CHUNK, x.shape[0], budget // max(1, per_sample))))
 
 
-def _free_device_bytes(x: ep.Tensor) -> int | None:
-    """Free memory of ``x``'s accelerator, or None on a CPU or where it is not known."""
-    raw = x.raw
-    framework = backend.tensor_framework(x)
-    if framework == "torch" and raw.device.type == "cuda":
-        import torch
-
-        free, _ = torch.cuda.mem_get_info(raw.device)
-        return int(free)
-    if framework == "jax":
-        device = next(iter(raw.devices()))
-        stats = device.memory_stats() if device.platform != "cpu" else None
-        if stats and "bytes_limit" in stats:
-            return max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
-    return None
-
-
 class _Engine:
     """State shared by the chunks of one test (timings, RNG, resolved sizes)."""
 
@@ -413,6 +414,10 @@ class _Engine:
     ) -> None:
         self.model = model
         self.extractor = extractor
+        #: The training points' extractor (reduced precision when asked).
+        self.fast_extractor = extractor
+        #: Inputs the training points' feature extraction passed through the model.
+        self.feature_points = 0
         self.attack = attack
         self.p = p
         self.epsilon = epsilon
@@ -448,16 +453,18 @@ class _Engine:
         return now
 
     def features(
-        self, points: ep.Tensor, passes: int = 1, blocks: Blocks | None = None
+        self, points: ep.Tensor, passes: int = 1, blocks: Blocks | None = None, fast: bool = False
     ) -> ep.Tensor:
         """Features of ``(M, ...)`` points, ``passes`` times: ``(passes, M, d)``.
 
-        In the test's forward blocks, or in ``blocks`` (another block size).
+        In the test's forward blocks, or in ``blocks`` (another block size);
+        ``fast``: with the training points' extractor (``feature_dtype``).
         """
         blocks = self.blocks if blocks is None else blocks
+        extractor = self.fast_extractor if fast else self.extractor
 
         def extract(block: ep.Tensor) -> ep.Tensor:
-            return backend.wrap(self.extractor(block.raw))
+            return backend.wrap(extractor(block.raw))
 
         with _no_grad(points):
             out = [blocks.concatenate(extract, points) for _ in range(passes)]
@@ -489,7 +496,8 @@ class _Engine:
         t = self._timed("sampling", t)
 
         passes = opts["feature_passes"]
-        feats = self.features(train.reshape((s * n, *shape)), passes)  # (passes, S*n, d)
+        feats = self.features(train.reshape((s * n, *shape)), passes, fast=True)  # (passes, S*n, d)
+        self.feature_points += passes * s * n
         d = feats.shape[-1]
         feats = feats.reshape((passes, s, n, d)).transpose((1, 0, 2, 3)).reshape((s, passes * n, d))
         labels = np.tile(labels, passes)

@@ -70,6 +70,7 @@ ENGINE_KEYS: tuple[str, ...] = (
     "valid_input",
     "chunk_size",
     "max_batch",
+    "feature_dtype",
 )
 
 #: The keyword arguments the ``attack_test`` marker (and the fixture's call
@@ -365,6 +366,15 @@ def _check_features(value: object) -> object:
     )
 
 
+def _check_feature_dtype(value: object) -> object:
+    if value in (None, "float32", "bfloat16", "float16"):
+        return value
+    raise SettingsError(
+        "feature_dtype must be None (full precision), 'float32', 'bfloat16' or 'float16', "
+        f"got {value!r}"
+    )
+
+
 def _check_valid_input(value: object) -> object:
     if value is None or callable(value):
         return value
@@ -388,6 +398,7 @@ _ENGINE_CHECKS: dict[str, Callable[[object], object]] = {
     "valid_input": _check_valid_input,
     "chunk_size": _positive_int("chunk_size"),
     "max_batch": _positive_int("max_batch"),
+    "feature_dtype": _check_feature_dtype,
 }
 assert tuple(_ENGINE_CHECKS) == ENGINE_KEYS
 
@@ -395,7 +406,15 @@ assert tuple(_ENGINE_CHECKS) == ENGINE_KEYS
 #: Engine keys whose ``None`` means "the default" in a direct call (the marker
 #: takes ``None`` for the ones whose checker accepts it).
 _NONE_IS_DEFAULT = frozenset(
-    {"features", "n_inner", "rescale_logits", "valid_input", "chunk_size", "max_batch"}
+    {
+        "features",
+        "n_inner",
+        "rescale_logits",
+        "valid_input",
+        "chunk_size",
+        "max_batch",
+        "feature_dtype",
+    }
 )
 
 

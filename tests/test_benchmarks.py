@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import attacks  # noqa: E402
 from pytest_attacktest import binarization as engine  # noqa: E402
 from pytest_attacktest import binarization_test  # noqa: E402
+from pytest_attacktest.blocks import ACTIVATION_FACTOR, device_block_size  # noqa: E402
 from pytest_attacktest.report import Report, SampleResult  # noqa: E402
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -328,9 +329,13 @@ def test_4096_samples_at_224x224_take_many_bounded_chunks_on_80gb() -> None:
     assert plan["n_inner"] == 999
     assert 1 < plan["chunk_size"] < 64
     assert plan["chunk_points_gib"] <= plan["budget_gib"] <= 39.5
-    # A block of forward passes holds at most 64 MiB of these images, not 4096 of them.
-    assert plan["forward_block"] == 111
-    assert plan["forward_block"] * 3 * 224 * 224 * 4 <= 64 * 2**20
+    # A block of forward passes is sized from the memory the chunk's points leave
+    # free (half of it, activations counted): hundreds of images, not 4096.
+    left = 79 * 2**30 - plan["chunk_points_gib"] * 2**30
+    image = 3 * 224 * 224 * 4
+    assert plan["forward_block"] == device_block_size((3, 224, 224), 4, int(left))
+    assert 111 < plan["forward_block"] < 4096
+    assert plan["forward_block"] * image * (1 + ACTIVATION_FACTOR) <= left / 2
 
 
 def test_linearity_of_an_exact_line_and_of_a_bent_one() -> None:
@@ -490,3 +495,51 @@ def test_gpu_numerics_script_emulates_gpu_noise_on_the_cpu(tmp_path: Path) -> No
     assert emulated["forward_noise_median"] > 0.0
     assert emulated["closeness_applied_min"] < exact["closeness_applied_min"]
     assert emulated["reference_ms_per_sample"] is None
+
+
+# --------------------------------------------------------------------------- issue 16 speed
+
+
+def test_model_throughput_finds_the_best_batch_and_the_features_ratio() -> None:
+    model_speed = _load("model_speed")
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    x = torch.rand(8, 64)
+    measured = model_speed.model_throughput(net, x, batches=(4, 16), laps=1, min_lap_inputs=64)
+    rates = [r["images_per_s"] for r in measured["rows"]]
+    assert [r["batch"] for r in measured["rows"]] == [4, 16]
+    assert all(rate > 0 for rate in rates)
+    assert measured["best_images_per_s"] == max(rates)
+    report = Report(
+        attack="a",
+        norm="linf",
+        epsilon=0.1,
+        threshold=0.95,
+        max_inconclusive=0.1,
+        seed=0,
+        settings={},
+    )
+    report.settings.update(feature_inputs=int(max(rates)), forward_block=7)
+    report.timings["features"] = 2.0
+    ratio = model_speed.feature_ratio(report, measured)
+    assert ratio["ratio"] == pytest.approx(0.5, rel=1e-3)
+    assert ratio["met"] is False
+    assert "NOT met" in model_speed.ratio_line("ours", ratio)
+
+
+def test_framework_decision_says_whether_compile_wins_at_every_batch() -> None:
+    frameworks = _load("frameworks")
+
+    def rows(eager: float, fast: float, batch: int) -> list[dict[str, Any]]:
+        times = {
+            "hand-written loop (jit step)": 1.0,
+            "hand-written fori_loop (floor)": 0.5,
+            "ours eager (compile=False)": eager,
+            "ours fast path (compile=True)": fast,
+        }
+        return [{"batch": batch, "method": m, "best_s": t} for m, t in times.items()]
+
+    wins = frameworks.decision(rows(1.2, 0.6, 64) + rows(1.1, 0.55, 512))
+    assert wins["compile_true_faster_at_every_batch"] is True
+    assert wins["batches"][64]["fast path / hand-written fori_loop"] == pytest.approx(1.2)
+    loses = frameworks.decision(rows(1.2, 0.6, 64) + rows(1.1, 1.5, 512))
+    assert loses["compile_true_faster_at_every_batch"] is False

@@ -443,7 +443,7 @@ BAD_MARKERS = [
         "eps=0.1",
         "unknown keyword argument(s) 'eps' (did you mean 'epsilon'?); allowed: epsilon, norm, "
         "threshold, samples, "
-        "claim, features, n_inner, *, chunk_size, max_batch",
+        "claim, features, n_inner, *, chunk_size, max_batch, feature_dtype",
         id="unknown-key",
     ),
     pytest.param("0.1", "positional argument(s) (0.1,) are not accepted*", id="positional"),
