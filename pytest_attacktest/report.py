@@ -296,8 +296,9 @@ class Report:
             f"(limit {self.max_inconclusive:.0%}); {self.norm} epsilon={self.epsilon:g}, "
             f"seed={self.seed}"
         )
-        causes = self.causes()
-        if causes:  # a pass has no causes to explain, only its caveats
+        # A pass has no causes to explain, only its caveats (each without its label).
+        causes = self.caveats() if self.passed else self.causes()
+        if causes:
             label = "caveats" if self.passed else "likely causes"
             head += f"\n  {label}:\n" + "\n".join(f"  - {c}" for c in causes)
         return head

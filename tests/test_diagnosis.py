@@ -284,7 +284,7 @@ def test_caveats_are_in_the_report_whatever_the_verdict() -> None:
     assert "too easy to be informative (a pass says little about the attack)" in caveat
     assert report.to_dict()["caveats"] == [caveat]
     assert report.causes() == [f"caveat: {caveat}"]
-    assert report.summary().endswith(f"\n  caveats:\n  - caveat: {caveat}")
+    assert report.summary().endswith(f"\n  caveats:\n  - {caveat}")
 
 
 TOO_EASY = """
