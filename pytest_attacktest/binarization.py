@@ -152,7 +152,8 @@ def binarization_test(
     threshold: float = DEFAULT_THRESHOLD,
     max_inconclusive: float = DEFAULT_MAX_INCONCLUSIVE,
     min_conclusive: int = DEFAULT_MIN_CONCLUSIVE,
-    feature_passes: int | str = "auto",
+    feature_passes: int = 1,
+    average_passes: int | str = "auto",
     verify_passes: int = 1,
     n_validation: int = 32,
     valid_input: Callable[[Any], Any] | None = None,
@@ -192,14 +193,18 @@ def binarization_test(
         max_inconclusive: largest share of inconclusive samples for a verdict.
         min_conclusive: fewest conclusive samples for a verdict (default 10,
             :data:`DEFAULT_MIN_CONCLUSIVE`); fewer make the verdict ``error``.
-        feature_passes: forward passes whose features are averaged wherever the
-            engine decides (fit, noise, guarantee, verification, random
-            points): ``"auto"`` (default) is 1 for a model whose repeated
-            passes agree and, for a randomized one, as many as its measured
-            noise needs, at most 64 (:mod:`pytest_attacktest.passes`); an
-            integer fixes it. The attack still sees one pass per call.
+        feature_passes: feature evaluations per training point, each a training
+            point of its own, so the readout must classify every one correctly
+            (randomized defenses with few outcomes, e.g. random shifts).
+        average_passes: forward passes whose features are averaged wherever
+            the engine decides (each feature evaluation of the fit, the noise,
+            the guarantee, the verification, the random points): ``"auto"``
+            (default) is 1 for a model whose repeated passes agree and, for a
+            randomized one, as many as its measured noise needs, at most 64
+            (:mod:`pytest_attacktest.passes`); an integer fixes it. The attack
+            still sees one pass per call.
         verify_passes: the attack's point must be adversarial in each of these
-            fresh evaluations (each a mean of ``feature_passes`` passes;
+            fresh evaluations (each a mean of ``average_passes`` passes;
             randomized defenses).
         n_validation: fresh random inner and boundary points per sample for the
             validation accuracies and the random-attack check.
@@ -242,6 +247,7 @@ def binarization_test(
             "max_inconclusive": max_inconclusive,
             "min_conclusive": min_conclusive,
             "feature_passes": feature_passes,
+            "average_passes": average_passes,
             "verify_passes": verify_passes,
             "n_validation": n_validation,
             "valid_input": valid_input,
@@ -276,6 +282,7 @@ def binarization_test(
         "closeness": closeness,
         "rescale_logits": rescale_logits,
         "feature_passes": feature_passes,
+        "average_passes": average_passes,
         "verify_passes": verify_passes,
         "n_validation": n_validation,
         "chunk_size": chunk_size,
@@ -317,15 +324,15 @@ def binarization_test(
     if engine.n_inner is None:
         dim = engine.features(x_[:1]).shape[-1]
         engine.n_inner = default_inner_points(dim, n_boundary)
-    if chunk_size is None:  # passes are averaged one at a time: memory does not grow with them
+    if chunk_size is None:  # averaged passes are summed one at a time: no memory for them
         points = 1 + engine.n_inner + n_boundary + 2 * n_validation
-        chunk_size = auto_chunk_size(x_, points)
+        chunk_size = auto_chunk_size(x_, points * feature_passes)
     settings["chunk_size"] = chunk_size
     for start in range(0, x_.shape[0], chunk_size):
         engine.run_chunk(x_[start : start + chunk_size], start)
     settings["n_inner"] = engine.n_inner
-    settings["feature_passes_used"] = engine.passes_used
-    settings["randomized"] = bool(engine.randomized)
+    settings["average_passes_used"] = engine.passes_used
+    settings["randomized"] = engine.randomized  # None: not probed (average_passes fixed)
     settings["forward_block"] = engine.blocks.size
     settings.update(_noise_settings(report))
     halvings = engine.blocks.halvings + engine.attack_blocks.halvings
@@ -559,13 +566,25 @@ class _Engine:
         opts = self.options
         s, n = train.shape[0], train.shape[1]
         flat = train.reshape((s * n, *tuple(train.shape[2:])))
-        auto = is_auto(opts["feature_passes"])
-        k = self.passes if auto else int(opts["feature_passes"])
+        auto = is_auto(opts["average_passes"])
+        k = self.passes if auto else int(opts["average_passes"])
+        pooled = opts["feature_passes"]
+        labels = np.tile(labels, pooled)
         adaptive = auto and self._probe_randomness(train[:, 0])
         logit_range = self._logit_range(train)
         needed: np.ndarray | None = None
         for round_ in range(MAX_ROUNDS + 1):
-            feats = self.mean_features(flat, k).reshape((s, n, -1))
+            # (S, pooled * n, d): each sample's training points, once per pooled evaluation.
+            feats = ep.stack([self.mean_features(flat, k) for _ in range(pooled)], axis=0)
+            d = feats.shape[-1]
+            feats = feats.reshape((pooled, s, n, d)).transpose((1, 0, 2, 3))
+            feats = feats.reshape((s, pooled * n, d))
+            if round_ == 0 and pooled * n > d + 1:
+                self.report.warnings.append(
+                    f"{pooled * n} training points per sample for {d} feature dimensions: a "
+                    "linear readout rarely separates more points than dimensions, expect "
+                    "inconclusive samples"
+                )
             if round_ == 0:
                 self._phase("fit", offset)
             t = self._timed("features", t)
@@ -846,10 +865,10 @@ class _Engine:
         index = repeat_each(ep.arange(x, s).astype(_index_dtype(x)), k)
         shape = tuple(x.shape[1:])
         # Judged as the attack's points are: adversarial in every one of the
-        # verification's evaluations (one suffices for a deterministic model).
+        # verification's evaluations (one suffices for a model probed deterministic).
         z_in = np.full((s, k), np.inf)
         z_b = np.full((s, k), np.inf)
-        for _ in range(self.options["verify_passes"] if self.randomized else 1):
+        for _ in range(1 if self.randomized is False else self.options["verify_passes"]):
             z = self._blocked_logit(binarized, inner.reshape((s * k, *shape)), index)
             z_in = np.minimum(z_in, z.reshape(s, k))
             z = self._blocked_logit(binarized, boundary.reshape((s * k, *shape)), index)

@@ -63,6 +63,7 @@ ENGINE_KEYS: tuple[str, ...] = (
     "max_inconclusive",
     "min_conclusive",
     "feature_passes",
+    "average_passes",
     "verify_passes",
     "n_validation",
     "valid_input",
@@ -313,12 +314,12 @@ def _positive_int(name: str) -> Callable[[object], object]:
     return check
 
 
-def _check_feature_passes(value: object) -> object:
+def _check_average_passes(value: object) -> object:
     """``"auto"`` (the engine chooses from the measured noise) or a positive integer."""
     if value == "auto":
         return value
     if not _is_int(value) or int(value) < 1:
-        raise SettingsError(f'feature_passes must be "auto" or a positive integer, got {value!r}')
+        raise SettingsError(f'average_passes must be "auto" or a positive integer, got {value!r}')
     return int(value)
 
 
@@ -389,7 +390,8 @@ _ENGINE_CHECKS: dict[str, Callable[[object], object]] = {
     "rescale_logits": _check_rescale_logits,
     "max_inconclusive": _fraction("max_inconclusive", low_open=False),
     "min_conclusive": _positive_int("min_conclusive"),
-    "feature_passes": _check_feature_passes,
+    "feature_passes": _positive_int("feature_passes"),
+    "average_passes": _check_average_passes,
     "verify_passes": _positive_int("verify_passes"),
     "n_validation": _non_negative_int("n_validation"),
     "valid_input": _check_valid_input,

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: The most passes ``feature_passes="auto"`` averages (an explicit integer may exceed it).
+#: The most passes ``average_passes="auto"`` averages (an explicit integer may exceed it).
 MAX_FEATURE_PASSES = 64
 #: The readout noise (root-mean-square change of a readout logit relative to the
 #: fitted span between the clean and the best boundary point) the automatic
@@ -96,11 +96,11 @@ def over_cap_reason(needed: int) -> str:
     return (
         "forward-pass noise: the defense's randomness moves the readout logits too much even "
         f"with features averaged over {MAX_FEATURE_PASSES} passes (the most "
-        f'feature_passes="auto" takes); {shown} passes would be needed: pass '
-        f"feature_passes=<that number> (slower), or test at a larger epsilon"
+        f'average_passes="auto" takes); {shown} passes would be needed: pass '
+        f"average_passes=<that number> (slower), or test at a larger epsilon"
     )
 
 
-def is_auto(feature_passes: object) -> bool:
-    """Whether the engine chooses the passes (``feature_passes="auto"``)."""
-    return isinstance(feature_passes, str) and feature_passes == AUTO
+def is_auto(average_passes: object) -> bool:
+    """Whether the engine chooses the passes (``average_passes="auto"``)."""
+    return isinstance(average_passes, str) and average_passes == AUTO

@@ -39,18 +39,18 @@ def test_next_passes_at_least_double_and_stop_at_the_cap() -> None:
 def test_over_cap_reason_names_the_passes_needed_and_the_option() -> None:
     text = over_cap_reason(256)
     assert "about 256 passes would be needed" in text
-    assert 'feature_passes="auto"' in text
+    assert 'average_passes="auto"' in text
     assert f"{MAX_FEATURE_PASSES} passes" in text
     assert "far more than" in over_cap_reason(2**62)
 
 
 @pytest.mark.parametrize("value", ["many", 0, -1, 1.5, True])
-def test_feature_passes_must_be_auto_or_a_positive_integer(value: object) -> None:
+def test_average_passes_must_be_auto_or_a_positive_integer(value: object) -> None:
     from pytest_attacktest.options import validate_engine_call
 
-    with pytest.raises(SettingsError, match='feature_passes must be "auto" or a positive integer'):
+    with pytest.raises(SettingsError, match='average_passes must be "auto" or a positive integer'):
         validate_engine_call(
-            epsilon=0.1, norm="linf", threshold=0.95, engine={"feature_passes": value}
+            epsilon=0.1, norm="linf", threshold=0.95, engine={"average_passes": value}
         )
 
 
@@ -67,7 +67,7 @@ def test_a_deterministic_model_is_tested_with_one_pass() -> None:
     report = binarization_test(
         model, torch.from_numpy(x), torch.from_numpy(y), attack=attacks.PGD(steps=10), epsilon=0.1
     )
-    assert report.settings["feature_passes"] == "auto"
-    assert report.settings["feature_passes_used"] == 1
+    assert report.settings["average_passes"] == "auto"
+    assert report.settings["average_passes_used"] == 1
     assert report.settings["randomized"] is False
     assert report.passed, report.summary()
