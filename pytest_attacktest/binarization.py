@@ -554,14 +554,15 @@ class _Engine:
     ) -> tuple[Readouts, float]:
         """Features averaged over the passes, noise, readouts; more passes while too noisy.
 
-        With ``feature_passes="auto"`` on a randomized model, samples whose
+        With ``average_passes="auto"`` on a randomized model, samples whose
         readout is not robust to the measured noise ask for more passes
         (:func:`~pytest_attacktest.passes.needed_passes`), and the chunk is
         extracted and fitted again with them (at most ``MAX_ROUNDS`` times, up
         to ``MAX_FEATURE_PASSES``); the noise is measured again at every round,
-        never extrapolated. Returns the readouts, the passes each sample would
-        need (``self.needed``, None when the passes are fixed or the model
-        deterministic) and the time mark.
+        never extrapolated. Sets ``self.needed``, the passes each sample would
+        need, where the cap was reached (else None: the generic noise reason).
+        ``feature_passes`` evaluations per training point, each such a mean,
+        are pooled as training points of their own.
         """
         opts = self.options
         s, n = train.shape[0], train.shape[1]
@@ -602,7 +603,7 @@ class _Engine:
             k = more
         self.passes = k
         self.passes_used = max(self.passes_used, k)
-        self.needed = needed
+        self.needed = needed if k >= MAX_FEATURE_PASSES else None
         return readouts, t
 
     def _feature_noise(
@@ -696,7 +697,8 @@ class _Engine:
 
         Evaluated in fresh forward passes of the model the attack will see
         (float32, after the closeness shift, in another batch composition
-        than the fit), in every one of ``verify_passes``.
+        than the fit), in every one of ``verify_passes``, each on features
+        averaged over the chunk's passes (:mod:`pytest_attacktest.passes`).
         """
         s = x.shape[0]
         index = ep.arange(x, s).astype(_index_dtype(x))
