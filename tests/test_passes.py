@@ -8,6 +8,8 @@ deterministic case, which must be unchanged by the averaging.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,36 @@ def test_a_deterministic_model_is_tested_with_one_pass() -> None:
     assert report.settings["average_passes_used"] == 1
     assert report.settings["randomized"] is False
     assert report.passed, report.summary()
+
+
+@pytest.mark.parametrize("batch_passes", [False, True])
+def test_eot_model_features_are_the_mean_over_its_passes(batch_passes: bool) -> None:
+    """The readout of EOT(model)'s features is EOT's mean logits (the head is affine)."""
+    torch = pytest.importorskip("torch")
+    import attacks
+    from pytest_attacktest.features import feature_extractor
+
+    class Noisy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x: Any) -> Any:
+            return self.head(self.body(x + 0.3 * torch.randn_like(x)))
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Noisy().eval()
+        x = torch.rand(5, 4)
+        eot = attacks.EOT(model, n=6, batch_passes=batch_passes)
+        extract = feature_extractor(eot, None, probe=x[:2])
+        torch.manual_seed(1)
+        features = extract(x)
+        torch.manual_seed(1)
+        logits = eot.native(x)
+        torch.manual_seed(2)
+        other = extract(x)
+    assert tuple(features.shape) == (5, 8)
+    assert torch.allclose(model.head(features), logits, atol=1e-5)
+    assert not torch.equal(features, other)  # fresh passes, fresh noise
