@@ -56,6 +56,14 @@ from pytest_attacktest.features import FeatureFn, feature_extractor
 from pytest_attacktest.forward import channels_last_inputs, reduced_precision
 from pytest_attacktest.modelstate import preserved
 from pytest_attacktest.options import SettingsError, validate_engine_call
+from pytest_attacktest.passes import (
+    MAX_FEATURE_PASSES,
+    MAX_ROUNDS,
+    is_auto,
+    needed_passes,
+    next_passes,
+    over_cap_reason,
+)
 from pytest_attacktest.readout import MIN_CLOSENESS, NOISE_FACTOR, Readouts, fit_readouts
 from pytest_attacktest.report import MAX_EXAMPLE_VALUES, MAX_EXAMPLES, Report, SampleResult
 from pytest_attacktest.routing import BinarizedModel
@@ -154,6 +162,7 @@ def binarization_test(
     max_inconclusive: float = DEFAULT_MAX_INCONCLUSIVE,
     min_conclusive: int = DEFAULT_MIN_CONCLUSIVE,
     feature_passes: int = 1,
+    average_passes: int | str = "auto",
     verify_passes: int = 1,
     n_validation: int = 32,
     valid_input: Callable[[Any], Any] | None = None,
@@ -194,9 +203,19 @@ def binarization_test(
         max_inconclusive: largest share of inconclusive samples for a verdict.
         min_conclusive: fewest conclusive samples for a verdict (default 10,
             :data:`DEFAULT_MIN_CONCLUSIVE`); fewer make the verdict ``error``.
-        feature_passes: forward passes per training point (randomized defenses).
+        feature_passes: feature evaluations per training point, each a training
+            point of its own, so the readout must classify every one correctly
+            (randomized defenses with few outcomes, e.g. random shifts).
+        average_passes: forward passes whose features are averaged wherever
+            the engine decides (each feature evaluation of the fit, the noise,
+            the guarantee, the verification, the random points): ``"auto"``
+            (default) is 1 for a model whose repeated passes agree and, for a
+            randomized one, as many as its measured noise needs, at most 64
+            (:mod:`pytest_attacktest.passes`); an integer fixes it. The attack
+            still sees one pass per call.
         verify_passes: the attack's point must be adversarial in each of these
-            fresh forward passes (randomized defenses).
+            fresh evaluations (each a mean of ``average_passes`` passes;
+            randomized defenses).
         n_validation: fresh random inner and boundary points per sample for the
             validation accuracies and the random-attack check.
         valid_input: detector ``fn(x) -> bool mask``: training points it
@@ -248,6 +267,7 @@ def binarization_test(
             "max_inconclusive": max_inconclusive,
             "min_conclusive": min_conclusive,
             "feature_passes": feature_passes,
+            "average_passes": average_passes,
             "verify_passes": verify_passes,
             "n_validation": n_validation,
             "valid_input": valid_input,
@@ -287,6 +307,7 @@ def binarization_test(
         "closeness": closeness,
         "rescale_logits": rescale_logits,
         "feature_passes": feature_passes,
+        "average_passes": average_passes,
         "verify_passes": verify_passes,
         "n_validation": n_validation,
         "chunk_size": chunk_size,
@@ -330,13 +351,15 @@ def binarization_test(
     if engine.n_inner is None:
         dim = engine.features(x_[:1]).shape[-1]
         engine.n_inner = default_inner_points(dim, n_boundary)
-    if chunk_size is None:
+    if chunk_size is None:  # averaged passes are summed one at a time: no memory for them
         points = 1 + engine.n_inner + n_boundary + 2 * n_validation
         chunk_size = auto_chunk_size(x_, points * feature_passes)
     settings["chunk_size"] = chunk_size
     for start in range(0, x_.shape[0], chunk_size):
         engine.run_chunk(x_[start : start + chunk_size], start)
     settings["n_inner"] = engine.n_inner
+    settings["average_passes_used"] = engine.passes_used
+    settings["randomized"] = engine.randomized  # None: not probed (average_passes fixed)
     settings["forward_block"] = engine.blocks.size
     # With timings["features"]: the features phase's speed, next to the model's own.
     settings["feature_inputs"] = engine.feature_points
@@ -428,6 +451,14 @@ class _Engine:
         self.valid_input: Callable[[Any], Any] | None = None
         self.progress: ProgressFn | None = None
         self.total = 0
+        #: Passes averaged wherever the engine decides (:mod:`pytest_attacktest.passes`):
+        #: the current chunk's; ``"auto"`` starts at 1 and each chunk at the last's.
+        self.passes = 1
+        self.passes_used = 1
+        #: Whether two passes over the same batch differ (probed once per test).
+        self.randomized: bool | None = None
+        #: Per sample of the current chunk, the passes its noise needs (auto, randomized).
+        self.needed: np.ndarray | None = None
         #: Forward passes over many points (features, validation, detector).
         self.blocks = blocks
         #: The attack's batch: the whole chunk until that runs out of memory.
@@ -470,10 +501,35 @@ class _Engine:
             out = [blocks.concatenate(extract, points) for _ in range(passes)]
         return ep.stack(out, axis=0)
 
+    def mean_features(
+        self, points: ep.Tensor, passes: int, blocks: Blocks | None = None, fast: bool = False
+    ) -> ep.Tensor:
+        """Features of ``(M, ...)`` points averaged over ``passes`` passes: ``(M, d)``.
+
+        One pass at a time, so memory does not grow with the passes; one pass
+        is returned as extracted (bit for bit what a deterministic model gives).
+        ``fast`` as for :meth:`features`.
+        """
+        total = self.features(points, 1, blocks, fast)[0]
+        for _ in range(passes - 1):
+            total = total + self.features(points, 1, blocks, fast)[0]
+        return total if passes == 1 else total / passes
+
+    def _probe_randomness(self, x: ep.Tensor) -> bool:
+        """Whether the model's features differ between two passes over the same batch.
+
+        Numerical noise (TF32, batch-size-dependent algorithms) repeats in the
+        same batch composition; a randomized defense does not. Only then do
+        more averaged passes help, so only then does ``"auto"`` average.
+        """
+        if self.randomized is None:
+            first, second = self.features(x, 2)
+            self.randomized = not same_values(first, second)
+        return self.randomized
+
     def run_chunk(self, x: ep.Tensor, offset: int) -> None:
         opts = self.options
         s = x.shape[0]
-        shape = tuple(x.shape[1:])
         random = backend.RandomSource(self.seed + offset, x)
         bounds = (self.model.bounds.lower, self.model.bounds.upper)
         eps = ep.ones(x, (s,)) * self.epsilon
@@ -490,28 +546,11 @@ class _Engine:
         # The concatenation copied them: keep one copy alive through the chunk.
         boundary = train[:, 1 + n_in :]
         del inner
-        n = train.shape[1]
         labels = np.array([0] * (1 + n_in) + [1] * n_b)
         self._phase("features", offset)
         t = self._timed("sampling", t)
 
-        passes = opts["feature_passes"]
-        feats = self.features(train.reshape((s * n, *shape)), passes, fast=True)  # (passes, S*n, d)
-        self.feature_points += passes * s * n
-        d = feats.shape[-1]
-        feats = feats.reshape((passes, s, n, d)).transpose((1, 0, 2, 3)).reshape((s, passes * n, d))
-        labels = np.tile(labels, passes)
-        if passes * n > d + 1:
-            self.report.warnings.append(
-                f"{passes * n} training points per sample for {d} feature dimensions: a linear "
-                "readout rarely separates more points than dimensions, expect inconclusive samples"
-            )
-        self._phase("fit", offset)
-        t = self._timed("features", t)
-
-        noise = self._feature_noise(train, feats, n_b)
-        readouts = fit_readouts(feats, labels, opts["closeness"], self._logit_range(train), noise)
-        del noise
+        readouts, t = self._fit_averaged(train, labels, n_b, offset, t)
         binarized = BinarizedModel(self.model, self.extractor, x, eps, self.p, readouts)
         guaranteed = self._guarantee(binarized, x, boundary, readouts)
         self._phase("attack", offset)
@@ -537,7 +576,69 @@ class _Engine:
         for i in range(s):
             self.report.samples[-s + i].index = offset + i
 
-    def _feature_noise(self, train: ep.Tensor, feats: ep.Tensor, n_b: int) -> ep.Tensor:
+    def _fit_averaged(
+        self, train: ep.Tensor, labels: np.ndarray, n_b: int, offset: int, t: float
+    ) -> tuple[Readouts, float]:
+        """Features averaged over the passes, noise, readouts; more passes while too noisy.
+
+        With ``average_passes="auto"`` on a randomized model, samples whose
+        readout is not robust to the measured noise ask for more passes
+        (:func:`~pytest_attacktest.passes.needed_passes`), and the chunk is
+        extracted and fitted again with them (at most ``MAX_ROUNDS`` times, up
+        to ``MAX_FEATURE_PASSES``); the noise is measured again at every round,
+        never extrapolated. Sets ``self.needed``, the passes each sample would
+        need, where the cap was reached (else None: the generic noise reason).
+        ``feature_passes`` evaluations per training point, each such a mean,
+        are pooled as training points of their own.
+        """
+        opts = self.options
+        s, n = train.shape[0], train.shape[1]
+        flat = train.reshape((s * n, *tuple(train.shape[2:])))
+        auto = is_auto(opts["average_passes"])
+        k = self.passes if auto else int(opts["average_passes"])
+        pooled = opts["feature_passes"]
+        labels = np.tile(labels, pooled)
+        adaptive = auto and self._probe_randomness(train[:, 0])
+        logit_range = self._logit_range(train)
+        needed: np.ndarray | None = None
+        for round_ in range(MAX_ROUNDS + 1):
+            # (S, pooled * n, d): each sample's training points, once per pooled evaluation.
+            evaluations = [self.mean_features(flat, k, fast=True) for _ in range(pooled)]
+            feats = ep.stack(evaluations, axis=0)
+            del evaluations
+            self.feature_points += pooled * k * s * n
+            d = feats.shape[-1]
+            feats = feats.reshape((pooled, s, n, d)).transpose((1, 0, 2, 3))
+            feats = feats.reshape((s, pooled * n, d))
+            if round_ == 0 and pooled * n > d + 1:
+                self.report.warnings.append(
+                    f"{pooled * n} training points per sample for {d} feature dimensions: a "
+                    "linear readout rarely separates more points than dimensions, expect "
+                    "inconclusive samples"
+                )
+            if round_ == 0:
+                self._phase("fit", offset)
+            t = self._timed("features", t)
+            noise = self._feature_noise(train, feats, n_b, k)
+            readouts = fit_readouts(feats, labels, opts["closeness"], logit_range, noise)
+            del noise, feats
+            t = self._timed("fit", t)
+            if not adaptive:
+                break
+            needed = needed_passes(k, readouts.noise)
+            noisy = readouts.fitted & ~readouts.robust
+            more = next_passes(k, needed[noisy])
+            if more == k or round_ == MAX_ROUNDS:
+                break
+            k = more
+        self.passes = k
+        self.passes_used = max(self.passes_used, k)
+        self.needed = needed if k >= MAX_FEATURE_PASSES else None
+        return readouts, t
+
+    def _feature_noise(
+        self, train: ep.Tensor, feats: ep.Tensor, n_b: int, passes: int = 1
+    ) -> ep.Tensor:
         """Fresh features minus fitted ones for some training points: ``(S, m, d)``.
 
         The clean point, the boundary points and the first ``NOISE_INNER``
@@ -547,6 +648,7 @@ class _Engine:
         that moves the features (convolution algorithms chosen by batch size,
         TF32, reduced precision); a randomized defense moves them by its
         randomness. The readout fit keeps its margins above what this shows.
+        Both sides are means of ``passes`` passes, as every later evaluation is.
         """
         s, n = train.shape[0], train.shape[1]
         k = min(NOISE_INNER, n - 1 - n_b)
@@ -555,7 +657,7 @@ class _Engine:
         point_major = picked.transpose((1, 0, *range(2, picked.ndim)))
         flat = point_major.reshape((m * s, *tuple(train.shape[2:])))
         other = Blocks(max(1, min(self.blocks.size, m * s) // 2))
-        fresh = self.features(flat, 1, other)[0]
+        fresh = self.mean_features(flat, passes, other)
         d = fresh.shape[-1]
         fresh = fresh.reshape((m, s, d)).transpose((1, 0, 2))
         fitted = ep.concatenate([feats[:, : 1 + k], feats[:, n - n_b : n]], axis=1)
@@ -625,7 +727,8 @@ class _Engine:
 
         Evaluated in fresh forward passes of the model the attack will see
         (float32, after the closeness shift, in another batch composition
-        than the fit), in every one of ``verify_passes``.
+        than the fit), in every one of ``verify_passes``, each on features
+        averaged over the chunk's passes (:mod:`pytest_attacktest.passes`).
         """
         s = x.shape[0]
         index = ep.arange(x, s).astype(_index_dtype(x))
@@ -724,7 +827,10 @@ class _Engine:
                 rejected = ~backend.to_numpy(self._valid(x_adv)).astype(bool)
             inner_acc, boundary_acc, random_hit = self._validation(binarized, x, eps, random)
         success = adversarial & ~outside_ball & ~outside_bounds & ~rejected & ~nan
-        reasons = [_setup_failure(i, readouts, guaranteed, rejected_training) for i in range(s)]
+        reasons = [
+            _setup_failure(i, readouts, guaranteed, rejected_training, self.needed)
+            for i in range(s)
+        ]
         missed = np.array([not r for r in reasons]) & ~success
         z_clean, clean_grad = self._diagnose(binarized, x, index, bool(missed.any()))
         if outside_ball.any():
@@ -825,7 +931,15 @@ class _Engine:
     def _blocked_logit(
         self, binarized: BinarizedModel, points: ep.Tensor, index: ep.Tensor
     ) -> np.ndarray:
-        """Readout logits of many points (``index``: their samples), in memory-sized blocks."""
+        """Readout logits of many points (``index``: their samples), in memory-sized blocks.
+
+        On features averaged over the chunk's passes (:mod:`pytest_attacktest.passes`):
+        every decision the engine takes uses the same averaged readout.
+        """
+        if self.passes > 1:
+            with _no_grad(points):
+                mean = self.mean_features(points, self.passes)
+                return np.asarray(backend.to_numpy(binarized.readouts.logits(mean, index)))
         parts = self.blocks.run(
             lambda i, j: backend.to_numpy(binarized.readout_logit(points[i:j], index[i:j])),
             points.shape[0],
@@ -835,7 +949,12 @@ class _Engine:
     def _validation(
         self, binarized: BinarizedModel, x: ep.Tensor, eps: ep.Tensor, random: backend.RandomSource
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Fresh random points: inner anywhere in the ball, boundary on the sphere."""
+        """Fresh random points: inner anywhere in the ball, boundary on the sphere.
+
+        A random point counts as adversarial under the verification's criterion
+        (every one of ``verify_passes`` evaluations on averaged features), so
+        the random-success check runs under the same randomness as the attack's.
+        """
         k = self.options["n_validation"]
         s = x.shape[0]
         if k <= 0:
@@ -847,8 +966,15 @@ class _Engine:
         # All validation points of the chunk in one batch: (S * k, ...), sample-major.
         index = repeat_each(ep.arange(x, s).astype(_index_dtype(x)), k)
         shape = tuple(x.shape[1:])
-        z_in = self._blocked_logit(binarized, inner.reshape((s * k, *shape)), index).reshape(s, k)
-        z_b = self._blocked_logit(binarized, boundary.reshape((s * k, *shape)), index).reshape(s, k)
+        # Judged as the attack's points are: adversarial in every one of the
+        # verification's evaluations (one suffices for a model probed deterministic).
+        z_in = np.full((s, k), np.inf)
+        z_b = np.full((s, k), np.inf)
+        for _ in range(1 if self.randomized is False else self.options["verify_passes"]):
+            z = self._blocked_logit(binarized, inner.reshape((s * k, *shape)), index)
+            z_in = np.minimum(z_in, z.reshape(s, k))
+            z = self._blocked_logit(binarized, boundary.reshape((s * k, *shape)), index)
+            z_b = np.minimum(z_b, z.reshape(s, k))
         inner_acc = (z_in <= 0).mean(axis=1)
         boundary_acc = (z_b > 0).mean(axis=1)
         random_hit = np.asarray((z_in > 0).any(axis=1) | (z_b > 0).any(axis=1))
@@ -900,6 +1026,7 @@ def _setup_failure(
     readouts: Readouts,
     guaranteed: tuple[np.ndarray, np.ndarray],
     rejected_training: np.ndarray,
+    needed: np.ndarray | None = None,
 ) -> str:
     """Why sample ``i`` could not be set up, and what the user can change ("" when it could).
 
@@ -920,6 +1047,8 @@ def _setup_failure(
             "the linear readout could not separate the inner from the boundary points "
             "(see train_margin); fewer inner points (n_inner) or a richer feature layer help"
         )
+    if not readouts.robust[i] and needed is not None and needed[i] > MAX_FEATURE_PASSES:
+        return over_cap_reason(int(needed[i]))
     if not readouts.robust[i]:
         return (
             f"forward-pass noise: {noise}, and a margin of {NOISE_FACTOR:g} times that at the "

@@ -39,9 +39,11 @@ def feature_extractor(model: Any, features: str | FeatureFn | None, probe: Any =
     """A callable ``x -> (N, d)`` features for ``model``.
 
     Args:
-        model: the defended model: native, an :class:`attacks.Model`, or an
+        model: the defended model: native, an :class:`attacks.Model`, an
             :class:`attacks.BPDA` (the inner model's features at the
-            straight-through preprocessed input).
+            straight-through preprocessed input), or an :class:`attacks.EOT`
+            (the inner model's features averaged over the EOT's ``n`` passes;
+            a callable is then the inner model's, averaged the same way).
         features: ``None`` (the input of the final ``torch.nn.Linear`` or
             ``keras.layers.Dense``), the name of a layer (its flattened output;
             dotted for nested ones: ``"block.fc"``; for Keras, the attribute path
@@ -59,9 +61,14 @@ def feature_extractor(model: Any, features: str | FeatureFn | None, probe: Any =
     Raises:
         FeatureError: nothing usable was found, with the way to pass features.
     """
-    from attacks.adaptive import BPDA
+    from attacks.adaptive import BPDA, EOT
     from attacks.models import Model
 
+    if isinstance(model, EOT):
+        # The wrapped model's features, averaged over the EOT's passes: the
+        # logits of the mean features are the EOT's mean logits (the head is
+        # affine), so the binarized model sees what EOT(model) computes.
+        return _averaged(feature_extractor(model.inner, features, probe), model)
     if callable(features):
         if isinstance(model, BPDA):
             # The callable is the inner model's features: it receives the
@@ -100,6 +107,28 @@ def feature_extractor(model: Any, features: str | FeatureFn | None, probe: Any =
         "features=callable(x) -> (N, d) returning the penultimate representation "
         f"(the input of the final linear layer){_ADVICE.get(framework or '', '')}"
     )
+
+
+def _averaged(inner: FeatureFn, eot: Any) -> FeatureFn:
+    """``inner``'s features averaged over ``eot.n`` passes, as :class:`attacks.EOT` averages logits.
+
+    Differentiable (the attack's gradient is that of the mean features, as
+    EOT's is that of the mean logits); with ``batch_passes`` the passes run as
+    one batch of ``n * N`` inputs, as the EOT runs them.
+    """
+    n = int(eot.n)
+
+    def extract(x: Any) -> Any:
+        if eot.batch_passes:
+            batch = ep.astensor(x)
+            out = ep.astensor(inner(ep.concatenate([batch] * n, axis=0).raw))
+            return out.reshape((n, batch.shape[0], out.shape[-1])).mean(axis=0).raw
+        total = ep.astensor(inner(x))
+        for _ in range(n - 1):
+            total = total + ep.astensor(inner(x))
+        return (total / n).raw
+
+    return extract
 
 
 #: What a features callable is, per framework whose models are plain functions.

@@ -65,6 +65,7 @@ ENGINE_KEYS: tuple[str, ...] = (
     "max_inconclusive",
     "min_conclusive",
     "feature_passes",
+    "average_passes",
     "verify_passes",
     "n_validation",
     "valid_input",
@@ -316,6 +317,15 @@ def _positive_int(name: str) -> Callable[[object], object]:
     return check
 
 
+def _check_average_passes(value: object) -> object:
+    """``"auto"`` (the engine chooses from the measured noise) or a positive integer."""
+    if value == "auto":
+        return value
+    if not _is_int(value) or int(value) < 1:
+        raise SettingsError(f'average_passes must be "auto" or a positive integer, got {value!r}')
+    return int(value)
+
+
 def _optional_positive_int(name: str) -> Callable[[object], object]:
     check = _positive_int(name)
     return lambda value: None if value is None else check(value)
@@ -393,6 +403,7 @@ _ENGINE_CHECKS: dict[str, Callable[[object], object]] = {
     "max_inconclusive": _fraction("max_inconclusive", low_open=False),
     "min_conclusive": _positive_int("min_conclusive"),
     "feature_passes": _positive_int("feature_passes"),
+    "average_passes": _check_average_passes,
     "verify_passes": _positive_int("verify_passes"),
     "n_validation": _non_negative_int("n_validation"),
     "valid_input": _check_valid_input,

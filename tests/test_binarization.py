@@ -346,6 +346,8 @@ class NoisyFeatures(torch.nn.Module):
 def test_randomized_defense_success_must_hold_in_every_verification_pass() -> None:
     """An oracle point fools the training draw; under fresh noise only some passes.
 
+    Per pass (``average_passes=1``; averaged passes are in test_zoo.py and test_passes.py).
+
     With many verification passes, a point counts only if every pass is fooled,
     so the oracle's successes drop as verify_passes grows. Noise that no
     readout margin can stand makes the samples inconclusive, with the reason,
@@ -355,7 +357,13 @@ def test_randomized_defense_success_must_hold_in_every_verification_pass() -> No
     oracle = Oracle()
     torch.manual_seed(0)
     one = binarization_test(
-        NoisyFeatures(0.005), x, y, attack=oracle, epsilon=EPS, max_inconclusive=0.99
+        NoisyFeatures(0.005),
+        x,
+        y,
+        attack=oracle,
+        epsilon=EPS,
+        max_inconclusive=0.99,
+        average_passes=1,
     )
     torch.manual_seed(0)
     many = binarization_test(
@@ -366,11 +374,14 @@ def test_randomized_defense_success_must_hold_in_every_verification_pass() -> No
         epsilon=EPS,
         verify_passes=8,
         max_inconclusive=0.99,
+        average_passes=1,
     )
     assert one.settings["forward_noise_median"] > 0
     assert many.n_success < one.n_success, (one.summary(), many.summary())
     torch.manual_seed(0)
-    loud = binarization_test(NoisyFeatures(0.05), x, y, attack=oracle, epsilon=EPS)
+    loud = binarization_test(
+        NoisyFeatures(0.05), x, y, attack=oracle, epsilon=EPS, average_passes=1
+    )
     assert loud.verdict == "error"
     assert all("forward-pass noise" in s.reason for s in loud.samples), loud.summary()
 
@@ -402,7 +413,9 @@ def test_the_attack_is_not_run_when_no_sample_could_be_set_up() -> None:
 
     x, y = _data(16)
     torch.manual_seed(0)
-    report = binarization_test(NoisyFeatures(0.05), x, y, attack=counting, epsilon=EPS)
+    report = binarization_test(
+        NoisyFeatures(0.05), x, y, attack=counting, epsilon=EPS, average_passes=1
+    )
     assert report.verdict == "error"
     assert report.n_conclusive == 0
     assert calls == []

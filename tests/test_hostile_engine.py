@@ -535,6 +535,7 @@ def test_forward_errors_name_the_batch_size() -> None:
     [
         ({"verify_passes": 0}, "verify_passes must be a positive integer, got 0"),
         ({"feature_passes": 0}, "feature_passes must be a positive integer, got 0"),
+        ({"average_passes": 0}, 'average_passes must be "auto" or a positive integer, got 0'),
         ({"n_inner": -3}, "n_inner must be a positive integer, got -3"),
         ({"n_boundary": 2.5}, "n_boundary must be a positive integer, got 2.5"),
         ({"n_validation": -1}, "n_validation must be an integer >= 0"),

@@ -53,11 +53,12 @@ def _one_thread() -> Iterator[None]:
 # ---------------------------------------------------------------------- registry
 
 
-def test_registry_holds_eight_documented_defenses() -> None:
+def test_registry_holds_nine_documented_defenses() -> None:
     assert zoo.names() == [
         "plain",
         "quantized",
         "randomized",
+        "noise",
         "saturated",
         "kwta",
         "detector",
@@ -206,6 +207,83 @@ def test_randomized_defense_differs_between_passes_and_weak_points_fail_verifica
     eight = defense.run(defense.weak, model=model)
     assert eight.settings["verify_passes"] == 8
     assert once.asr >= eight.asr + 0.15, (once.asr, eight.asr)
+
+
+def _noise_model(sigma: float) -> Any:
+    """The zoo's noise-layer defense with its noise set to ``sigma`` (a fresh module)."""
+    model = zoo.get("noise").model()
+    model.noise.sigma = sigma
+    return model
+
+
+def test_noise_layer_defense_sets_up_with_averaged_passes() -> None:
+    """Measured (seed 0): 31 of 32 conclusive at 64 passes; 3 of 32 with one pass."""
+    defense = zoo.get("noise")
+    model = defense.model()
+    x, _ = zoo.Defense.data(16)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert not torch.equal(model(x), model(x))
+    one = defense.run(defense.weak, model=model, average_passes=1)
+    assert one.n_conclusive <= 4, one.summary()  # the old behaviour: "forward-pass noise"
+    assert one.verdict == "error"
+    auto = defense.run(defense.weak, model=model)
+    assert auto.settings["randomized"] is True
+    assert auto.settings["average_passes"] == "auto"
+    assert auto.settings["average_passes_used"] > 1
+    assert auto.n_conclusive >= 29, auto.summary()
+    assert auto.verdict == "failed", auto.summary()  # keep="first" keeps a lucky single pass
+
+
+def test_passes_chosen_grow_with_the_noise() -> None:
+    defense = zoo.get("noise")
+    used = []
+    for sigma in (0.0, 0.002, 0.02):
+        report = defense.run(attacks.FGSM(), model=_noise_model(sigma), samples=16)
+        used.append(report.settings["average_passes_used"])
+        assert report.settings["randomized"] is (sigma > 0)
+    assert used[0] == 1
+    assert used[0] < used[1] < used[2], used
+
+
+def test_noise_beyond_the_cap_is_inconclusive_naming_the_passes_needed() -> None:
+    from pytest_attacktest.passes import MAX_FEATURE_PASSES
+
+    report = zoo.get("noise").run(attacks.FGSM(), model=_noise_model(0.3), samples=16)
+    assert report.verdict == "error", report.summary()
+    assert report.settings["average_passes_used"] == MAX_FEATURE_PASSES
+    reasons = [s.reason for s in report.samples if not s.conclusive]
+    assert len(reasons) >= 12
+    named = [r for r in reasons if "passes would be needed" in r]
+    assert named, reasons
+    needed = [int(r.split("about ")[1].split(" ")[0]) for r in named if "about " in r]
+    assert needed, named
+    assert min(needed) > MAX_FEATURE_PASSES, named
+
+
+def test_an_eot_wrapped_model_is_accepted_with_averaged_features() -> None:
+    """attacks.EOT(model, n=8) as the model: its inner features averaged over 8 passes."""
+    from pytest_attacktest import binarization_test
+    from pytest_attacktest.features import feature_extractor
+
+    model = _noise_model(0.02)
+    eot = attacks.EOT(model, n=8)
+    x, y = zoo.Defense.data(32)
+    extract = feature_extractor(eot, None, probe=x[:2])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        averaged = extract(x)
+        torch.manual_seed(1)
+        passes = [model.classifier.body(model.noise(x)) for _ in range(8)]
+    assert torch.allclose(averaged, torch.stack(passes).mean(0), atol=1e-6)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        report = binarization_test(
+            eot, x, y, attack=attacks.APGD(steps=50, loss="margin"), epsilon=0.2, verify_passes=2
+        )
+    assert report.settings["randomized"] is True
+    assert report.n_conclusive >= 29, report.summary()
+    assert report.passed, report.summary()
 
 
 def test_ensemble_twin_has_the_same_outputs_and_real_gradients() -> None:

@@ -22,6 +22,7 @@ from pytest_attacktest.zoo import (
     detector,
     ensemble,
     kwta,
+    noise,
     plain,
     purifier,
     quantized,
@@ -47,7 +48,17 @@ __all__ = [
 #: Every zoo defense by name, from the baseline to the hardest obfuscations.
 DEFENSES: dict[str, Defense] = {
     module.DEFENSE.name: module.DEFENSE
-    for module in (plain, quantized, randomized, saturated, kwta, detector, purifier, ensemble)
+    for module in (
+        plain,
+        quantized,
+        randomized,
+        noise,
+        saturated,
+        kwta,
+        detector,
+        purifier,
+        ensemble,
+    )
 }
 
 

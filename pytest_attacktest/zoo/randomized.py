@@ -11,7 +11,10 @@ fail. PGD on ``attacks.EOT`` (mean gradient of 16 passes, success only if all
 16 are fooled) passes. The engine settings follow from the randomness: the
 readout is fitted on ``feature_passes`` passes per training point (24 cover
 all four shifts with high probability), which leaves room for only a few
-inner points in the 256 features.
+inner points in the 256 features. Each pass is judged on its own
+(``average_passes=1``): with four outcomes a readout can classify every one,
+unlike the Gaussian noise of :mod:`pytest_attacktest.zoo.noise`, which needs
+averaged passes.
 """
 
 from __future__ import annotations
@@ -113,5 +116,10 @@ DEFENSE = Defense(
     build=RandomShiftMLP,
     train=_train,
     version=3,
-    options=lambda model: {"feature_passes": 24, "verify_passes": 8, "n_inner": 8},
+    options=lambda model: {
+        "feature_passes": 24,
+        "average_passes": 1,
+        "verify_passes": 8,
+        "n_inner": 8,
+    },
 )
