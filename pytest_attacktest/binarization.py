@@ -125,17 +125,25 @@ def default_inner_points(feature_dim: int, n_boundary: int) -> int:
 
 
 def _keeps_model_state(test: Callable[_P, Report]) -> Callable[_P, Report]:
-    """Run ``test`` with the user's torch modules restored afterwards (see :mod:`.modelstate`).
+    """Run ``test`` with the user's torch modules and global RNGs restored afterwards.
 
     Why around the whole test as well as around each attack: the engine's own
     forward passes of a model left in training mode update its batch-norm
     statistics, and a later test of the session must see the model as the
-    user left it.
+    user left it. A randomized defense draws from the frameworks' global
+    generators in every forward pass the engine makes (features, noise,
+    verification); seeded with the test's ``seed`` (:func:`attacks.seeding.seeded`)
+    those draws are the same on every run and in any test order, and the
+    user's random streams continue afterwards as if the test had not run.
     """
 
     @functools.wraps(test)
     def run(*args: _P.args, **kwargs: _P.kwargs) -> Report:
-        with preserved(args[0] if args else kwargs.get("model")):
+        seed: Any = kwargs.get("seed", 0)
+        # An invalid seed is refused by the test's own checks, with their message.
+        usable = isinstance(seed, int | np.integer) and not isinstance(seed, bool)
+        model = args[0] if args else kwargs.get("model")
+        with preserved(model), seeding.seeded(int(seed) if usable else None):
             return test(*args, **kwargs)
 
     return run

@@ -154,3 +154,45 @@ def test_which_attacks_draw_from_global_rngs() -> None:
     assert seeding.draws_from_global_rngs(lambda m, x, y, e: x)
     assert seeding.draws_from_global_rngs(FromFunction(lambda m, x, y, e: x))
     assert not seeding.draws_from_global_rngs(attacks.PGD("linf", steps=5))
+
+
+def test_a_randomized_defense_gives_the_same_report_whatever_the_callers_rng_state() -> None:
+    """The engine's own forward passes of a noise defense draw from torch's global RNG.
+
+    Seeded from the test's seed around the whole test, the report does not
+    depend on what the caller (or an earlier test of the worker) drew before,
+    and the caller's stream continues as if the test had not run.
+    """
+    mlp = torch_mlp()
+
+    class NoisyInput(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp
+
+        def forward(self, x: Any) -> Any:
+            return self.net(x + 0.01 * torch.randn_like(x))
+
+    model = NoisyInput().eval()
+    x, y = _data(16)
+
+    def run() -> dict[str, Any]:
+        before = _rng_states()
+        report = binarization_test(
+            model, x, y, attack=attacks.PGD("linf", steps=10), epsilon=EPS, average_passes=4
+        )
+        _assert_same_states(before, _rng_states())
+        assert report.settings["randomized"] is None  # fixed passes: not probed
+        return report.to_dict()
+
+    torch.manual_seed(1)
+    first = run()
+    torch.manual_seed(2)
+    np.random.seed(2)
+    random.seed(2)
+    torch.rand(100)  # another caller state
+    second = run()
+    assert first["verdict"] == second["verdict"]
+    assert [s["success"] for s in first["samples"]] == [s["success"] for s in second["samples"]]
+    assert first["settings"]["forward_noise_max"] == second["settings"]["forward_noise_max"]
+    assert first["settings"]["forward_noise_max"] > 0  # the model is randomized indeed
