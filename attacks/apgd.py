@@ -34,20 +34,18 @@ import math
 import eagerpy as ep
 
 from attacks import backend, fast_path, progress
-from attacks.base import Attack, RunContext, atleast_kd
-from attacks.gradient import (
-    _gradient_norm,
+from attacks.base import Attack, RunContext
+from attacks.geometry import (
+    atleast_kd,
     clamp,
     linf_ascent,
     linf_limits,
-    loss_and_logits,
     project_ball,
-    random_start,
+    sparse_l1_step,
     steepest_step,
-    track,
 )
+from attacks.gradient import _gradient_norm, loss_and_logits, random_start, track
 from attacks.losses import Loss, get_loss, is_adversarial, margin
-from attacks.rescaling import rescale_and_clip
 
 #: Target classes APGD-T tries by default (AutoAttack's ``n_target_classes``).
 AUTOATTACK_TARGETS = 9
@@ -372,33 +370,3 @@ class _Run:
             )
         state = self.loop.run(state, steps % interval)
         return state[2], state[7], state[8]
-
-
-def sparse_l1_step(
-    x_adv: ep.Tensor,
-    grad: ep.Tensor,
-    step: ep.Tensor,
-    share: ep.Tensor,
-    bounds: tuple[float, float],
-) -> ep.Tensor:
-    """An L1 step of length ``step`` on the ``share`` (per sample) of largest-gradient coordinates.
-
-    Like ``steepest_step(p=1)`` but with a per-sample share instead of a fixed
-    one (AutoAttack adapts it to the sparsity of the best point). Only
-    coordinates that can move in the gradient's direction count, and the step
-    has its exact L1 length after clipping. The k-th largest magnitude is read
-    by a mask over ranks, not a gather, so it works on every backend.
-    """
-    lo, hi = bounds
-    movable = ep.logical_or(
-        ep.logical_and(grad > 0, x_adv < hi), ep.logical_and(grad < 0, x_adv > lo)
-    )
-    g = ep.where(movable, grad, ep.zeros_like(grad)).flatten(start=1).abs()
-    d = g.shape[1]
-    ordered = g.sort(axis=1).flip(axis=1)  # descending
-    ranks = ep.arange(g, 1, d + 1).astype(g.dtype).reshape((1, -1))
-    k = ep.maximum(share * d, 1.0).reshape((-1, 1))
-    threshold = ep.where(ranks <= k, ordered, ep.zeros_like(ordered) + math.inf).min(axis=1)
-    keep = ep.logical_and(g >= threshold.reshape((-1, 1)), g > 0).reshape(grad.shape)
-    direction = ep.where(keep, grad.sign(), ep.zeros_like(grad))
-    return rescale_and_clip(x_adv, direction, step, p=1, bounds=bounds)

@@ -34,8 +34,9 @@ import math
 import eagerpy as ep
 
 from attacks import backend, progress
-from attacks.base import Attack, RunContext, atleast_kd, lp_norms
-from attacks.gradient import loss_and_logits, project_ball
+from attacks.base import Attack, RunContext
+from attacks.geometry import atleast_kd, lp_norms, project_ball
+from attacks.gradient import loss_and_logits
 from attacks.losses import Loss, cross_entropy, is_adversarial, margin, soft_margin
 from attacks.norms import parse_p
 
