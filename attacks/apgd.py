@@ -33,8 +33,8 @@ import math
 
 import eagerpy as ep
 
-from attacks import backend, fast_path, progress
-from attacks.base import Attack, RunContext
+from attacks import backend, fast_path
+from attacks.base import RunContext
 from attacks.geometry import (
     atleast_kd,
     clamp,
@@ -46,6 +46,7 @@ from attacks.geometry import (
 )
 from attacks.gradient import _gradient_norm, loss_and_logits, random_start, track
 from attacks.losses import Loss, get_loss, is_adversarial, margin
+from attacks.steploop import StepLoopAttack
 
 #: Target classes APGD-T tries by default (AutoAttack's ``n_target_classes``).
 AUTOATTACK_TARGETS = 9
@@ -75,7 +76,7 @@ def checkpoint_intervals(steps: int) -> list[int]:
     return intervals
 
 
-class APGD(Attack):
+class APGD(StepLoopAttack):
     """Auto-PGD under an Linf, L2 or L1 budget; ``targeted=True`` gives APGD-T.
 
     Args:
@@ -134,16 +135,10 @@ class APGD(Attack):
         self.n_target_classes = n_target_classes
         self.rho = rho
         self.seed = seed
-        self.compile = fast_path.check_setting(compile)
+        super().__init__(compile=compile)
         self._loss = get_loss(loss)
-        self._last_fast_path: fast_path.FastPathStatus | None = None
 
     # ------------------------------------------------------------------ driver
-
-    @property
-    def last_fast_path(self) -> fast_path.FastPathStatus | None:
-        """How the step loop of the last call ran (eager, CUDA graph, torch.compile, jax.jit)."""
-        return self._last_fast_path
 
     def run(
         self, ctx: RunContext, x: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None
@@ -156,11 +151,8 @@ class APGD(Attack):
             ep.zeros(x, (x.shape[0],)).bool(), x, x, is_adversarial(clean, y, target)
         )
         best_x, best_score = x, margin(clean, y, target)
-        name = type(self).__name__
-        status = fast_path.plan(self.compile, ctx.model, x, name)
-        counter = progress.counter(len(loss_targets) * self.restarts * self.steps)
-        run = _Run(self, ctx, x, y, target, status, targeted=loss_targets[0] is not None)
-        run.loop.counter = counter
+        run = _Run(self, ctx, x, y, target, targeted=loss_targets[0] is not None)
+        run.loop = self.step_loop(run.step, ctx, x, len(loss_targets) * self.restarts * self.steps)
         for loss_target in loss_targets:
             for _ in range(self.restarts):
                 x_run, found, best = run.single(found, best, loss_target)
@@ -169,7 +161,7 @@ class APGD(Attack):
                 better = score > best_score
                 best_x = ep.where(atleast_kd(better, x.ndim), x_run, best_x)
                 best_score = ep.where(better, score, best_score)
-        self._last_fast_path = fast_path.finish(run.loop)
+        self.finish(run.loop)
         return ep.where(atleast_kd(found, x.ndim), best, best_x)
 
     def _loss_targets(self, clean: ep.Tensor, target: ep.Tensor | None) -> list[ep.Tensor | None]:
@@ -205,6 +197,10 @@ class _Run:
     Checkpoints change the state between segments of steps, in Python.
     """
 
+    #: Built by :meth:`APGD.run` around :meth:`step` (:meth:`APGD.step_loop` is
+    #: called from ``run``, so a fast-path warning points at the user's call).
+    loop: fast_path.StepLoop
+
     def __init__(
         self,
         attack: APGD,
@@ -212,7 +208,6 @@ class _Run:
         x: ep.Tensor,
         y: ep.Tensor,
         target: ep.Tensor | None,
-        status: fast_path.FastPathStatus,
         *,
         targeted: bool,
     ) -> None:
@@ -221,10 +216,11 @@ class _Run:
         self.eps, self.p, self.bounds = ctx.epsilon, attack.p, ctx.bounds
         self.targeted = targeted
         self.lower, self.upper = linf_limits(x, self.eps, self.bounds)
-        body = self._l1_step if self.p == 1 else self._lp_step
-        name = type(attack).__name__
-        self.loop = fast_path.StepLoop(lambda s: body(s, momentum=True), status, name)
-        self._body = body
+        self._body = self._l1_step if self.p == 1 else self._lp_step
+
+    def step(self, state: fast_path.State) -> fast_path.State:
+        """The step the loop runs: the body of this norm, with momentum."""
+        return self._body(state, momentum=True)
 
     def single(
         self, found: ep.Tensor, best: ep.Tensor, loss_target: ep.Tensor | None

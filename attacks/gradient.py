@@ -23,8 +23,8 @@ from typing import Any
 
 import eagerpy as ep
 
-from attacks import backend, fast_path, progress
-from attacks.base import Attack, RunContext
+from attacks import backend, fast_path
+from attacks.base import RunContext
 from attacks.geometry import (
     atleast_kd,
     linf_ascent,
@@ -35,6 +35,7 @@ from attacks.geometry import (
 )
 from attacks.losses import Loss, get_loss, is_adversarial
 from attacks.norms import parse_p
+from attacks.steploop import StepLoopAttack
 
 
 def _gradient_norm(norm: Any) -> float:
@@ -85,7 +86,7 @@ def track(
     return ep.logical_or(found, adversarial), best
 
 
-class PGD(Attack):
+class PGD(StepLoopAttack):
     """Projected gradient descent (ascent on the loss) under an L1, L2 or Linf budget.
 
     Args:
@@ -141,14 +142,8 @@ class PGD(Attack):
         self.restarts = restarts
         self.loss = loss
         self.seed = seed
-        self.compile = fast_path.check_setting(compile)
+        super().__init__(compile=compile)
         self._loss = get_loss(loss)
-        self._last_fast_path: fast_path.FastPathStatus | None = None
-
-    @property
-    def last_fast_path(self) -> fast_path.FastPathStatus | None:
-        """How the step loop of the last call ran (eager, CUDA graph, torch.compile, jax.jit)."""
-        return self._last_fast_path
 
     def run(
         self, ctx: RunContext, x: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None
@@ -180,10 +175,7 @@ class PGD(Attack):
             found, best = track(found, best, x_adv, adversarial, latest)
             return ascend(x_adv, grad), found, best
 
-        name = type(self).__name__
-        status = fast_path.plan(self.compile, ctx.model, x, name)
-        counter = progress.counter(self.restarts * self.steps)
-        loop = fast_path.StepLoop(pgd_step, status, name, counter)
+        loop = self.step_loop(pgd_step, ctx, x, self.restarts * self.steps)
         found, best = ep.zeros(x, (x.shape[0],)).bool(), x
         for _ in range(self.restarts):
             x_adv = random_start(ctx, x, eps, p) if self.random_start else x
@@ -191,7 +183,7 @@ class PGD(Attack):
             found, best = track(
                 found, best, x_adv, is_adversarial(ctx.model.logits(x_adv), y, target), latest
             )
-        self._last_fast_path = fast_path.finish(loop)
+        self.finish(loop)
         return best
 
 
