@@ -52,6 +52,18 @@ def atleast_kd(t: ep.Tensor, k: int) -> ep.Tensor:
     return t.reshape(t.shape + (1,) * (k - t.ndim))
 
 
+def farthest_norm(x: ep.Tensor, p: float, bounds: tuple[float, float]) -> ep.Tensor:
+    """The largest distance any point inside the bounds can have from x."""
+    lo, hi = bounds
+    return lp_norms(ep.maximum(x - lo, hi - x), p)
+
+
+def unit_l2(grad: ep.Tensor) -> ep.Tensor:
+    """The gradient scaled to unit L2 norm per sample (zero stays zero)."""
+    norms = lp_norms(grad, 2.0)
+    return grad / atleast_kd(ep.maximum(norms, 1e-12), grad.ndim)
+
+
 # ---------------------------------------------------------------------- projections
 
 
