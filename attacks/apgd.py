@@ -33,21 +33,20 @@ import math
 
 import eagerpy as ep
 
-from attacks import backend, fast_path, progress
-from attacks.base import Attack, RunContext, atleast_kd
-from attacks.gradient import (
-    _gradient_norm,
+from attacks import backend, fast_path
+from attacks.base import RunContext
+from attacks.geometry import (
+    atleast_kd,
     clamp,
     linf_ascent,
     linf_limits,
-    loss_and_logits,
     project_ball,
-    random_start,
+    sparse_l1_step,
     steepest_step,
-    track,
 )
+from attacks.gradient import _gradient_norm, loss_and_logits, random_start, track
 from attacks.losses import Loss, get_loss, is_adversarial, margin
-from attacks.rescaling import rescale_and_clip
+from attacks.steploop import StepLoopAttack
 
 #: Target classes APGD-T tries by default (AutoAttack's ``n_target_classes``).
 AUTOATTACK_TARGETS = 9
@@ -77,7 +76,7 @@ def checkpoint_intervals(steps: int) -> list[int]:
     return intervals
 
 
-class APGD(Attack):
+class APGD(StepLoopAttack):
     """Auto-PGD under an Linf, L2 or L1 budget; ``targeted=True`` gives APGD-T.
 
     Args:
@@ -136,16 +135,10 @@ class APGD(Attack):
         self.n_target_classes = n_target_classes
         self.rho = rho
         self.seed = seed
-        self.compile = fast_path.check_setting(compile)
+        super().__init__(compile=compile)
         self._loss = get_loss(loss)
-        self._last_fast_path: fast_path.FastPathStatus | None = None
 
     # ------------------------------------------------------------------ driver
-
-    @property
-    def last_fast_path(self) -> fast_path.FastPathStatus | None:
-        """How the step loop of the last call ran (eager, CUDA graph, torch.compile, jax.jit)."""
-        return self._last_fast_path
 
     def run(
         self, ctx: RunContext, x: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None
@@ -158,11 +151,8 @@ class APGD(Attack):
             ep.zeros(x, (x.shape[0],)).bool(), x, x, is_adversarial(clean, y, target)
         )
         best_x, best_score = x, margin(clean, y, target)
-        name = type(self).__name__
-        status = fast_path.plan(self.compile, ctx.model, x, name)
-        counter = progress.counter(len(loss_targets) * self.restarts * self.steps)
-        run = _Run(self, ctx, x, y, target, status, targeted=loss_targets[0] is not None)
-        run.loop.counter = counter
+        run = _Run(self, ctx, x, y, target, targeted=loss_targets[0] is not None)
+        run.loop = self.step_loop(run.step, ctx, x, len(loss_targets) * self.restarts * self.steps)
         for loss_target in loss_targets:
             for _ in range(self.restarts):
                 x_run, found, best = run.single(found, best, loss_target)
@@ -171,7 +161,7 @@ class APGD(Attack):
                 better = score > best_score
                 best_x = ep.where(atleast_kd(better, x.ndim), x_run, best_x)
                 best_score = ep.where(better, score, best_score)
-        self._last_fast_path = fast_path.finish(run.loop)
+        self.finish(run.loop)
         return ep.where(atleast_kd(found, x.ndim), best, best_x)
 
     def _loss_targets(self, clean: ep.Tensor, target: ep.Tensor | None) -> list[ep.Tensor | None]:
@@ -207,6 +197,10 @@ class _Run:
     Checkpoints change the state between segments of steps, in Python.
     """
 
+    #: Built by :meth:`APGD.run` around :meth:`step` (:meth:`APGD.step_loop` is
+    #: called from ``run``, so a fast-path warning points at the user's call).
+    loop: fast_path.StepLoop
+
     def __init__(
         self,
         attack: APGD,
@@ -214,7 +208,6 @@ class _Run:
         x: ep.Tensor,
         y: ep.Tensor,
         target: ep.Tensor | None,
-        status: fast_path.FastPathStatus,
         *,
         targeted: bool,
     ) -> None:
@@ -223,10 +216,11 @@ class _Run:
         self.eps, self.p, self.bounds = ctx.epsilon, attack.p, ctx.bounds
         self.targeted = targeted
         self.lower, self.upper = linf_limits(x, self.eps, self.bounds)
-        body = self._l1_step if self.p == 1 else self._lp_step
-        name = type(attack).__name__
-        self.loop = fast_path.StepLoop(lambda s: body(s, momentum=True), status, name)
-        self._body = body
+        self._body = self._l1_step if self.p == 1 else self._lp_step
+
+    def step(self, state: fast_path.State) -> fast_path.State:
+        """The step the loop runs: the body of this norm, with momentum."""
+        return self._body(state, momentum=True)
 
     def single(
         self, found: ep.Tensor, best: ep.Tensor, loss_target: ep.Tensor | None
@@ -372,33 +366,3 @@ class _Run:
             )
         state = self.loop.run(state, steps % interval)
         return state[2], state[7], state[8]
-
-
-def sparse_l1_step(
-    x_adv: ep.Tensor,
-    grad: ep.Tensor,
-    step: ep.Tensor,
-    share: ep.Tensor,
-    bounds: tuple[float, float],
-) -> ep.Tensor:
-    """An L1 step of length ``step`` on the ``share`` (per sample) of largest-gradient coordinates.
-
-    Like ``steepest_step(p=1)`` but with a per-sample share instead of a fixed
-    one (AutoAttack adapts it to the sparsity of the best point). Only
-    coordinates that can move in the gradient's direction count, and the step
-    has its exact L1 length after clipping. The k-th largest magnitude is read
-    by a mask over ranks, not a gather, so it works on every backend.
-    """
-    lo, hi = bounds
-    movable = ep.logical_or(
-        ep.logical_and(grad > 0, x_adv < hi), ep.logical_and(grad < 0, x_adv > lo)
-    )
-    g = ep.where(movable, grad, ep.zeros_like(grad)).flatten(start=1).abs()
-    d = g.shape[1]
-    ordered = g.sort(axis=1).flip(axis=1)  # descending
-    ranks = ep.arange(g, 1, d + 1).astype(g.dtype).reshape((1, -1))
-    k = ep.maximum(share * d, 1.0).reshape((-1, 1))
-    threshold = ep.where(ranks <= k, ordered, ep.zeros_like(ordered) + math.inf).min(axis=1)
-    keep = ep.logical_and(g >= threshold.reshape((-1, 1)), g > 0).reshape(grad.shape)
-    direction = ep.where(keep, grad.sign(), ep.zeros_like(grad))
-    return rescale_and_clip(x_adv, direction, step, p=1, bounds=bounds)

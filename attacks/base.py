@@ -19,15 +19,11 @@ import eagerpy as ep
 import numpy as np
 
 from attacks import backend
+from attacks.geometry import lp_norms, project
 from attacks.keywords import keyword_hints
 from attacks.losses import is_adversarial
 from attacks.models import Model, as_model
 from attacks.norms import norm_name, parse_p
-from attacks.rescaling import clip_to_bounds
-
-#: Relative slack of the final projection: points end strictly inside the
-#: ball so that float rounding of x + delta never pushes them outside.
-PROJECTION_SLACK = 1e-6
 
 
 @dataclass
@@ -203,47 +199,6 @@ def check_inputs(
             f"x lies outside the model's bounds {tuple(model.bounds)}: min {x_min:.4g}, max "
             f"{x_max:.4g}; {hint}"
         )
-
-
-def lp_norms(delta: ep.Tensor, p: float) -> ep.Tensor:
-    """Per-sample Lp norm of a batch ``(N, ...)``."""
-    flat = delta.flatten(start=1).abs()
-    if math.isinf(p):
-        return flat.max(axis=1)
-    if p == 1:
-        return flat.sum(axis=1)
-    if p == 2:
-        return flat.square().sum(axis=1).sqrt()
-    return (flat**p).sum(axis=1) ** (1.0 / p)
-
-
-def atleast_kd(t: ep.Tensor, k: int) -> ep.Tensor:
-    """Append singleton axes so a per-sample ``(N,)`` tensor broadcasts over ``k`` dims."""
-    return t.reshape(t.shape + (1,) * (k - t.ndim))
-
-
-def project(
-    x: ep.Tensor, x_adv: ep.Tensor, epsilon: ep.Tensor | None, p: float, bounds: tuple[float, float]
-) -> ep.Tensor:
-    """Project ``x_adv`` into the bounds and the epsilon ball around ``x``.
-
-    Linf clips per coordinate; other norms scale the perturbation down (a
-    point between x and a point inside the bounds stays inside them). The ball
-    projection for L1 and L2 is the radial one, which never increases the loss
-    of feasibility and is what the final guarantee needs.
-    """
-    lo, hi = bounds
-    x_adv = ep.clip(x_adv, lo, hi)
-    if epsilon is None:
-        return x_adv
-    delta = x_adv - x
-    if math.isinf(p):
-        eps = atleast_kd(epsilon * (1 - PROJECTION_SLACK), x.ndim)
-        delta = ep.minimum(ep.maximum(delta, -eps), eps)
-        return clip_to_bounds(x + delta, lo, hi)
-    norms = lp_norms(delta, p)
-    factor = ep.minimum(1.0, epsilon * (1 - PROJECTION_SLACK) / ep.maximum(norms, 1e-30))
-    return ep.clip(x + delta * atleast_kd(factor, x.ndim), lo, hi)
 
 
 def distances(x: Any, x_adv: Any, norm: float | str) -> Any:

@@ -42,7 +42,8 @@ import eagerpy as ep
 import numpy as np
 
 from attacks import backend, seeding
-from attacks.base import Attack, RunContext, atleast_kd
+from attacks.base import Attack, RunContext
+from attacks.geometry import atleast_kd
 from attacks.models import Model
 from attacks.norms import parse_p
 

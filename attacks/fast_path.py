@@ -97,17 +97,20 @@ def check_setting(value: Any) -> CompileSetting:
 # ---------------------------------------------------------------------- planning
 
 
-def plan(setting: CompileSetting, model: Model, x: ep.Tensor, name: str) -> FastPathStatus:
+def plan(
+    setting: CompileSetting, model: Model, x: ep.Tensor, name: str, stacklevel: int = 3
+) -> FastPathStatus:
     """Decide, before the first step, whether the step loop of an attack call is captured.
 
     Runs two no-grad forward passes on ``x`` to check for randomness, but only
     when capture is otherwise possible (never for ``compile=False`` or on a CPU
     under ``"auto"``). A refusal the user should hear about is also a warning
-    (``name`` is the attack's).
+    (``name`` is the attack's), attributed ``stacklevel`` frames up (by default
+    the caller of the attack's ``run``, its ``__call__``).
     """
     status = _plan(setting, model, x)
     if status.kind == EAGER and status.warn:
-        warnings.warn(f"{name}: the step runs eagerly: {status.reason}", RuntimeWarning, 3)
+        warnings.warn(f"{name}: the step runs eagerly: {status.reason}", RuntimeWarning, stacklevel)
     return status
 
 

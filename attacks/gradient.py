@@ -23,16 +23,19 @@ from typing import Any
 
 import eagerpy as ep
 
-from attacks import backend, fast_path, progress
-from attacks.backend import RandomSource
-from attacks.base import Attack, RunContext, atleast_kd, lp_norms
+from attacks import backend, fast_path
+from attacks.base import RunContext
+from attacks.geometry import (
+    atleast_kd,
+    linf_ascent,
+    linf_limits,
+    project_ball,
+    random_point_in_ball,
+    steepest_step,
+)
 from attacks.losses import Loss, get_loss, is_adversarial
 from attacks.norms import parse_p
-from attacks.rescaling import rescale_and_clip
-
-#: For L1 steps: the share of coordinates (by gradient magnitude) left out, as in
-#: sparse L1 descent (Tramer and Boneh, 2019); dense L1 steps are very weak.
-L1_SPARSITY = 0.99
+from attacks.steploop import StepLoopAttack
 
 
 def _gradient_norm(norm: Any) -> float:
@@ -42,100 +45,9 @@ def _gradient_norm(norm: Any) -> float:
     return p
 
 
-def steepest_step(
-    x_adv: ep.Tensor, grad: ep.Tensor, step: ep.Tensor, p: float, bounds: tuple[float, float]
-) -> ep.Tensor:
-    """Move ``x_adv`` by ``step`` (per sample) along the steepest ascent direction of ``p``.
-
-    Linf: the sign of the gradient. L2: the gradient, with the step's length
-    exact after clipping. L1: the sign of the largest-magnitude coordinates
-    that can still move (sparse), likewise exact after clipping.
-    """
-    lo, hi = bounds
-    if math.isinf(p):
-        return ep.clip(x_adv + atleast_kd(step, x_adv.ndim) * grad.sign(), lo, hi)
-    if p == 1:
-        movable = ep.logical_or(
-            ep.logical_and(grad > 0, x_adv < hi), ep.logical_and(grad < 0, x_adv > lo)
-        )
-        g = ep.where(movable, grad, ep.zeros_like(grad)).flatten(start=1).abs()
-        d = g.shape[1]
-        k = max(1, math.ceil(d * (1 - L1_SPARSITY)))
-        threshold = g.sort(axis=1)[:, d - k : d - k + 1]
-        keep = ep.logical_and(g >= threshold, g > 0).reshape(grad.shape)
-        direction = ep.where(keep, grad.sign(), ep.zeros_like(grad))
-        return rescale_and_clip(x_adv, direction, step, p=1, bounds=bounds)
-    return rescale_and_clip(x_adv, grad, step, p=2, bounds=bounds)
-
-
-def project_l1_ball(delta: ep.Tensor, epsilon: ep.Tensor) -> ep.Tensor:
-    """Euclidean projection of each sample's ``delta`` onto the L1 ball of radius epsilon.
-
-    Sort-based (Duchi et al., 2008), batched, without gathers: the condition
-    that selects the support is a prefix of the sorted magnitudes, so its
-    cumulative sum is a masked sum.
-    """
-    shape = delta.shape
-    v = delta.flatten(start=1)
-    u = v.abs().sort(axis=1).flip(axis=1)  # descending
-    css = u.cumsum(axis=1)
-    eps = epsilon.reshape((-1, 1))
-    ranks = ep.arange(v, 1, v.shape[1] + 1).astype(v.dtype).reshape((1, -1))
-    support = u - (css - eps) / ranks > 0
-    rho = ep.maximum(ep.where(support, ep.ones_like(u), ep.zeros_like(u)).sum(axis=1), 1.0)
-    theta = (ep.where(support, u, ep.zeros_like(u)).sum(axis=1) - eps[:, 0]) / rho
-    theta = ep.maximum(theta, 0.0).reshape((-1, 1))
-    projected = v.sign() * ep.maximum(v.abs() - theta, 0.0)
-    inside = (v.abs().sum(axis=1) <= eps[:, 0]).reshape((-1, 1))
-    return ep.where(inside, v, projected).reshape(shape)
-
-
-def project_ball(
-    x: ep.Tensor, x_adv: ep.Tensor, epsilon: ep.Tensor, p: float, bounds: tuple[float, float]
-) -> ep.Tensor:
-    """Into the bounds and the ball: Linf clip, L2 radial, L1 exact (then clipped)."""
-    lo, hi = bounds
-    delta = x_adv - x
-    if math.isinf(p):
-        eps = atleast_kd(epsilon, x.ndim)
-        delta = ep.minimum(ep.maximum(delta, -eps), eps)
-    elif p == 1:
-        delta = project_l1_ball(delta, epsilon)
-    else:
-        factor = ep.minimum(1.0, epsilon / ep.maximum(lp_norms(delta, p), 1e-30))
-        delta = delta * atleast_kd(factor, x.ndim)
-    return ep.clip(x + delta, lo, hi)
-
-
 def random_start(ctx: RunContext, x: ep.Tensor, epsilon: ep.Tensor, p: float) -> ep.Tensor:
     """A random start for an attack run: :func:`random_point_in_ball` with its RNG and bounds."""
     return random_point_in_ball(ctx.random, ctx.bounds, x, epsilon, p)
-
-
-def random_point_in_ball(
-    random: RandomSource,
-    bounds: tuple[float, float],
-    x: ep.Tensor,
-    epsilon: ep.Tensor,
-    p: float,
-) -> ep.Tensor:
-    """A uniform point of the Linf ball, or a point of the Lp ball at a random radius.
-
-    For finite p the direction is Gaussian (Laplace for L1, the direction law
-    of a uniform point of the L1 ball) and the radius ``epsilon * u**(1/D)``
-    (the radial law of a uniform point in D dimensions), exact after clipping.
-    Attacks start here; the binarization test draws its inner points here.
-    """
-    lo, hi = bounds
-    if math.isinf(p):
-        noise = random.uniform(tuple(x.shape), -1.0, 1.0)
-        return ep.clip(x + atleast_kd(epsilon, x.ndim) * noise, lo, hi)
-    direction = random.normal(tuple(x.shape))
-    if p == 1:
-        direction = direction.sign() * random.uniform(tuple(x.shape)).log().abs()  # Laplace
-    d = math.prod(x.shape[1:])
-    radius = epsilon * random.uniform((x.shape[0],)) ** (1.0 / d)
-    return rescale_and_clip(x, direction, radius, p=p, bounds=bounds)
 
 
 def loss_and_logits(
@@ -174,41 +86,7 @@ def track(
     return ep.logical_or(found, adversarial), best
 
 
-def linf_limits(
-    x: ep.Tensor, epsilon: ep.Tensor, bounds: tuple[float, float]
-) -> tuple[ep.Tensor, ep.Tensor]:
-    """Per coordinate, the Linf ball around ``x`` intersected with the bounds: (lower, upper)."""
-    eps = atleast_kd(epsilon, x.ndim)
-    return ep.clip(x - eps, *bounds), ep.clip(x + eps, *bounds)
-
-
-def linf_ascent(
-    x_adv: ep.Tensor, grad: ep.Tensor, step: ep.Tensor, lower: ep.Tensor, upper: ep.Tensor
-) -> ep.Tensor:
-    """A sign step of ``step`` (per sample), projected into ``[lower, upper]`` by one clamp.
-
-    The same point as :func:`steepest_step` followed by :func:`project_ball`
-    (up to the rounding of ``x + (x_adv - x)``, which this avoids), in three
-    kernels instead of about nine.
-    """
-    if backend.tensor_framework(x_adv) == "torch":
-        import torch
-
-        moved = torch.addcmul(x_adv.raw, atleast_kd(step, x_adv.ndim).raw, grad.raw.sign())
-        return backend.wrap(torch.clamp(moved, lower.raw, upper.raw))
-    return clamp(x_adv + atleast_kd(step, x_adv.ndim) * grad.sign(), lower, upper)
-
-
-def clamp(t: ep.Tensor, lower: ep.Tensor, upper: ep.Tensor) -> ep.Tensor:
-    """Elementwise ``min(max(t, lower), upper)`` with tensor limits (one kernel on torch)."""
-    if backend.tensor_framework(t) == "torch":
-        import torch
-
-        return backend.wrap(torch.clamp(t.raw, lower.raw, upper.raw))
-    return ep.minimum(ep.maximum(t, lower), upper)
-
-
-class PGD(Attack):
+class PGD(StepLoopAttack):
     """Projected gradient descent (ascent on the loss) under an L1, L2 or Linf budget.
 
     Args:
@@ -264,14 +142,8 @@ class PGD(Attack):
         self.restarts = restarts
         self.loss = loss
         self.seed = seed
-        self.compile = fast_path.check_setting(compile)
+        super().__init__(compile=compile)
         self._loss = get_loss(loss)
-        self._last_fast_path: fast_path.FastPathStatus | None = None
-
-    @property
-    def last_fast_path(self) -> fast_path.FastPathStatus | None:
-        """How the step loop of the last call ran (eager, CUDA graph, torch.compile, jax.jit)."""
-        return self._last_fast_path
 
     def run(
         self, ctx: RunContext, x: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None
@@ -303,10 +175,7 @@ class PGD(Attack):
             found, best = track(found, best, x_adv, adversarial, latest)
             return ascend(x_adv, grad), found, best
 
-        name = type(self).__name__
-        status = fast_path.plan(self.compile, ctx.model, x, name)
-        counter = progress.counter(self.restarts * self.steps)
-        loop = fast_path.StepLoop(pgd_step, status, name, counter)
+        loop = self.step_loop(pgd_step, ctx, x, self.restarts * self.steps)
         found, best = ep.zeros(x, (x.shape[0],)).bool(), x
         for _ in range(self.restarts):
             x_adv = random_start(ctx, x, eps, p) if self.random_start else x
@@ -314,7 +183,7 @@ class PGD(Attack):
             found, best = track(
                 found, best, x_adv, is_adversarial(ctx.model.logits(x_adv), y, target), latest
             )
-        self._last_fast_path = fast_path.finish(loop)
+        self.finish(loop)
         return best
 
 

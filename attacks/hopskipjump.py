@@ -41,7 +41,8 @@ import math
 import eagerpy as ep
 
 from attacks import progress
-from attacks.base import PROJECTION_SLACK, Attack, RunContext, atleast_kd, lp_norms
+from attacks.base import Attack, RunContext
+from attacks.geometry import PROJECTION_SLACK, atleast_kd, lp_norms
 from attacks.losses import is_adversarial
 from attacks.models import Model
 from attacks.norms import parse_p

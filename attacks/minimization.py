@@ -34,8 +34,9 @@ import math
 import eagerpy as ep
 
 from attacks import backend, progress
-from attacks.base import Attack, RunContext, atleast_kd, lp_norms
-from attacks.gradient import loss_and_logits, project_ball
+from attacks.base import Attack, RunContext
+from attacks.geometry import atleast_kd, farthest_norm, lp_norms, project_ball, unit_l2
+from attacks.gradient import loss_and_logits
 from attacks.losses import Loss, cross_entropy, is_adversarial, margin, soft_margin
 from attacks.norms import parse_p
 
@@ -85,12 +86,6 @@ def _budget(ctx: RunContext) -> ep.Tensor | None:
     return None if ctx.epsilon is None else ctx.epsilon * (1 - BUDGET_SLACK)
 
 
-def _worst_norm(x: ep.Tensor, p: float, bounds: tuple[float, float]) -> ep.Tensor:
-    """The largest distance any point inside the bounds can have from x."""
-    lo, hi = bounds
-    return lp_norms(ep.maximum(x - lo, hi - x), p)
-
-
 class _Smallest:
     """Per sample, the adversarial point of smallest norm seen so far."""
 
@@ -114,12 +109,6 @@ class _Smallest:
             return False
         within = ep.logical_and(self.found, self.norms <= budget)
         return bool(within.all().item())
-
-
-def _unit_l2(grad: ep.Tensor) -> ep.Tensor:
-    """The gradient scaled to unit L2 norm per sample (zero stays zero)."""
-    norms = lp_norms(grad, 2.0)
-    return grad / atleast_kd(ep.maximum(norms, 1e-12), grad.ndim)
 
 
 # ---------------------------------------------------------------------------- FMN
@@ -217,7 +206,7 @@ class FMN(Attack):
         lo, hi = ctx.bounds
         scale = hi - lo
         budget = _budget(ctx)
-        worst = _worst_norm(x, p, ctx.bounds)
+        worst = farthest_norm(x, p, ctx.bounds)
         radius = worst
         follow = _direction_loss(self.loss, target)
         fn = loss_and_logits(ctx.model, follow, y, target)
@@ -245,7 +234,7 @@ class FMN(Attack):
             radius = ep.minimum(radius, worst)
             # clip first, then project: the projection of a point inside the bounds
             # stays inside them, and the radius is not lost to clipping afterwards
-            x_adv = ep.clip(x_adv + alpha * _unit_l2(grad), lo, hi)
+            x_adv = ep.clip(x_adv + alpha * unit_l2(grad), lo, hi)
             x_adv = project_ball(x, x_adv, radius, p, ctx.bounds)
         else:
             logits = ctx.model.logits(x_adv)
@@ -308,7 +297,7 @@ class DDN(Attack):
         lo, hi = ctx.bounds
         scale = hi - lo
         budget = _budget(ctx)
-        worst = _worst_norm(x, 2.0, ctx.bounds)
+        worst = farthest_norm(x, 2.0, ctx.bounds)
         cap = worst if budget is None else ep.minimum(worst, budget)
         radius = ep.minimum(ep.ones_like(worst) * (self.init_epsilon * scale), cap)
         fn = loss_and_logits(ctx.model, cross_entropy, y, target)
@@ -326,7 +315,7 @@ class DDN(Attack):
                 break
             vanished = atleast_kd(lp_norms(grad, 2.0) == 0, x.ndim)
             grad = ep.where(vanished, ctx.random.normal(tuple(x.shape)), grad)
-            delta = x_adv - x + alpha * _unit_l2(grad)
+            delta = x_adv - x + alpha * unit_l2(grad)
             shrink = radius * (1 - self.gamma)
             radius = ep.minimum(ep.where(adversarial, shrink, radius * (1 + self.gamma)), cap)
             delta = delta * atleast_kd(radius / ep.maximum(lp_norms(delta, 2.0), 1e-12), x.ndim)
@@ -433,7 +422,7 @@ class CarliniWagnerL2(Attack):
         zeros = ep.zeros(x, (x.shape[0],))
         consts = zeros + self.initial_const
         lower, upper = zeros, zeros + _UNBOUNDED
-        smallest = _Smallest(x, _worst_norm(x, 2.0, ctx.bounds))
+        smallest = _Smallest(x, farthest_norm(x, 2.0, ctx.bounds))
         w_start = w_clean
         count = progress.counter(self.binary_search_steps * self.steps)
 

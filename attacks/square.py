@@ -42,7 +42,8 @@ import eagerpy as ep
 import numpy as np
 
 from attacks import progress
-from attacks.base import Attack, RunContext, atleast_kd, lp_norms
+from attacks.base import Attack, RunContext
+from attacks.geometry import atleast_kd, lp_norms
 from attacks.losses import Loss, get_loss, is_adversarial
 from attacks.norms import parse_p
 

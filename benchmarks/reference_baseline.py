@@ -72,7 +72,8 @@ import numpy as np
 import torch
 
 from attacks import backend
-from attacks.base import Attack, lp_norms
+from attacks.base import Attack
+from attacks.geometry import lp_norms
 from attacks.norms import norm_name, parse_p
 from pytest_attacktest.binarization import (
     BALL_TOLERANCE,

@@ -32,7 +32,8 @@ import numpy as np
 
 from attacks import backend, seeding
 from attacks import progress as attack_progress
-from attacks.base import Attack, atleast_kd, check_gradient_support, check_inputs, lp_norms
+from attacks.base import Attack, check_gradient_support, check_inputs
+from attacks.geometry import atleast_kd, lp_norms
 from attacks.keywords import keyword_hints
 from attacks.losses import cross_entropy
 from attacks.models import Model, as_model

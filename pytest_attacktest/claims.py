@@ -379,7 +379,8 @@ def measure_robust_accuracy(
     import numpy as np
 
     from attacks import backend
-    from attacks.base import Attack, check_inputs, lp_norms
+    from attacks.base import Attack, check_inputs
+    from attacks.geometry import lp_norms
     from attacks.models import Model, as_model
     from pytest_attacktest.binarization import _itemsize, _no_grad, ball_tolerance
     from pytest_attacktest.blocks import Blocks, block_size_for

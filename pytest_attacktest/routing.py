@@ -24,7 +24,7 @@ from typing import Any
 import eagerpy as ep
 
 from attacks import backend
-from attacks.base import lp_norms
+from attacks.geometry import lp_norms
 from attacks.models import Model
 from pytest_attacktest.features import FeatureFn
 from pytest_attacktest.readout import Readouts

@@ -21,8 +21,7 @@ import eagerpy as ep
 
 from attacks import jaxjit
 from attacks.backend import RandomSource
-from attacks.base import atleast_kd
-from attacks.gradient import random_point_in_ball
+from attacks.geometry import atleast_kd, random_point_in_ball
 from attacks.rescaling import rescale_and_clip
 
 
@@ -46,7 +45,7 @@ def inner_points(
     """``n`` random points per sample within ``radius * eps`` of it: ``(S, n, ...)``.
 
     The same law as the attacks' random starts
-    (:func:`attacks.gradient.random_point_in_ball`).
+    (:func:`attacks.geometry.random_point_in_ball`).
     """
     base = repeat_each(x, n)
     eps = repeat_each(epsilon, n) * radius

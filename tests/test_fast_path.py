@@ -24,7 +24,7 @@ from digits_models import held_out, native_mlp
 
 import attacks
 from attacks import fast_path
-from attacks.gradient import linf_ascent, linf_limits, project_ball, steepest_step
+from attacks.geometry import linf_ascent, linf_limits, project_ball, steepest_step
 
 try:
     from torch.utils._python_dispatch import TorchDispatchMode
