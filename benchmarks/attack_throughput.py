@@ -106,10 +106,8 @@ import argparse
 import datetime
 import importlib
 import importlib.metadata
-import importlib.util
 import json
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -119,32 +117,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a file, not with -m: see benchmarks/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import numpy as np
 import torch
 
-# Run as a script, Python puts this folder first on sys.path; drop it so that a
-# benchmark module here can never shadow the `attacks` library.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-try:
-    import attacks
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(HERE.parent))
-    import attacks
+import attacks
+from benchmarks import binarization as _binarization
+from benchmarks import common
 
-
-def _load_binarization() -> Any:
-    """benchmarks/binarization.py (ResNet-18, digits MLP), loaded by path, not by sys.path."""
-    spec = importlib.util.spec_from_file_location("binarization", HERE / "binarization.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_binarization = _load_binarization()
 ResNet18, digits_mlp = _binarization.ResNet18, _binarization.digits_mlp
 
 BOUNDS = (0.0, 1.0)
@@ -579,7 +561,7 @@ def metadata(device: torch.device, seed: int, argv: list[str]) -> dict[str, Any]
         "attacks": attacks.__version__,
         "git_commit": git_commit(),
         "seed": seed,
-        "command": shlex.join(["python", *argv]),
+        "command": common.command(argv),
     }
 
 

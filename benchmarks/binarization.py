@@ -64,49 +64,25 @@ Figures are kept in ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 from unittest import mock
+
+if not __package__:  # run as a file, not with -m: see benchmarks/_bootstrap.py
+    import _bootstrap  # noqa: F401
 
 import eagerpy as ep
 import torch
 
-# Run as a script, Python puts this folder first on sys.path; drop it so that a
-# benchmark module can never shadow a package, and load siblings by path.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-try:
-    import attacks
-    import pytest_attacktest
-    from pytest_attacktest import routing
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(HERE.parent))
-    import attacks
-    import pytest_attacktest
-    from pytest_attacktest import routing
+import attacks
+import pytest_attacktest
+from benchmarks import common, model_speed, models
+from benchmarks import reference_baseline as baseline
+from pytest_attacktest import routing
 
 binarization_test = pytest_attacktest.binarization_test
-
-
-def _sibling(name: str) -> Any:
-    key = f"_benchmarks_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
-        assert spec is not None
-        assert spec.loader is not None
-        sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[key])
-    return sys.modules[key]
-
-
-common = _sibling("common")
-models = _sibling("models")
-baseline = _sibling("reference_baseline")
-model_speed = _sibling("model_speed")
 
 # benchmarks/attack_throughput.py takes its models from here.
 ResNet18, digits_mlp = models.ResNet18, models.digits_mlp

@@ -55,35 +55,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a file, not with -m: see benchmarks/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-try:
-    import attacks
-    import pytest_attacktest
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(HERE.parent))
-    import attacks
-    import pytest_attacktest
+import attacks
+import pytest_attacktest
+from benchmarks import binarization, common, models
+from benchmarks import reference_baseline as baseline
 
-
-def _sibling(name: str) -> Any:
-    key = f"_benchmarks_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
-        assert spec is not None
-        assert spec.loader is not None
-        sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[key])
-    return sys.modules[key]
-
-
-common = _sibling("common")
-models = _sibling("models")
-baseline = _sibling("reference_baseline")
-binarization = _sibling("binarization")
-
+ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ("tf32", "bf16")
 MIN_CONCLUSIVE = 0.95
 MAX_RANDOM_SUCCESS = 0.05
@@ -143,7 +125,7 @@ def _emulation(model: torch.nn.Module, r: float | None) -> Any:
     """``tests/gpu_numerics.py``'s GPU-like noise on ``model`` (None: exact)."""
     if not r:
         return contextlib.nullcontext()
-    helper = HERE.parent / "tests" / "gpu_numerics.py"
+    helper = ROOT / "tests" / "gpu_numerics.py"  # tests/ is not a package
     spec = importlib.util.spec_from_file_location("_benchmarks_tests_gpu_numerics", helper)
     assert spec is not None
     assert spec.loader is not None

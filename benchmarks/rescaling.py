@@ -70,12 +70,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import importlib
 import json
 import math
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -85,22 +83,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a file, not with -m: see benchmarks/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import eagerpy as ep
 import numpy as np
 import torch
 
-# `python benchmarks/rescaling.py` puts benchmarks/ first on sys.path, where a sibling
-# script named like the package (there was a benchmarks/attacks.py) would shadow it: drop
-# that folder, and fall back to the repository root for a checkout without
-# `pip install -e .`. The import is by name because type checkers put the folder first too.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-try:
-    _rescaling = importlib.import_module("attacks.rescaling")
-except ImportError:
-    sys.path.insert(0, str(HERE.parent))
-    _rescaling = importlib.import_module("attacks.rescaling")
-clipping_aware_rescaling: Callable[..., Any] = _rescaling.clipping_aware_rescaling
+from attacks import rescaling as _rescaling
+from attacks.rescaling import clipping_aware_rescaling
+from benchmarks import common
 
 BOUNDS = (0.0, 1.0)
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
@@ -480,7 +472,7 @@ def git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
-            cwd=HERE,
+            cwd=Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
             check=True,
@@ -501,7 +493,7 @@ def metadata(args: argparse.Namespace, device: torch.device, warmup: int) -> dic
     return {
         "benchmark": "clipping-aware rescaling",
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", *sys.argv]),
+        "command": common.command(),
         "seed": args.seed,
         "device": device_info(device),
         "versions": {
