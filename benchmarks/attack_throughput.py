@@ -79,15 +79,15 @@ accuracy only means something on a trained model, so:
 
 Usage (from the repository root, with the project installed)::
 
-    python benchmarks/attack_throughput.py [--device cpu|cuda] [--model resnet18|mlp] [--batch N]
+    python -m benchmarks.attack_throughput [--device cpu|cuda] [--model resnet18|mlp] [--batch N]
                                  [--steps N] [--repeats N] [--epsilon E] [--seed S]
                                  [--threads N] [--no-peers] [--compile-cpu BACKEND]
                                  [--json PATH]
 
 The issue's fast-path targets, on a GPU::
 
-    python benchmarks/attack_throughput.py --device cuda --batch 512 --json pgd-cuda-512.json
-    python benchmarks/attack_throughput.py --device cuda --batch 64 --json pgd-cuda-64.json
+    python -m benchmarks.attack_throughput --device cuda --batch 512 --json pgd-cuda-512.json
+    python -m benchmarks.attack_throughput --device cuda --batch 64 --json pgd-cuda-64.json
 
 Defaults: on CUDA the issue's setting (resnet18, batch 512, 100 steps, 5
 repeats); on a CPU the digits MLP, batch 512, 100 steps, 10 repeats and one

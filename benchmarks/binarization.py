@@ -53,9 +53,9 @@ quadratic in the chunk size).
 
 Usage (from the repository root)::
 
-    python benchmarks/binarization.py                       # CPU: MLP, 512 samples
-    python benchmarks/binarization.py --device cuda --model resnet18 --samples 512
-    python benchmarks/binarization.py --device cuda --model resnet50 --samples 4096 \\
+    python -m benchmarks.binarization                       # CPU: MLP, 512 samples
+    python -m benchmarks.binarization --device cuda --model resnet18 --samples 512
+    python -m benchmarks.binarization --device cuda --model resnet50 --samples 4096 \\
         --baseline-samples 16 --json resnet50-4096.json
 
 Figures are kept in ``benchmarks/RESULTS.md``.

@@ -36,9 +36,9 @@ start: the largest logit difference is printed).
 
 Usage (from the repository root)::
 
-    python benchmarks/frameworks.py --framework jax                     # CPU smoke
-    python benchmarks/frameworks.py --framework jax --device cuda --json jax.json
-    python benchmarks/frameworks.py --framework tensorflow --device cuda
+    python -m benchmarks.frameworks --framework jax                     # CPU smoke
+    python -m benchmarks.frameworks --framework jax --device cuda --json jax.json
+    python -m benchmarks.frameworks --framework tensorflow --device cuda
 
 Figures are kept in ``benchmarks/RESULTS.md``.
 """

@@ -33,8 +33,8 @@ flags it sets are restored at the end.
 
 Usage (repository root)::
 
-    python benchmarks/gpu_numerics.py --device cuda            # both models, both configs
-    python benchmarks/gpu_numerics.py --device cpu --model resnet18 --samples 16 \\
+    python -m benchmarks.gpu_numerics --device cuda            # both models, both configs
+    python -m benchmarks.gpu_numerics --device cpu --model resnet18 --samples 16 \\
         --train-steps 20 --configs tf32 --emulate-noise 4e-3   # a CPU smoke test
 
 ``--emulate-noise R`` (for CPU runs) perturbs every conv and linear output by

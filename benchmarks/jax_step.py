@@ -16,8 +16,8 @@ remains of a second call is its fixed cost.
 
 Usage (from the repository root)::
 
-    python benchmarks/jax_step.py                       # CPU: MLP 64-256-10, batch 512
-    python benchmarks/jax_step.py --batch 64 --steps 100,1000 --json jax-step.json
+    python -m benchmarks.jax_step                       # CPU: MLP 64-256-10, batch 512
+    python -m benchmarks.jax_step --batch 64 --steps 100,1000 --json jax-step.json
 
 Figures are kept in ``benchmarks/RESULTS.md``.
 """

@@ -55,7 +55,7 @@ because CPU figures from a shared machine can be off by several times.
 
 Usage (from the repository root, with the project installed)::
 
-    python benchmarks/rescaling.py [--device cpu|cuda] [--repeats N] [--json PATH]
+    python -m benchmarks.rescaling [--device cpu|cuda] [--repeats N] [--json PATH]
                                    [--sizes small|full]
 
 ``--sizes full`` (the default on CUDA) is batch 256 of 3x32x32 and batch 64 of

@@ -40,9 +40,9 @@ the first two and checks the third by the engine's own arithmetic:
 
 Usage (from the repository root)::
 
-    python benchmarks/scale.py                          # CPU: digits MLP, 64..4096, PGD-20
-    python benchmarks/scale.py --device cuda --model resnet18 --steps 100
-    python benchmarks/scale.py --device cuda --model resnet50 --sizes 64,256,1024,4096 --probe
+    python -m benchmarks.scale                          # CPU: digits MLP, 64..4096, PGD-20
+    python -m benchmarks.scale --device cuda --model resnet18 --steps 100
+    python -m benchmarks.scale --device cuda --model resnet50 --sizes 64,256,1024,4096 --probe
 
 Figures are kept in ``benchmarks/RESULTS.md``.
 """
