@@ -1,10 +1,10 @@
-"""GPU acceptance of the binarization test under the numerics users run (issue 12).
+"""GPU acceptance of the binarization test under the numerics users run.
 
 Why: a GPU's forward passes change with the batch (TF32 convolutions and
 matmuls, cuDNN's algorithm choice with ``cudnn.benchmark``, reduced-precision
 autocast), and the test fits its readouts in one set of passes and verifies
 in others. This script runs the test at the engine's default settings on
-trained models under those numerics and checks the targets of issue 12:
+trained models under those numerics and checks these targets:
 
 - configuration ``tf32``: ``torch.backends.cuda.matmul.allow_tf32``,
   ``torch.backends.cudnn.allow_tf32`` and ``torch.backends.cudnn.benchmark``

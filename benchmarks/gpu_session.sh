@@ -3,9 +3,9 @@
 # 10-minute call of a lent GPU machine (an H100 or H200 with PyTorch and JAX but
 # without EagerPy, Foolbox or torchattacks, and no package index).
 #
-# Why a script: a session's GPU time is short (30 minutes); every part writes
-# its JSON and log under $OUT (default ./gpu-results) so that a part cut off by
-# its time limit still returns what it finished.
+# Why a script: GPU time comes in short calls; every part writes its JSON and
+# log under $OUT (default ./gpu-results) so that a part cut off by its time
+# limit still returns what it finished.
 #
 # Before the first call, on the machine with the package index (repository root):
 #   echo /.whl/ >> .git/info/exclude
@@ -17,24 +17,24 @@
 # then on the GPU machine, with `.whl` carried:
 #   bash benchmarks/gpu_session.sh tests        # the CUDA tests, first (1-2 min)
 #   bash benchmarks/gpu_session.sh throughput   # PGD/APGD at batch 512 and 64, fast path;
-#                                               # the rescaling kernel (issue 16.2, under a minute)
+#                                               # the rescaling kernel (under a minute)
 #   bash benchmarks/gpu_session.sh e2e18        # whole test, ResNet-18 32x32, 512 samples
 #   bash benchmarks/gpu_session.sh e2e50        # whole test, ResNet-50 224x224, 512 samples
 #   bash benchmarks/gpu_session.sh scale18      # 64..4096 samples, ResNet-18
 #   bash benchmarks/gpu_session.sh scale50      # ResNet-50 224x224: probe, chunks, 64..512
-#   bash benchmarks/gpu_session.sh numerics     # issue 12's acceptance: trained ResNet-18 32x32
+#   bash benchmarks/gpu_session.sh numerics     # GPU numerics acceptance: trained ResNet-18 32x32
 #                                               # and ResNet-50 224x224 under TF32 + cudnn.benchmark
 #                                               # and bf16 autocast (exits 1 when a target is missed)
-#   bash benchmarks/gpu_session.sh features50   # issue 16.1: ResNet-50 224x224, 512 samples: the
+#   bash benchmarks/gpu_session.sh features50   # ResNet-50 224x224, 512 samples: the
 #                                               # features phase vs the model's own throughput,
 #                                               # and bf16 features (time, conclusive share)
 #   bash benchmarks/gpu_session.sh features50cl # the same with the model in channels_last
-#   bash benchmarks/gpu_session.sh jax          # issue 16.3: JAX PGD vs hand-written loops, compile=True
+#   bash benchmarks/gpu_session.sh jax          # JAX PGD vs hand-written loops, compile=True
 #   bash benchmarks/gpu_session.sh jaxe2e       # JAX whole test vs torch, trained convnet
 #   bash benchmarks/gpu_session.sh tensorflow   # TF PGD and whole test (needs TensorFlow with GPU
 #                                               # support on the machine: not in the lent image,
 #                                               # and its wheel is far over the 64 MiB carry)
-#   bash benchmarks/gpu_session.sh scale50a     # issue 16.4: ResNet-50 224x224, 64..512 samples
+#   bash benchmarks/gpu_session.sh scale50a     # ResNet-50 224x224, 64..512 samples
 #   bash benchmarks/gpu_session.sh scale50b     # 1024 samples (samples 0..1023)
 #   bash benchmarks/gpu_session.sh scale50c     # samples 1024..2047 (with b: the 2048 point)
 #   bash benchmarks/gpu_session.sh scale50d     # samples 2048..3071
@@ -43,7 +43,7 @@
 # Every part runs under `timeout $PART_LIMIT` (default 570 s), so that it ends
 # inside one 10-minute call with its log under $OUT. The scale50 pieces use
 # equal chunks (--chunk-size 32), so the 2048 and 4096 points are sums of
-# pieces of the same chunks; at the features speed of the first H200 run
+# pieces of the same chunks; at the H200's features speed of RESULTS.md
 # (7.2k images/s) each 1024-sample piece is about 3.5 minutes.
 # ResNet-50 at 4096 samples is about 4.4 million forward passes (tens of
 # minutes): `scale50` measures the per-chunk peak and the time curve up to 512,

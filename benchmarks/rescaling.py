@@ -4,8 +4,8 @@ Why this exists: ``attacks.clipping_aware_rescaling`` replaces the usual way of
 finding the scale ``eta`` with ``||clip(x + eta*delta) - x||_p == epsilon`` (a
 bisection on ``eta``, one clip-and-norm pass per step) by an exact solution that
 costs one argsort and a few cumulative sums. That claim is only worth making if
-it holds where attacks run, on batched image tensors on a GPU, so the issue that
-introduced the kernel set two targets, checked here on PyTorch:
+it holds where attacks run, on batched image tensors on a GPU; two targets,
+checked here on PyTorch:
 
 * at equal accuracy, the kernel is at least 10x faster than bisection;
 * the kernel costs at most 3x one ``torch.sort`` of a tensor of the same

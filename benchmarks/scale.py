@@ -1,8 +1,8 @@
 """How the binarization test scales with samples: time curve, peak memory, chunk sizes.
 
-Why: issue 6 asks that time grows linearly with the number of samples (64 to
-4096) and that chunking over samples keeps peak memory bounded and stated,
-so that 4096 samples of 224x224 run on one 80 GB GPU. This script measures
+Why: time should grow linearly with the number of samples (64 to 4096), and
+chunking over samples should keep peak memory bounded and stated, so that
+4096 samples of 224x224 run on one 80 GB GPU. This script measures
 the first two and checks the third by the engine's own arithmetic:
 
 1. **Curve.** ``binarization_test`` on the first N samples for each N of
