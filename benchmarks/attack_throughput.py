@@ -4,15 +4,15 @@ Why this exists: ``attacks.PGD`` and ``attacks.APGD`` are written once on
 EagerPy for four frameworks and add work the textbook loop does not do (every
 iterate's forward pass is checked for success and the first adversarial point
 is kept; the result is projected once more into the ball). Users compare
-against plain PyTorch and against Foolbox and torchattacks, so the issue that
-asked for this benchmark set a target, stated for a GPU (ResNet-18 on 32x32,
-10 classes, batch 512, 100 steps, Linf 8/255):
+against plain PyTorch and against Foolbox and torchattacks. The targets,
+stated for a GPU (ResNet-18 on 32x32, 10 classes, batch 512, 100 steps, Linf
+8/255):
 
 * ours within 1.05x of the time of a hand-written eager PyTorch PGD loop;
 * ours faster than Foolbox 3 ``LinfPGD`` and torchattacks ``PGD``/``APGD``;
 
-and issue 6 set two for the fast path (``attacks.fast_path``: on CUDA the
-step captured in a CUDA graph), same model and steps:
+and for the fast path (``attacks.fast_path``: on CUDA the step captured in
+a CUDA graph), same model and steps:
 
 * at batch 512, ours within 1.15x of a hand-written CUDA-graph-captured PGD
   loop, measured in the same run;
@@ -37,10 +37,10 @@ What runs, in one process, on the same model, batch, steps and epsilon:
 4. on CUDA, ``hand-written PGD, CUDA graph``: the hand-written step recorded
    in a ``torch.cuda.CUDAGraph`` and replayed. Two variants: ``(replays)``
    records once, before timing, and each call copies in a fresh random start
-   and replays ``steps`` times, the floor for a captured step loop (the issue's
-   figure); ``(capture per call)`` warms up, records and replays inside every
-   call, as an attack that cannot keep a graph between calls must (ours
-   does that);
+   and replays ``steps`` times, the floor for a captured step loop;
+   ``(capture per call)`` warms up, records and replays inside every call,
+   as an attack that cannot keep a graph between calls must (ours does
+   that);
 5. ``Foolbox LinfPGD`` (``foolbox.PyTorchModel(model, bounds=(0, 1))``,
    ``attack(fmodel, x, y, epsilons=eps)``);
 6. ``torchattacks PGD`` and ``torchattacks APGD`` (``--no-peers`` leaves the
@@ -79,17 +79,17 @@ accuracy only means something on a trained model, so:
 
 Usage (from the repository root, with the project installed)::
 
-    python benchmarks/attack_throughput.py [--device cpu|cuda] [--model resnet18|mlp] [--batch N]
+    python -m benchmarks.attack_throughput [--device cpu|cuda] [--model resnet18|mlp] [--batch N]
                                  [--steps N] [--repeats N] [--epsilon E] [--seed S]
                                  [--threads N] [--no-peers] [--compile-cpu BACKEND]
                                  [--json PATH]
 
-The issue's fast-path targets, on a GPU::
+The fast-path targets, on a GPU::
 
-    python benchmarks/attack_throughput.py --device cuda --batch 512 --json pgd-cuda-512.json
-    python benchmarks/attack_throughput.py --device cuda --batch 64 --json pgd-cuda-64.json
+    python -m benchmarks.attack_throughput --device cuda --batch 512 --json pgd-cuda-512.json
+    python -m benchmarks.attack_throughput --device cuda --batch 64 --json pgd-cuda-64.json
 
-Defaults: on CUDA the issue's setting (resnet18, batch 512, 100 steps, 5
+Defaults: on CUDA the targets' setting (resnet18, batch 512, 100 steps, 5
 repeats); on a CPU the digits MLP, batch 512, 100 steps, 10 repeats and one
 torch thread, which takes about 30 s on two cores. One thread because the
 MLP's tensors are too small to gain from intra-op parallelism, and because on
@@ -106,10 +106,8 @@ import argparse
 import datetime
 import importlib
 import importlib.metadata
-import importlib.util
 import json
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -119,32 +117,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a file, not with -m: see benchmarks/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import numpy as np
 import torch
 
-# Run as a script, Python puts this folder first on sys.path; drop it so that a
-# benchmark module here can never shadow the `attacks` library.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-try:
-    import attacks
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(HERE.parent))
-    import attacks
+import attacks
+from benchmarks import binarization as _binarization
+from benchmarks import common
 
-
-def _load_binarization() -> Any:
-    """benchmarks/binarization.py (ResNet-18, digits MLP), loaded by path, not by sys.path."""
-    spec = importlib.util.spec_from_file_location("binarization", HERE / "binarization.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_binarization = _load_binarization()
 ResNet18, digits_mlp = _binarization.ResNet18, _binarization.digits_mlp
 
 BOUNDS = (0.0, 1.0)
@@ -579,7 +561,7 @@ def metadata(device: torch.device, seed: int, argv: list[str]) -> dict[str, Any]
         "attacks": attacks.__version__,
         "git_commit": git_commit(),
         "seed": seed,
-        "command": shlex.join(["python", *argv]),
+        "command": common.command(argv),
     }
 
 

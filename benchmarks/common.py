@@ -7,10 +7,9 @@ same way, prints its rows as a Markdown table that can be pasted into
 ``benchmarks/RESULTS.md`` unchanged, and writes ``{"metadata", "rows", ...}``
 as JSON with ``--json``.
 
-Use from a script in this folder (scripts load their siblings by path, so no
-benchmark module can shadow an installed package)::
+Use from a script in this package::
 
-    common = load_sibling("common")  # see the loader at the top of binarization.py
+    from benchmarks import common
     parser = argparse.ArgumentParser()
     common.add_common_arguments(parser, default_device="cpu")
     args = parser.parse_args()
@@ -30,7 +29,6 @@ import argparse
 import datetime
 import importlib
 import importlib.metadata
-import importlib.util
 import json
 import math
 import os
@@ -173,7 +171,7 @@ def metadata(benchmark: str, args: argparse.Namespace, settings: dict[str, Any])
     return {
         "benchmark": benchmark,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", *sys.argv]),
+        "command": command(),
         "seed": args.seed,
         "device": device_info(str(args.device)),
         "versions": versions(),
@@ -259,6 +257,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def command(argv: Sequence[str] | None = None) -> str:
+    """The command line of this run (``argv``: ``sys.argv``), as it was typed.
+
+    ``python -m benchmarks.<name> ...`` when the script ran as a module of this
+    package, else ``python <argv[0]> ...``.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None) or ""
+    if name.startswith("benchmarks."):
+        return shlex.join(["python", "-m", name, *argv[1:]])
+    return shlex.join(["python", *argv])
+
+
 def finish(
     meta: dict[str, Any], rows: Sequence[dict[str, Any]], path: Path | None, **extra: Any
 ) -> dict[str, Any]:
@@ -272,19 +284,6 @@ def finish(
         print(f"wrote {path}")
     print(f"load average at the end {meta['load_average_at_end']}; {meta['wall_seconds']} s in all")
     return document
-
-
-def load_sibling(name: str) -> Any:
-    """``benchmarks/<name>.py`` as a module, loaded by path once per process."""
-    key = f"_benchmarks_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
 def synchronize(device: str) -> None:

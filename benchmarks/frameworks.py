@@ -36,9 +36,9 @@ start: the largest logit difference is printed).
 
 Usage (from the repository root)::
 
-    python benchmarks/frameworks.py --framework jax                     # CPU smoke
-    python benchmarks/frameworks.py --framework jax --device cuda --json jax.json
-    python benchmarks/frameworks.py --framework tensorflow --device cuda
+    python -m benchmarks.frameworks --framework jax                     # CPU smoke
+    python -m benchmarks.frameworks --framework jax --device cuda --json jax.json
+    python -m benchmarks.frameworks --framework tensorflow --device cuda
 
 Figures are kept in ``benchmarks/RESULTS.md``.
 """
@@ -46,7 +46,6 @@ Figures are kept in ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -55,23 +54,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a file, not with -m: see benchmarks/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent / "tests"))  # the shipped convnet and its data
+import attacks
+from benchmarks import common
+from pytest_attacktest import binarization_test
 
-
-def _sibling(name: str) -> Any:
-    key = f"_benchmarks_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
-        assert spec is not None
-        assert spec.loader is not None
-        sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[key])
-    return sys.modules[key]
-
+# tests/convnets.py (the shipped convnet and its data) imports its neighbours by
+# name: tests/ is not a package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 EPS = 8 / 255
 
@@ -87,15 +81,6 @@ def _setup_environment(framework: str, device: str) -> None:
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     if framework == "tensorflow":
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-
-try:
-    import attacks
-    from pytest_attacktest import binarization_test
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(HERE.parent))
-    import attacks
-    from pytest_attacktest import binarization_test
 
 
 # ---------------------------------------------------------------------- models
@@ -310,6 +295,8 @@ def tf_pgd(args: argparse.Namespace, batch: int) -> list[dict[str, Any]]:
 
 
 def _outcome(report: Any, total: float) -> dict[str, Any]:
+    from benchmarks import model_speed  # imports torch: after _setup_environment
+
     n = report.n_samples
     return {
         "total_s": total,
@@ -317,7 +304,7 @@ def _outcome(report: Any, total: float) -> dict[str, Any]:
         "verdict": report.verdict,
         "asr": report.asr,
         "conclusive_share": (n - report.n_inconclusive) / n if n else 0.0,
-        "features_per_s": _sibling("model_speed").features_per_s(report),
+        "features_per_s": model_speed.features_per_s(report),
         "forward_block": report.settings.get("forward_block"),
         "chunk_size": report.settings.get("chunk_size"),
         "forward_noise_median": report.settings.get("forward_noise_median"),
@@ -417,7 +404,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     _setup_environment(args.framework, args.device)
-    common = _sibling("common")
     import torch
 
     if args.threads or not args.device.startswith("cuda"):

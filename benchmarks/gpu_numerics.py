@@ -1,10 +1,10 @@
-"""GPU acceptance of the binarization test under the numerics users run (issue 12).
+"""GPU acceptance of the binarization test under the numerics users run.
 
 Why: a GPU's forward passes change with the batch (TF32 convolutions and
 matmuls, cuDNN's algorithm choice with ``cudnn.benchmark``, reduced-precision
 autocast), and the test fits its readouts in one set of passes and verifies
 in others. This script runs the test at the engine's default settings on
-trained models under those numerics and checks the targets of issue 12:
+trained models under those numerics and checks these targets:
 
 - configuration ``tf32``: ``torch.backends.cuda.matmul.allow_tf32``,
   ``torch.backends.cudnn.allow_tf32`` and ``torch.backends.cudnn.benchmark``
@@ -33,8 +33,8 @@ flags it sets are restored at the end.
 
 Usage (repository root)::
 
-    python benchmarks/gpu_numerics.py --device cuda            # both models, both configs
-    python benchmarks/gpu_numerics.py --device cpu --model resnet18 --samples 16 \\
+    python -m benchmarks.gpu_numerics --device cuda            # both models, both configs
+    python -m benchmarks.gpu_numerics --device cpu --model resnet18 --samples 16 \\
         --train-steps 20 --configs tf32 --emulate-noise 4e-3   # a CPU smoke test
 
 ``--emulate-noise R`` (for CPU runs) perturbs every conv and linear output by
@@ -55,35 +55,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a file, not with -m: see benchmarks/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-try:
-    import attacks
-    import pytest_attacktest
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(HERE.parent))
-    import attacks
-    import pytest_attacktest
+import attacks
+import pytest_attacktest
+from benchmarks import binarization, common, models
+from benchmarks import reference_baseline as baseline
 
-
-def _sibling(name: str) -> Any:
-    key = f"_benchmarks_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
-        assert spec is not None
-        assert spec.loader is not None
-        sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[key])
-    return sys.modules[key]
-
-
-common = _sibling("common")
-models = _sibling("models")
-baseline = _sibling("reference_baseline")
-binarization = _sibling("binarization")
-
+ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ("tf32", "bf16")
 MIN_CONCLUSIVE = 0.95
 MAX_RANDOM_SUCCESS = 0.05
@@ -143,7 +125,7 @@ def _emulation(model: torch.nn.Module, r: float | None) -> Any:
     """``tests/gpu_numerics.py``'s GPU-like noise on ``model`` (None: exact)."""
     if not r:
         return contextlib.nullcontext()
-    helper = HERE.parent / "tests" / "gpu_numerics.py"
+    helper = ROOT / "tests" / "gpu_numerics.py"  # tests/ is not a package
     spec = importlib.util.spec_from_file_location("_benchmarks_tests_gpu_numerics", helper)
     assert spec is not None
     assert spec.loader is not None

@@ -16,8 +16,8 @@ remains of a second call is its fixed cost.
 
 Usage (from the repository root)::
 
-    python benchmarks/jax_step.py                       # CPU: MLP 64-256-10, batch 512
-    python benchmarks/jax_step.py --batch 64 --steps 100,1000 --json jax-step.json
+    python -m benchmarks.jax_step                       # CPU: MLP 64-256-10, batch 512
+    python -m benchmarks.jax_step --batch 64 --steps 100,1000 --json jax-step.json
 
 Figures are kept in ``benchmarks/RESULTS.md``.
 """
@@ -33,22 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+if not __package__:  # run as a file, not with -m: see benchmarks/_bootstrap.py
+    import _bootstrap  # noqa: F401
 
+from benchmarks import common
 
-def _sibling(name: str) -> Any:
-    import importlib.util
-
-    key = f"_benchmarks_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def child(batch: int, steps: int, compile_: bool, seed: int, hidden: int) -> dict[str, Any]:
@@ -59,11 +49,7 @@ def child(batch: int, steps: int, compile_: bool, seed: int, hidden: int) -> dic
     import numpy as np
     from sklearn.datasets import load_digits
 
-    try:
-        import attacks
-    except ImportError:  # a checkout without `pip install -e .`
-        sys.path.insert(0, str(HERE.parent))
-        import attacks
+    import attacks
 
     rng = np.random.default_rng(seed)
     w1 = jnp.asarray(rng.normal(0, 64**-0.5, (64, hidden)), dtype=jnp.float32)
@@ -115,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
-    common = _sibling("common")
     args.device, args.threads = "cpu", None
     counts = [int(v) for v in args.steps.split(",")]
     if len(counts) != 2 or counts[0] >= counts[1]:
@@ -131,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         for steps in counts:
             command = [
                 sys.executable,
-                str(Path(__file__).resolve()),
+                "-m",
+                "benchmarks.jax_step",
                 "--batch",
                 str(args.batch),
                 "--hidden",
@@ -141,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--child",
                 f"{steps}:{loop}",
             ]
-            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
             row = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append({"loop": f"{loop} ({row['fast_path']})", "steps": steps, **row})
     for line in common.header_lines(meta):

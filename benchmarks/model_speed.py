@@ -1,7 +1,7 @@
 """The model's own inference throughput, for the features phase to be measured against.
 
-Why: issue 16 asks the binarization test's feature extraction (hundreds of
-no-grad forward passes per sample) to run at the model's own speed: at least
+Why: the binarization test's feature extraction (hundreds of no-grad
+forward passes per sample) should run at the model's own speed: at least
 0.9 times the images per second the model reaches alone, at its best batch
 size, on the same device, in the same run. :func:`model_throughput` measures
 that figure (no-grad forward passes on copies of the benchmark's inputs, at
@@ -22,7 +22,7 @@ import torch
 
 #: Batch sizes tried by default; those above ``max_inputs`` are skipped.
 BATCHES = (32, 64, 128, 256, 512, 1024, 2048)
-#: Features phase / model throughput that issue 16 item 1 asks for.
+#: The target: features phase / model throughput at least this.
 TARGET_RATIO = 0.9
 
 

@@ -1,6 +1,6 @@
 """Models and data of the benchmarks, written here so that no torchvision is needed.
 
-Why these: the issue's figures are stated for a ResNet-18 at 32x32 (CIFAR
+Why these: the GPU targets are stated for a ResNet-18 at 32x32 (CIFAR
 layout) and a ResNet-50 at 224x224 (ImageNet layout). Every model is trained:
 the time of a pass does not depend on the weights, but whether a sample can
 be set up does (a random-weight ResNet's features are nearly constant inside
@@ -20,7 +20,7 @@ on a CPU, so CPU runs pass a few steps), on all digits but the last
 :data:`HELD_OUT`; the benchmark samples are the held-out digits (repeated
 when more are asked for). Trained weights are cached under
 ``benchmarks/out/weights/`` keyed by model, size, seed, steps and device
-kind, so that the parts of a session do not retrain.
+kind, so that the parts of ``gpu_session.sh`` do not retrain.
 """
 
 from __future__ import annotations

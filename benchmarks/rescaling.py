@@ -4,8 +4,8 @@ Why this exists: ``attacks.clipping_aware_rescaling`` replaces the usual way of
 finding the scale ``eta`` with ``||clip(x + eta*delta) - x||_p == epsilon`` (a
 bisection on ``eta``, one clip-and-norm pass per step) by an exact solution that
 costs one argsort and a few cumulative sums. That claim is only worth making if
-it holds where attacks run, on batched image tensors on a GPU, so the issue that
-introduced the kernel set two targets, checked here on PyTorch:
+it holds where attacks run, on batched image tensors on a GPU; two targets,
+checked here on PyTorch:
 
 * at equal accuracy, the kernel is at least 10x faster than bisection;
 * the kernel costs at most 3x one ``torch.sort`` of a tensor of the same
@@ -55,7 +55,7 @@ because CPU figures from a shared machine can be off by several times.
 
 Usage (from the repository root, with the project installed)::
 
-    python benchmarks/rescaling.py [--device cpu|cuda] [--repeats N] [--json PATH]
+    python -m benchmarks.rescaling [--device cpu|cuda] [--repeats N] [--json PATH]
                                    [--sizes small|full]
 
 ``--sizes full`` (the default on CUDA) is batch 256 of 3x32x32 and batch 64 of
@@ -70,12 +70,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import importlib
 import json
 import math
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -85,22 +83,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a file, not with -m: see benchmarks/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import eagerpy as ep
 import numpy as np
 import torch
 
-# `python benchmarks/rescaling.py` puts benchmarks/ first on sys.path, where a sibling
-# script named like the package (there was a benchmarks/attacks.py) would shadow it: drop
-# that folder, and fall back to the repository root for a checkout without
-# `pip install -e .`. The import is by name because type checkers put the folder first too.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-try:
-    _rescaling = importlib.import_module("attacks.rescaling")
-except ImportError:
-    sys.path.insert(0, str(HERE.parent))
-    _rescaling = importlib.import_module("attacks.rescaling")
-clipping_aware_rescaling: Callable[..., Any] = _rescaling.clipping_aware_rescaling
+from attacks import rescaling as _rescaling
+from attacks.rescaling import clipping_aware_rescaling
+from benchmarks import common
 
 BOUNDS = (0.0, 1.0)
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
@@ -480,7 +472,7 @@ def git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
-            cwd=HERE,
+            cwd=Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
             check=True,
@@ -501,7 +493,7 @@ def metadata(args: argparse.Namespace, device: torch.device, warmup: int) -> dic
     return {
         "benchmark": "clipping-aware rescaling",
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", *sys.argv]),
+        "command": common.command(),
         "seed": args.seed,
         "device": device_info(device),
         "versions": {

@@ -1,8 +1,8 @@
 """How the binarization test scales with samples: time curve, peak memory, chunk sizes.
 
-Why: issue 6 asks that time grows linearly with the number of samples (64 to
-4096) and that chunking over samples keeps peak memory bounded and stated,
-so that 4096 samples of 224x224 run on one 80 GB GPU. This script measures
+Why: time should grow linearly with the number of samples (64 to 4096), and
+chunking over samples should keep peak memory bounded and stated, so that
+4096 samples of 224x224 run on one 80 GB GPU. This script measures
 the first two and checks the third by the engine's own arithmetic:
 
 1. **Curve.** ``binarization_test`` on the first N samples for each N of
@@ -40,9 +40,9 @@ the first two and checks the third by the engine's own arithmetic:
 
 Usage (from the repository root)::
 
-    python benchmarks/scale.py                          # CPU: digits MLP, 64..4096, PGD-20
-    python benchmarks/scale.py --device cuda --model resnet18 --steps 100
-    python benchmarks/scale.py --device cuda --model resnet50 --sizes 64,256,1024,4096 --probe
+    python -m benchmarks.scale                          # CPU: digits MLP, 64..4096, PGD-20
+    python -m benchmarks.scale --device cuda --model resnet18 --steps 100
+    python -m benchmarks.scale --device cuda --model resnet50 --sizes 64,256,1024,4096 --probe
 
 Figures are kept in ``benchmarks/RESULTS.md``.
 """
@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import math
 import subprocess
 import sys
@@ -59,37 +58,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a file, not with -m: see benchmarks/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import eagerpy as ep
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-try:
-    import attacks
-    import pytest_attacktest.binarization as engine
-    from pytest_attacktest import blocks, routing
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(HERE.parent))
-    import attacks
-    import pytest_attacktest.binarization as engine
-    from pytest_attacktest import blocks, routing
+import attacks
+import pytest_attacktest.binarization as engine
+from benchmarks import common, model_speed, models
+from pytest_attacktest import blocks, routing
 
-
-def _sibling(name: str) -> Any:
-    key = f"_benchmarks_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
-        assert spec is not None
-        assert spec.loader is not None
-        sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[key])
-    return sys.modules[key]
-
-
-common = _sibling("common")
-models = _sibling("models")
-model_speed = _sibling("model_speed")
-
+ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30
 MIB = 2**20
 
@@ -375,8 +355,16 @@ def _growth_mib(name: str, device: str, batch: int, backward: bool) -> float:
 
 def _growth_in_child(name: str, batch: int, backward: bool) -> float:
     """:func:`_growth_mib` on the CPU in a fresh process (freed memory stays resident)."""
-    command = [sys.executable, __file__, "--probe-child", name, str(batch), str(int(backward))]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.scale",
+        "--probe-child",
+        name,
+        str(batch),
+        str(int(backward)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
     return float(done.stdout.strip().splitlines()[-1])
 
 

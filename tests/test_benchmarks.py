@@ -11,10 +11,13 @@ run of ``benchmarks/binarization.py``. No timing is asserted.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.machinery
 import json
 import math
+import os
+import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +30,14 @@ import eagerpy as ep  # noqa: E402
 import numpy as np  # noqa: E402
 
 import attacks  # noqa: E402
+from benchmarks import binarization as bench  # noqa: E402
+from benchmarks import common, frameworks, jax_step, model_speed, models, scale  # noqa: E402
+from benchmarks import gpu_numerics as numerics  # noqa: E402
+from benchmarks import reference_baseline as baseline  # noqa: E402
 from pytest_attacktest import binarization as engine  # noqa: E402
 from pytest_attacktest import binarization_test  # noqa: E402
 from pytest_attacktest.blocks import ACTIVATION_FACTOR, device_block_size  # noqa: E402
 from pytest_attacktest.report import Report, SampleResult  # noqa: E402
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str) -> Any:
-    key = f"_benchmarks_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, BENCHMARKS / f"{name}.py")
-        assert spec is not None
-        assert spec.loader is not None
-        sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[key])
-    return sys.modules[key]
-
-
-common = _load("common")
-baseline = _load("reference_baseline")
-scale = _load("scale")
 
 
 @pytest.fixture(autouse=True)
@@ -77,6 +66,31 @@ def test_metadata_records_device_versions_date_seed_commit_and_command(
     lines = common.header_lines(meta)
     assert lines[0].startswith("demo: 20")
     assert "1 torch thread)" in lines[1]
+
+
+def test_command_names_the_module_when_run_with_dash_m(monkeypatch: pytest.MonkeyPatch) -> None:
+    main = types.ModuleType("__main__")
+    main.__spec__ = importlib.machinery.ModuleSpec("benchmarks.scale", None)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    argv = ["/repo/benchmarks/scale.py", "--sizes", "64"]
+    assert common.command(argv) == "python -m benchmarks.scale --sizes 64"
+    main.__spec__ = None  # run as a file
+    assert common.command(argv) == "python /repo/benchmarks/scale.py --sizes 64"
+
+
+@pytest.mark.parametrize("how", ["module", "file"])
+def test_a_script_runs_as_a_module_and_as_a_file(how: str, tmp_path: Path) -> None:
+    """``python -m benchmarks.<name>`` from the root; ``python <path>.py`` from anywhere."""
+    root = Path(__file__).resolve().parent.parent
+    if how == "module":
+        command, cwd = [sys.executable, "-m", "benchmarks.jax_step", "--help"], root
+    else:
+        script = root / "benchmarks" / "jax_step.py"
+        command, cwd = [sys.executable, str(script), "--help"], tmp_path
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage:")
 
 
 def test_finish_writes_strict_json_with_metadata_rows_and_extras(tmp_path: Path) -> None:
@@ -203,7 +217,6 @@ def test_agreement_and_subset_match_samples_by_index() -> None:
 
 def _trained_mlp() -> tuple[Any, Any]:
     """The benchmarks' trained digits MLP (256-d features) and 8 of its digits."""
-    models = _load("models")
     net, x, _ = models.digits_mlp()
     return net, torch.from_numpy(x[-8:])
 
@@ -250,8 +263,6 @@ def test_case_study_setting_is_the_references_and_sets_up_on_the_trained_mlp() -
 
 
 def test_outcome_flags_a_mostly_inconclusive_run_as_not_a_result() -> None:
-    bench = _load("binarization")
-
     def report(conclusive: int, total: int) -> Report:
         samples = [
             SampleResult(
@@ -277,7 +288,6 @@ def test_outcome_flags_a_mostly_inconclusive_run_as_not_a_result() -> None:
 def test_trained_resnet_is_seeded_cached_and_leaves_the_global_rng(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    models = _load("models")
     monkeypatch.setattr(models, "HELD_OUT", 4)
     monkeypatch.setitem(models.TRAIN_BATCH, "resnet18", 2)
     state = torch.get_rng_state()
@@ -300,7 +310,6 @@ def test_trained_resnet_is_seeded_cached_and_leaves_the_global_rng(
 def test_digits_images_are_the_test_convnets_upscaling() -> None:
     from convnets import images
 
-    models = _load("models")
     x, y = models.digits_images(32)
     ours, labels = images()
     assert x.shape == (1797, 3, 32, 32)
@@ -362,7 +371,6 @@ def test_peak_memory_on_the_cpu_sees_a_temporary_allocation() -> None:
 
 
 def test_binarization_benchmark_runs_both_modes_and_records_them(tmp_path: Path) -> None:
-    bench = _load("binarization")
     path = tmp_path / "b.json"
     argv = ["--samples", "6", "--baseline-samples", "3", "--steps", "2", "--n-validation", "2"]
     extra = ["--device", "cpu", "--no-warmup", "--what-if-position-routing", "--json", str(path)]
@@ -398,7 +406,6 @@ def test_binarization_benchmark_runs_both_modes_and_records_them(tmp_path: Path)
 
 
 def test_binarization_benchmark_compares_with_the_case_study_setting(tmp_path: Path) -> None:
-    bench = _load("binarization")
     path = tmp_path / "b.json"
     argv = ["--samples", "3", "--baseline-samples", "2", "--steps", "2", "--n-validation", "2"]
     extra = ["--device", "cpu", "--no-warmup", "--baseline-setting", "reference"]
@@ -420,7 +427,6 @@ def test_binarization_benchmark_compares_with_the_case_study_setting(tmp_path: P
 
 
 def test_gpu_numerics_script_reports_targets_and_restores_torch_flags(tmp_path: Path) -> None:
-    numerics = _load("gpu_numerics")
     flags = (
         torch.backends.cuda.matmul.allow_tf32,
         torch.backends.cudnn.allow_tf32,
@@ -469,7 +475,6 @@ def test_gpu_numerics_script_reports_targets_and_restores_torch_flags(tmp_path: 
 def test_jax_step_benchmark_runs_both_loops_on_the_same_attack() -> None:
     """The child measurement: the jit loop really is jax.jit and finds what the eager one does."""
     pytest.importorskip("jax")
-    jax_step = _load("jax_step")
     eager = jax_step.child(batch=16, steps=3, compile_=False, seed=0, hidden=16)
     jit = jax_step.child(batch=16, steps=3, compile_=True, seed=0, hidden=16)
     assert eager["fast_path"] == "eager"
@@ -482,7 +487,6 @@ def test_jax_step_benchmark_runs_both_loops_on_the_same_attack() -> None:
 
 
 def test_gpu_numerics_script_emulates_gpu_noise_on_the_cpu(tmp_path: Path) -> None:
-    numerics = _load("gpu_numerics")
     argv = ["--device", "cpu", "--model", "mlp", "--samples", "4", "--reference-samples", "0"]
     argv += ["--steps", "3", "--n-inner", "16", "--configs", "tf32"]
     rows = []
@@ -501,7 +505,6 @@ def test_gpu_numerics_script_emulates_gpu_noise_on_the_cpu(tmp_path: Path) -> No
 
 
 def test_model_throughput_finds_the_best_batch_and_the_features_ratio() -> None:
-    model_speed = _load("model_speed")
     net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     x = torch.rand(8, 64)
     measured = model_speed.model_throughput(net, x, batches=(4, 16), laps=1, min_lap_inputs=64)
@@ -527,7 +530,6 @@ def test_model_throughput_finds_the_best_batch_and_the_features_ratio() -> None:
 
 
 def test_framework_decision_says_whether_compile_wins_at_every_batch() -> None:
-    frameworks = _load("frameworks")
 
     def rows(eager: float, fast: float, batch: int) -> list[dict[str, Any]]:
         times = {
