@@ -26,7 +26,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -162,7 +162,7 @@ class CliOption:
     nargs: str | None = None
     const: str | None = None
     metavar: str | None = None
-    ini_type: str = "string"
+    ini_type: Literal["string", "bool"] = "string"
 
 
 OPTIONS: tuple[CliOption, ...] = (
@@ -413,7 +413,7 @@ def addoption(parser: pytest.Parser) -> None:
             continue
         parser.addini(
             option.ini,
-            type=option.ini_type,  # type: ignore[arg-type]
+            type=option.ini_type,
             default=False if option.ini_type == "bool" else "",
             help=option.ini_help or option.help,
         )
