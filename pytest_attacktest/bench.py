@@ -26,7 +26,6 @@ and the files written.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import platform
@@ -38,66 +37,25 @@ from typing import Any
 import pytest
 
 from pytest_attacktest.bench_spec import BenchEntry, BenchSpecError, parse_bench_spec
+from pytest_attacktest.cli_options import BENCH_FLAG, BENCH_JSON_FLAG, BENCH_MD_FLAG, path_value
 
 __all__ = [
     "BENCH_FLAG",
     "BENCH_JSON_FLAG",
     "BENCH_MD_FLAG",
     "BenchItem",
-    "addoption",
     "bench_document",
     "bench_markdown",
     "bench_table",
     "configure",
 ]
 
-BENCH_FLAG = "--attack-bench"
-BENCH_JSON_FLAG = "--attack-bench-json"
-BENCH_MD_FLAG = "--attack-bench-md"
 #: The virtual node under which the cells are collected.
 NODE = "attack-bench"
 #: The ``user_properties`` key of a cell's record.
 PROPERTY = "attack_bench"
 #: Most samples a zoo defense holds out.
 MAX_SAMPLES = 200
-
-
-def _spec(value: str) -> list[BenchEntry]:
-    try:
-        return parse_bench_spec(value)
-    except BenchSpecError as exc:
-        raise argparse.ArgumentTypeError(f"invalid spec {value!r}: {exc}") from None
-
-
-def addoption(group: Any) -> None:
-    """Register the bench options in the plugin's option group."""
-    group.addoption(
-        BENCH_FLAG,
-        action="store",
-        default=None,
-        dest="attack_bench",
-        metavar="SPEC",
-        help="With --attack-test: run every defense of the zoo against every attack in SPEC "
-        "(comma-separated: attacks classes with literal keywords such as PGD(steps=50), "
-        "'adaptive', 'weak', or pkg.module:name) instead of the collected tests, and print a "
-        "strength table. Samples: --attack-test-samples (at most 200).",
-    )
-    group.addoption(
-        BENCH_JSON_FLAG,
-        action="store",
-        default=None,
-        dest="attack_bench_json",
-        metavar="PATH",
-        help=f"With {BENCH_FLAG}: write the table as JSON to PATH.",
-    )
-    group.addoption(
-        BENCH_MD_FLAG,
-        action="store",
-        default=None,
-        dest="attack_bench_md",
-        metavar="PATH",
-        help=f"With {BENCH_FLAG}: write the table as Markdown to PATH.",
-    )
 
 
 def configure(config: pytest.Config, *, enabled: bool, samples: int, seed: int) -> None:
@@ -128,11 +86,8 @@ def configure(config: pytest.Config, *, enabled: bool, samples: int, seed: int) 
 
 
 def _path(config: pytest.Config, kind: str) -> Path | None:
-    raw: str | None = config.getoption(f"attack_bench_{kind}")
-    if raw is None:
-        return None
-    path = Path(raw).expanduser()
-    return path if path.is_absolute() else config.invocation_params.dir / path
+    """``--attack-bench-json`` or ``-md`` (``kind``), relative to the invocation dir."""
+    return path_value(config, f"attack_bench_{kind}")
 
 
 class BenchCollector(pytest.Collector):

@@ -270,60 +270,20 @@ def _terminal_wants_progress(config: pytest.Config) -> bool:
     return reporter is not None and bool(reporter.isatty()) and config.get_verbosity() >= 0
 
 
-def addoption(parser: pytest.Parser, group: Any) -> None:
-    """Register ``--attack-test-progress`` and its ini twins."""
-    group.addoption(
-        PROGRESS_FLAG,
-        action="store",
-        nargs="?",
-        const="on",
-        type=parse_mode,
-        default=None,
-        dest="attack_test_progress",
-        metavar="MODE",
-        help="Live progress of attack tests (phase, samples done, ETA): auto (on a terminal "
-        "without -q), on (the flag alone), off. Under xdist the controller prints a line per "
-        f"finished attack test instead. Overrides ini {INI_PROGRESS}. Default: auto.",
-    )
-    parser.addini(
-        INI_PROGRESS,
-        type="string",
-        default="",
-        help=f"Live progress of attack tests: auto, on, off; overridden by {PROGRESS_FLAG}.",
-    )
-    parser.addini(
-        INI_INTERVAL,
-        type="string",
-        default="",
-        help=f"Seconds between a test's progress lines. Default: {DEFAULT_INTERVAL:g}.",
-    )
+def configure(
+    config: pytest.Config, *, enabled: bool, is_worker: bool, mode: str, interval: float
+) -> None:
+    """Decide whether progress shows in this run; set up the writer or the xdist lines.
 
-
-def _setting(config: pytest.Config, dest: str | None, ini: str, parse: Callable[[str], Any]) -> Any:
-    if dest is not None and config.getoption(dest) is not None:
-        return config.getoption(dest)
-    raw = str(config.getini(ini))
-    if not raw.strip():
-        return None
-    try:
-        return parse(raw)
-    except argparse.ArgumentTypeError as exc:
-        raise pytest.UsageError(f"ini option {ini}: {exc}") from None
-
-
-def configure(config: pytest.Config, *, enabled: bool, is_worker: bool) -> None:
-    """Decide whether progress shows in this run; set up the writer or the xdist lines."""
-    mode = _setting(config, "attack_test_progress", INI_PROGRESS, parse_mode) or "auto"
-    interval = _setting(config, None, INI_INTERVAL, parse_interval)
+    ``mode`` and ``interval`` are the resolved options (:mod:`pytest_attacktest.cli_options`).
+    """
     if not enabled or mode == "off" or is_worker:
         return
     auto = mode == "auto"
     if getattr(config.option, "numprocesses", None) or getattr(config.option, "dist", "no") != "no":
         config.pluginmanager.register(FinishedLines(config, auto=auto), "attacktest-progress-xdist")
         return
-    config.stash[progress_key] = ProgressWriter(
-        config, DEFAULT_INTERVAL if interval is None else interval, auto=auto
-    )
+    config.stash[progress_key] = ProgressWriter(config, interval, auto=auto)
 
 
 class FinishedLines:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pytest_attacktest.baselines import CompareFail
 from pytest_attacktest.options import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, AttackTestSettings
 
@@ -29,8 +31,11 @@ __all__ = [
     "FORMAT_VERSION",
     "AttackTestSession",
     "RunResults",
+    "get_session",
     "phase_outcome",
     "plain",
+    "results_key",
+    "session_key",
 ]
 
 #: Version of the JSON document's layout; bumped on incompatible changes.
@@ -261,3 +266,15 @@ class RunResults:
         path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(document, indent=2, allow_nan=False)
         path.write_text(text + "\n", encoding="utf-8")
+
+
+#: Where the run's :class:`AttackTestSession` lives: ``config.stash[session_key]``.
+session_key = pytest.StashKey[AttackTestSession]()
+
+#: Where the merged results live, on the process that logs reports.
+results_key = pytest.StashKey[RunResults]()
+
+
+def get_session(config: pytest.Config) -> AttackTestSession:
+    """Return the run's :class:`AttackTestSession` (set in ``pytest_configure``)."""
+    return config.stash[session_key]

@@ -13,34 +13,16 @@ skipped the wrong tests fails them.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
-import math
 import subprocess
 import sys
 import textwrap
-from typing import Any
 
 import pytest
 
-from pytest_attacktest.options import (
-    DEFAULT_SAMPLES,
-    DEFAULT_THRESHOLD,
-    ENGINE_KEYS,
-    SEED_MAX,
-    AttackTestSettings,
-    SettingsError,
-    parse_device,
-    parse_json_path,
-    parse_samples,
-    parse_seed,
-    parse_threshold,
-    resolve_settings,
-)
-from pytest_attacktest.plugin import ERROR_VERDICT, NEVER_CALLED, SKIP_REASON
-from pytest_attacktest.session import RunResults, phase_outcome, plain
-from pytest_attacktest.terminal import summary_rows
+from pytest_attacktest.collection import SKIP_REASON
+from pytest_attacktest.fixture import ERROR_VERDICT, NEVER_CALLED
+from pytest_attacktest.options import DEFAULT_SAMPLES, DEFAULT_THRESHOLD
 
 FRAMEWORKS = ("torch", "tensorflow", "jax", "eagerpy", "numpy", "attacks")
 
@@ -638,165 +620,25 @@ def test_xdist_runs_and_skips_like_a_plain_run(pytester: pytest.Pytester) -> Non
     run(pytester, "-n", "2", "--attack-test").assert_outcomes(passed=2, failed=1)
 
 
-# --------------------------------------------------------------------------- options
-
-
-def test_help_lists_options_in_attacktest_group(pytester: pytest.Pytester) -> None:
-    result = run(pytester, "--help")
-    assert result.ret == pytest.ExitCode.OK
-    lines = result.stdout.lines
-    start = next(i for i, line in enumerate(lines) if line.startswith("attacktest"))
-    end = next(i for i in range(start + 1, len(lines)) if not lines[i].strip())
-    group = "\n".join(lines[start:end])
-    assert "  --attack-test " in group
-    for option in ("seed=SEED", "samples=N", "threshold=T", "device=DEVICE", "json=PATH"):
-        assert f"--attack-test-{option}" in group
-    result.stdout.fnmatch_lines(
-        [
-            "  attack_test (bool):*Run attack tests*",
-            "  attack_test_seed (string):*",
-            "*Seed for attack tests*",
-        ],
-        consecutive=True,
-    )
-    result.stdout.fnmatch_lines(
-        [
-            "  attack_test_samples (string):*",
-            "  attack_test_threshold (string):*",
-            "  attack_test_device (string):*",
-            "  attack_test_json (string):*",
-        ]
-    )
-    result.stdout.fnmatch_lines(["*--markers*"])  # sanity: full help, not an error
-
-
-def test_marker_is_registered(pytester: pytest.Pytester) -> None:
-    result = run(pytester, "--markers")
-    result.stdout.fnmatch_lines(
-        ["@pytest.mark.attack_test(epsilon=None, norm='linf', threshold=*, samples=*)*"]
-    )
-
-
-@pytest.mark.parametrize("value", ["abc", "-1", "1.5", str(SEED_MAX + 1)])
-def test_bad_seed_on_command_line_is_a_usage_error(pytester: pytest.Pytester, value: str) -> None:
-    write(pytester, MARKED_AND_FIXTURE)
-    result = run(pytester, f"--attack-test-seed={value}")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*argument --attack-test-seed: invalid seed '{value}'*"])
-
-
-BAD_OPTIONS = [
-    pytest.param("--attack-test-samples=0", "invalid samples '0': expected a positive*", id="s0"),
-    pytest.param("--attack-test-samples=all", "invalid samples 'all'*", id="s-word"),
-    pytest.param("--attack-test-threshold=0", "invalid threshold '0': expected*(0, 1]*", id="t0"),
-    pytest.param("--attack-test-threshold=95", "invalid threshold '95'*", id="t-percent"),
-    pytest.param("--attack-test-device=gpu 0", "invalid device 'gpu 0': expected*cuda:1", id="d"),
-    pytest.param("--attack-test-json=", "invalid path '': expected a file name*", id="json"),
-]
-
-
-@pytest.mark.parametrize(("arg", "message"), BAD_OPTIONS)
-def test_bad_option_is_a_usage_error_naming_it(
-    pytester: pytest.Pytester, arg: str, message: str
-) -> None:
-    write(pytester, MARKED_AND_FIXTURE)
-    result = run(pytester, arg)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    option = arg.split("=")[0]
-    result.stderr.fnmatch_lines([f"*argument {option}: {message}"])
-
-
-@pytest.mark.parametrize(
-    ("ini", "message"),
-    [
-        ("attack_test_samples = 0", "ini option attack_test_samples: invalid samples '0'*"),
-        ("attack_test_threshold = 2", "ini option attack_test_threshold: invalid threshold*"),
-        ("attack_test_device = CUDA", "ini option attack_test_device: invalid device 'CUDA'*"),
-    ],
-)
-def test_bad_ini_option_is_a_usage_error_naming_it(
-    pytester: pytest.Pytester, ini: str, message: str
-) -> None:
-    pytester.makeini(f"[pytest]\n{ini}\n")
-    write(pytester, MARKED_AND_FIXTURE)
-    result = run(pytester)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*{message}"])
-
-
-def test_json_path_that_is_a_directory_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    pytester.mkdir("reports")
-    write(pytester, MARKED_AND_FIXTURE)
-    result = run(pytester, "--attack-test-json", "reports")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--attack-test-json: *reports is a directory; give a file name*"])
-
-
-def test_json_from_ini_is_relative_to_the_ini_file_and_cli_wins(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Run from a subfolder: the ini's path is relative to the ini file, the CLI's to the cwd.
-
-    Without torch: the entries of a skipped run, and of a run whose fixture test fails.
-    """
-    pytester.makeini("[pytest]\nattack_test_json = reports/from-ini.json\n")
-    write(pytester, MARKED_AND_FIXTURE)
-    monkeypatch.chdir(pytester.mkdir("sub"))
-    run(pytester, str(pytester.path)).assert_outcomes(passed=1, skipped=2)
-    document = json.loads((pytester.path / "reports" / "from-ini.json").read_text())
-    assert document["metadata"]["enabled"] is False
-    outcomes = {t["nodeid"]: t["outcome"] for t in document["tests"]}
-    assert outcomes == {
-        "test_attack.py::test_marked": "skipped",
-        "test_attack.py::test_uses_fixture": "skipped",
-    }
-    result = run(pytester, str(pytester.path), "--attack-test", "--attack-test-json", "cli.json")
-    result.assert_outcomes(passed=2, failed=1)
-    document = json.loads((pytester.path / "sub" / "cli.json").read_text())
-    outcomes = {t["nodeid"]: t["outcome"] for t in document["tests"]}
-    assert outcomes == {
-        "test_attack.py::test_marked": "passed",
-        "test_attack.py::test_uses_fixture": "failed",
-    }
-    result.stdout.fnmatch_lines(
-        ["*= attack tests =*", "test *", "test_attack.py::test_marked *no report (passed)*"]
-    )
-
-
-def test_bad_seed_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    pytester.makeini("[pytest]\nattack_test_seed = seven\n")
-    write(pytester, MARKED_AND_FIXTURE)
-    result = run(pytester)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*ini option attack_test_seed: invalid seed 'seven'*"])
-
-
-def test_cli_seed_overrides_ini_seed(pytester: pytest.Pytester) -> None:
-    pytester.makeini("[pytest]\nattack_test = true\nattack_test_seed = 7\n")
-    write(pytester, "def test_ok():\n    pass\n")
-    run(pytester).stdout.fnmatch_lines(["attacktest: enabled, seed=7, *"])
-    run(pytester, "--attack-test-seed", "9").stdout.fnmatch_lines(
-        ["attacktest: enabled, seed=9, *"]
-    )
-
-
-def test_report_header_only_when_enabled(pytester: pytest.Pytester) -> None:
-    write(pytester, "def test_ok():\n    pass\n")
-    enabled = run(pytester, "--attack-test", "--attack-test-seed=42")
-    enabled.stdout.fnmatch_lines(["attacktest: enabled, seed=42, *"])
-    disabled = run(pytester)
-    disabled.assert_outcomes(passed=1)
-    disabled.stdout.no_fnmatch_line("attacktest:*")
-
-
 # --------------------------------------------------------------------------- isolation
 
 
-def test_plugin_import_loads_no_ml_framework() -> None:
-    code = (
-        "import pytest_attacktest.plugin, sys; "
-        f"print(sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))"
-    )
+#: What pytest imports when it loads the plugin: the plugin and the modules it delegates to.
+PLUGIN_MODULES = (
+    "pytest_attacktest.plugin",
+    "pytest_attacktest.cli_options",
+    "pytest_attacktest.collection",
+    "pytest_attacktest.fixture",
+    "pytest_attacktest.reporting",
+    "pytest_attacktest.session",
+    "pytest_attacktest.progress",
+    "pytest_attacktest.bench",
+)
+
+
+@pytest.mark.parametrize("module", PLUGIN_MODULES)
+def test_plugin_import_loads_no_ml_framework(module: str) -> None:
+    code = f"import {module}, sys; print(sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
@@ -875,227 +717,10 @@ def test_disabled_plugin_has_no_flag(pytester: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*unrecognized arguments: --attack-test*"])
 
 
-# --------------------------------------------------------------------------- options.py units
-
-
-def test_parse_seed_accepts_range_ends() -> None:
-    assert parse_seed("0") == 0
-    assert parse_seed(" 12 ") == 12
-    assert parse_seed(str(SEED_MAX)) == SEED_MAX
-    assert parse_seed(5) == 5
-
-
-@pytest.mark.parametrize("value", ["", "x", "-1", "0x10", str(SEED_MAX + 1), True])
-def test_parse_seed_rejects(value: str | bool) -> None:
-    with pytest.raises(argparse.ArgumentTypeError, match="invalid seed"):
-        parse_seed(value)
-
-
-def test_resolve_settings_later_layers_win_and_defaults_fill() -> None:
-    settings = resolve_settings([{"epsilon": 0.5, "threshold": 0.9}, {"epsilon": 1}], seed=4)
-    assert settings == AttackTestSettings(
-        epsilon=1.0, norm="linf", p=math.inf, threshold=0.9, samples=DEFAULT_SAMPLES, seed=4
-    )
-    assert isinstance(settings.epsilon, float)
-
-
-def test_resolve_settings_parses_norm_spellings() -> None:
-    assert resolve_settings([{"norm": "Linf"}], seed=0).p == math.inf
-    assert resolve_settings([{"norm": 2}], seed=0).norm == "l2"
-    assert resolve_settings([{"norm": 3.5}], seed=0).norm == "l3.5"
-    assert resolve_settings([{"norm": "l1"}], seed=0).p == 1.0
-
-
-def test_resolve_settings_rejects_unknown_key_listing_allowed() -> None:
-    with pytest.raises(SettingsError, match=r"'budget'.*allowed: epsilon, norm, threshold"):
-        resolve_settings([{"budget": 3}], seed=0)
+# --------------------------------------------------------------------------- messages
 
 
 def test_messages_say_nothing_was_tested() -> None:
     assert "never called: nothing was tested" in NEVER_CALLED
     assert "NOT tested" in ERROR_VERDICT
     assert "no verdict on the attack's strength" in ERROR_VERDICT
-
-
-@pytest.mark.parametrize(
-    ("parse", "good", "expected"),
-    [
-        (parse_samples, " 8 ", 8),
-        (parse_threshold, "0.95", 0.95),
-        (parse_threshold, "1", 1.0),
-        (parse_device, "cuda:1", "cuda:1"),
-        (parse_device, " cpu ", "cpu"),
-        (parse_json_path, "out/a.json", "out/a.json"),
-    ],
-)
-def test_option_parsers_accept(parse: Any, good: str, expected: object) -> None:
-    assert parse(good) == expected
-
-
-@pytest.mark.parametrize(
-    ("parse", "bad"),
-    [
-        (parse_samples, "0"),
-        (parse_samples, "-3"),
-        (parse_samples, "2.5"),
-        (parse_samples, "many"),
-        (parse_threshold, "0"),
-        (parse_threshold, "1.01"),
-        (parse_threshold, "nan"),
-        (parse_threshold, "high"),
-        (parse_device, "CUDA"),
-        (parse_device, "cuda:x"),
-        (parse_device, "cuda 1"),
-        (parse_device, ""),
-        (parse_json_path, " "),
-    ],
-)
-def test_option_parsers_reject(parse: Any, bad: str) -> None:
-    with pytest.raises(argparse.ArgumentTypeError, match="invalid"):
-        parse(bad)
-
-
-def test_engine_keys_are_accepted_and_validated_in_order() -> None:
-    def feature_fn(x: object) -> object:
-        return x
-
-    settings = resolve_settings(
-        [{"n_inner": 5, "features": "layer1"}, {"features": feature_fn, "gap": 0.1}], seed=0
-    )
-    assert settings.engine == {"n_inner": 5, "features": feature_fn, "gap": 0.1}
-    assert set(settings.engine) <= set(ENGINE_KEYS)
-    with pytest.raises(SettingsError, match="closeness must be a number in"):
-        resolve_settings([{"closeness": 1.0}], seed=0)
-
-
-# --------------------------------------------------------------------------- session, terminal
-
-
-def _report_dict(verdict: str, asr: float | None, n: int, inconclusive: int) -> dict[str, Any]:
-    return {
-        "verdict": verdict,
-        "asr": asr,
-        "threshold": 0.95,
-        "n_samples": n,
-        "n_inconclusive": inconclusive,
-        "seconds": 1.5,
-    }
-
-
-def test_results_merge_phases_into_one_entry_per_test() -> None:
-    results = RunResults()
-    passing = [_report_dict("passed", 1.0, 8, 0)]
-    results.add("t.py::a", "setup", "passed", None)
-    results.add("t.py::a", "call", "passed", passing)
-    results.add("t.py::a", "teardown", "passed", None)
-    results.add("t.py::b", "setup", "skipped", [])
-    results.add("t.py::b", "teardown", "passed", None)
-    results.add("t.py::c", "setup", "passed", None)
-    results.add("t.py::c", "call", "passed", passing)
-    results.add("t.py::c", "teardown", "error", None)
-    two = [_report_dict("passed", 1.0, 8, 0), _report_dict("error", None, 4, 4)]
-    results.add("t.py::d", "call", "failed", two)
-    entries = results.entries
-    assert [entries[k]["outcome"] for k in ("t.py::a", "t.py::b", "t.py::c", "t.py::d")] == [
-        "passed",
-        "skipped",
-        "error",
-        "failed",
-    ]
-    assert entries["t.py::a"]["reports"] == passing
-    assert entries["t.py::d"]["verdict"] == "error"  # the worst call decides
-    assert entries["t.py::d"]["asr"] == 1.0  # the error call has no ASR
-    assert (entries["t.py::d"]["n_samples"], entries["t.py::d"]["n_inconclusive"]) == (12, 4)
-    assert [e["nodeid"] for e in results.ran()] == ["t.py::a", "t.py::c", "t.py::d"]
-
-
-def test_phase_outcome_names_what_pytest_counts() -> None:
-    assert phase_outcome("call", "failed", False) == "failed"
-    assert phase_outcome("setup", "failed", False) == "error"
-    assert phase_outcome("teardown", "failed", False) == "error"
-    assert phase_outcome("call", "skipped", True) == "xfailed"
-    assert phase_outcome("call", "passed", True) == "xpassed"
-
-
-def test_plain_makes_strict_json() -> None:
-    data = plain({"a": (1, float("nan")), 2: {"b": float("inf"), "c": True}, "d": object})
-    assert data == {"a": [1, None], "2": {"b": None, "c": True}, "d": repr(object)}
-    json.dumps(data, allow_nan=False)
-
-
-def test_summary_rows_align_and_show_each_call() -> None:
-    entries = [
-        {
-            "nodeid": "t.py::long_name",
-            "outcome": "failed",
-            "reports": [_report_dict("passed", 1.0, 8, 0), _report_dict("failed", 0.5, 8, 1)],
-        },
-        {"nodeid": "t.py::x", "outcome": "failed", "reports": []},
-    ]
-    lines = summary_rows(entries)
-    assert lines[0].split() == ["test", "verdict", "ASR", "threshold", "inconclusive", "time"]
-    assert lines[1].split() == [
-        "t.py::long_name",
-        "[call",
-        "1]",
-        "passed",
-        "1.000",
-        "0.950",
-        "0/8",
-        "1.50s",
-    ]
-    assert lines[2].split()[3:] == ["failed", "0.500", "0.950", "1/8", "1.50s"]
-    assert lines[3].split() == ["t.py::x", "no", "report", "(failed)", "-", "-", "-", "-"]
-    assert lines[1].index("passed") == lines[0].index("verdict")
-
-
-# --------------------------------------------------------------------------- progress lines
-
-
-def test_start_line_ends_a_line_of_dots_that_has_no_file_name() -> None:
-    """``ensure_newline`` alone leaves ``..`` (no file name) and glues the next line to it."""
-    import io
-
-    from _pytest._io import TerminalWriter
-
-    from pytest_attacktest.terminal import start_line
-
-    class Reporter:  # pytest's TerminalReporter, as far as start_line uses it
-        def __init__(self) -> None:
-            self.out = io.StringIO()
-            self._tw = TerminalWriter(self.out)
-
-        def ensure_newline(self) -> None:  # no file name written: nothing to end
-            pass
-
-    reporter = Reporter()
-    reporter._tw.write("..")
-    start_line(reporter)
-    reporter._tw.line("[attacktest] line")
-    start_line(reporter)  # at the left edge already: no empty line
-    reporter._tw.line("[attacktest] next")
-    assert reporter.out.getvalue() == "..\n[attacktest] line\n[attacktest] next\n"
-
-
-def test_xdist_progress_lines_start_on_their_own_line(tmp_path: Any) -> None:
-    """Under ``-n 2`` each finished attack test's line is not glued to xdist's dots."""
-    pytest.importorskip("torch")
-    pytest.importorskip("xdist")
-    from attack_project import make_project, run_pytest
-
-    tests = """
-        import pytest
-
-        pytestmark = pytest.mark.attack_test(epsilon=0.1, n_validation=8, threshold=0.5)
-
-        @pytest.mark.parametrize("i", range(3))
-        def test_pgd(attack_test, model, data, pgd, i):
-            attack_test(model, *data, attack=pgd)
-    """
-    path = make_project(tmp_path, tests)
-    args = ("--attack-test", "--attack-test-samples", "16", "--attack-test-progress", "on")
-    result = run_pytest(path, *args, "-n", "2")
-    result.assert_outcomes(passed=3)
-    lines = [line for line in result.outlines if "[attacktest]" in line]
-    assert len(lines) == 3
-    assert all(line.startswith("[attacktest] [gw") for line in lines), lines

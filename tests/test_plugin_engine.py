@@ -30,8 +30,8 @@ from pytest_attacktest.devices import (
     spread_device,
     to_device,
 )
+from pytest_attacktest.fixture import ERROR_VERDICT, NEVER_CALLED, AttackTestFixture
 from pytest_attacktest.options import DEFAULT_THRESHOLD, ENGINE_KEYS
-from pytest_attacktest.plugin import ERROR_VERDICT, NEVER_CALLED, AttackTestFixture
 from pytest_attacktest.session import AttackTestSession, RunResults
 
 torch = pytest.importorskip("torch")

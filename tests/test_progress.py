@@ -414,3 +414,26 @@ def test_bad_progress_mode_is_a_usage_error(tmp_path: Any) -> None:
     result = run_pytest(path, "--attack-test", "--attack-test-progress=loud")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "invalid progress mode 'loud'" in "\n".join(result.errlines)
+
+
+def test_xdist_progress_lines_start_on_their_own_line(tmp_path: Any) -> None:
+    """Under ``-n 2`` each finished attack test's line is not glued to xdist's dots."""
+    pytest.importorskip("torch")
+    pytest.importorskip("xdist")
+
+    tests = """
+        import pytest
+
+        pytestmark = pytest.mark.attack_test(epsilon=0.1, n_validation=8, threshold=0.5)
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_pgd(attack_test, model, data, pgd, i):
+            attack_test(model, *data, attack=pgd)
+    """
+    path = make_project(tmp_path, tests)
+    args = ("--attack-test", "--attack-test-samples", "16", "--attack-test-progress", "on")
+    result = run_pytest(path, *args, "-n", "2")
+    result.assert_outcomes(passed=3)
+    lines = [line for line in result.outlines if "[attacktest]" in line]
+    assert len(lines) == 3
+    assert all(line.startswith("[attacktest] [gw") for line in lines), lines
