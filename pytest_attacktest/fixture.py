@@ -51,7 +51,7 @@ ERROR_VERDICT = (
     "attack_test: the binarization test could not be set up on this model (too many "
     "inconclusive samples), so the attack was NOT tested; this is no verdict on the "
     "attack's strength. Fix the setup (see the likely causes: e.g. features=, n_inner=, "
-    "feature_passes=) and rerun."
+    "average_passes=) and rerun."
 )
 
 
