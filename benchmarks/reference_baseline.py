@@ -76,18 +76,17 @@ from attacks.base import Attack
 from attacks.geometry import lp_norms
 from attacks.norms import norm_name, parse_p
 from pytest_attacktest.binarization import (
-    BALL_TOLERANCE,
     DEFAULT_CLOSENESS,
     DEFAULT_GAP,
     DEFAULT_MAX_INCONCLUSIVE,
     DEFAULT_THRESHOLD,
     NOISE_INNER,
-    ROUNDING,
 )
 from pytest_attacktest.features import feature_extractor
 from pytest_attacktest.readout import MIN_CLOSENESS, NOISE_FACTOR
 from pytest_attacktest.report import Report, SampleResult
 from pytest_attacktest.sampling import boundary_points, inner_points
+from pytest_attacktest.verification import BALL_TOLERANCE, ROUNDING
 
 #: The case studies pass lr=10000, which the reference uses as sklearn's max_iter.
 MAX_ITER = 10000

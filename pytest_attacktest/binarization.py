@@ -33,7 +33,7 @@ import numpy as np
 from attacks import backend, seeding
 from attacks import progress as attack_progress
 from attacks.base import Attack, check_gradient_support, check_inputs
-from attacks.geometry import atleast_kd, lp_norms
+from attacks.geometry import atleast_kd
 from attacks.keywords import keyword_hints
 from attacks.losses import cross_entropy
 from attacks.models import Model, as_model
@@ -69,6 +69,7 @@ from pytest_attacktest.readout import MIN_CLOSENESS, NOISE_FACTOR, Readouts, fit
 from pytest_attacktest.report import MAX_EXAMPLE_VALUES, MAX_EXAMPLES, Report, SampleResult
 from pytest_attacktest.routing import BinarizedModel
 from pytest_attacktest.sampling import boundary_points, inner_points, repeat_each
+from pytest_attacktest.verification import admissibility
 
 #: Defaults, after the reference's case studies unless noted.
 DEFAULT_THRESHOLD = 0.95  #: the paper's pass threshold on ASR
@@ -81,31 +82,9 @@ DEFAULT_MIN_CONCLUSIVE = 10
 DEFAULT_GAP = 0.05  #: inner points within (1 - gap) * epsilon
 DEFAULT_CLOSENESS = 0.999
 MAX_INNER = 999  #: the reference's usual count; capped by the feature dimension
-#: Relative tolerance when checking that an attack stayed inside the ball.
-BALL_TOLERANCE = 1e-5
-#: Absolute slack for float32 rounding of x + delta (half an ulp near 1, doubled).
-ROUNDING = 2.4e-7
 #: Inner points per sample evaluated twice to measure forward-pass noise
 #: (with the clean point and the boundary points).
 NOISE_INNER = 8
-
-
-def ball_tolerance(dtype: Any) -> tuple[float, float]:
-    """(relative, absolute) slack of the ball check for inputs of ``dtype``.
-
-    Float32's (:data:`BALL_TOLERANCE`, :data:`ROUNDING`) for float32 and
-    float64; for half-precision inputs two of their ulps near 1, so that a
-    correct attack's ``x + delta``, rounded in float16 (0.200195 at 0.2), is
-    not read as outside the ball.
-    """
-    name = str(dtype)
-    if "bfloat16" in name:
-        ulp = 2.0**-7
-    elif "16" in name:
-        ulp = 2.0**-10
-    else:
-        return BALL_TOLERANCE, ROUNDING
-    return max(BALL_TOLERANCE, 2 * ulp), 2 * ulp
 
 
 UserAttack = Callable[[Any, Any, Any, float], Any]
@@ -812,18 +791,14 @@ class _Engine:
     ) -> None:
         """Check every returned point ourselves and fill the per-sample results."""
         s = x.shape[0]
-        lo, hi = self.model.bounds
         index = ep.arange(x, s).astype(_index_dtype(x))
-        distance = backend.to_numpy(lp_norms(x_adv - x, self.p)).astype(np.float64)
-        flat = x_adv.flatten(start=1)
-        relative, rounding = ball_tolerance(x.dtype)
-        slack = rounding * (1 if math.isinf(self.p) else flat.shape[1] ** (1 / self.p))
-        outside_ball = distance > self.epsilon * (1 + relative) + slack
-        outside_bounds = backend.to_numpy(
-            ep.logical_or(flat.min(axis=1) < lo, flat.max(axis=1) > hi)
+        checked = admissibility(x, x_adv, self.p, self.epsilon, self.model.bounds)
+        distance, outside_ball, outside_bounds = (
+            checked.distance,
+            checked.outside_ball,
+            checked.outside_bounds,
         )
-        nan = ~np.isfinite(distance)
-        moved = ~(distance <= slack)  # NaN moved too: not the clean point
+        moved = checked.moved
         adversarial = np.ones(s, dtype=bool)
         z_adv = np.full(s, np.inf)
         with _no_grad(x):
@@ -835,7 +810,7 @@ class _Engine:
             if self.valid_input is not None:
                 rejected = ~backend.to_numpy(self._valid(x_adv)).astype(bool)
             inner_acc, boundary_acc, random_hit = self._validation(binarized, x, eps, random)
-        success = adversarial & ~outside_ball & ~outside_bounds & ~rejected & ~nan
+        success = adversarial & checked.inside & ~rejected
         reasons = [
             _setup_failure(i, readouts, guaranteed, rejected_training, self.needed)
             for i in range(s)

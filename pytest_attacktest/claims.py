@@ -380,10 +380,10 @@ def measure_robust_accuracy(
 
     from attacks import backend
     from attacks.base import Attack, check_inputs
-    from attacks.geometry import lp_norms
     from attacks.models import Model, as_model
-    from pytest_attacktest.binarization import _itemsize, _no_grad, ball_tolerance
+    from pytest_attacktest.binarization import _itemsize, _no_grad
     from pytest_attacktest.blocks import Blocks, block_size_for
+    from pytest_attacktest.verification import admissibility
 
     if y is None:
         raise ValueError(
@@ -434,17 +434,8 @@ def measure_robust_accuracy(
 
         return np.asarray(backend.to_numpy(boolean_mask(valid_input(points.raw), n)))
 
-    lo, hi = wrapped.bounds
-    distance = backend.to_numpy(lp_norms(adv - x_, p)).astype(np.float64)
-    flat = adv.flatten(start=1)
-    relative, rounding = ball_tolerance(x_.dtype)  # float16 rounds x + delta coarser
-    slack = rounding * (1 if math.isinf(p) else flat.shape[1] ** (1 / p))
-    finite = np.isfinite(distance)
-    inside = (
-        finite
-        & (distance <= epsilon * (1 + relative) + slack)
-        & ~backend.to_numpy(ep.logical_or(flat.min(axis=1) < lo, flat.max(axis=1) > hi))
-    )
+    # The same admissibility as the binarization test's (bounds, ball, finite).
+    inside = admissibility(x_, adv, p, epsilon, wrapped.bounds).inside
     clean_ok = correct(x_) & accepted(x_)
     rejected = ~accepted(adv)
     fooled = inside & ~rejected & ~correct(adv)

@@ -455,7 +455,7 @@ def test_float16_model_our_own_pgd_is_not_flagged_outside_the_ball() -> None:
 
 
 def test_float16_ball_tolerance_still_refuses_a_clear_overshoot() -> None:
-    from pytest_attacktest.binarization import ball_tolerance
+    from pytest_attacktest.verification import ball_tolerance
 
     relative, absolute = ball_tolerance(torch.float16)
     assert 0.2 * (1 + relative) + absolute < 0.2 * 1.05
