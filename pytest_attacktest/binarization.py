@@ -56,7 +56,12 @@ from pytest_attacktest.errors import InputError
 from pytest_attacktest.features import FeatureFn, feature_extractor
 from pytest_attacktest.forward import channels_last_inputs, reduced_precision
 from pytest_attacktest.modelstate import preserved
-from pytest_attacktest.options import SettingsError, validate_engine_call
+from pytest_attacktest.options import DEFAULT_CLOSENESS as DEFAULT_CLOSENESS
+from pytest_attacktest.options import DEFAULT_GAP as DEFAULT_GAP
+from pytest_attacktest.options import DEFAULT_MAX_INCONCLUSIVE as DEFAULT_MAX_INCONCLUSIVE
+from pytest_attacktest.options import DEFAULT_MIN_CONCLUSIVE as DEFAULT_MIN_CONCLUSIVE
+from pytest_attacktest.options import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
+from pytest_attacktest.options import EngineSettings, SettingsError
 from pytest_attacktest.passes import (
     MAX_FEATURE_PASSES,
     MAX_ROUNDS,
@@ -71,16 +76,9 @@ from pytest_attacktest.routing import BinarizedModel
 from pytest_attacktest.sampling import boundary_points, inner_points, repeat_each
 from pytest_attacktest.verification import admissibility
 
-#: Defaults, after the reference's case studies unless noted.
-DEFAULT_THRESHOLD = 0.95  #: the paper's pass threshold on ASR
-DEFAULT_MAX_INCONCLUSIVE = 0.1
-#: Fewest conclusive samples for a verdict. With fewer, luck decides: an
-#: attack that finds the adversarial for 80% of samples passes a one-sample
-#: test 80% of the time, a ten-sample one (all ten needed at the 0.95
-#: threshold) 11% of the time, and a 20-sample one (19 needed) 7%.
-DEFAULT_MIN_CONCLUSIVE = 10
-DEFAULT_GAP = 0.05  #: inner points within (1 - gap) * epsilon
-DEFAULT_CLOSENESS = 0.999
+#: The settings' defaults (DEFAULT_THRESHOLD, DEFAULT_GAP, ...) are defined
+#: once, in :mod:`pytest_attacktest.options` with :class:`EngineSettings`, and
+#: re-exported here for the callers that import them from the engine.
 MAX_INNER = 999  #: the reference's usual count; capped by the feature dimension
 #: Inner points per sample evaluated twice to measure forward-pass noise
 #: (with the clean point and the boundary points).
@@ -138,25 +136,25 @@ def binarization_test(
     *,
     attack: Attack | UserAttack,
     epsilon: float,
-    norm: str | float = "linf",
-    features: str | FeatureFn | None = None,
-    n_inner: int | None = None,
-    n_boundary: int = 1,
-    corners: bool = False,
-    gap: float = DEFAULT_GAP,
-    closeness: float = DEFAULT_CLOSENESS,
-    rescale_logits: str | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
-    max_inconclusive: float = DEFAULT_MAX_INCONCLUSIVE,
-    min_conclusive: int = DEFAULT_MIN_CONCLUSIVE,
-    feature_passes: int = 1,
-    average_passes: int | str = "auto",
-    verify_passes: int = 1,
-    n_validation: int = 32,
-    valid_input: Callable[[Any], Any] | None = None,
-    chunk_size: int | None = None,
-    max_batch: int | None = None,
-    feature_dtype: str | None = None,
+    norm: str | float = EngineSettings.norm,
+    features: str | FeatureFn | None = EngineSettings.features,
+    n_inner: int | None = EngineSettings.n_inner,
+    n_boundary: int = EngineSettings.n_boundary,
+    corners: bool = EngineSettings.corners,
+    gap: float = EngineSettings.gap,
+    closeness: float = EngineSettings.closeness,
+    rescale_logits: str | None = EngineSettings.rescale_logits,
+    threshold: float = EngineSettings.threshold,
+    max_inconclusive: float = EngineSettings.max_inconclusive,
+    min_conclusive: int = EngineSettings.min_conclusive,
+    feature_passes: int = EngineSettings.feature_passes,
+    average_passes: int | str = EngineSettings.average_passes,
+    verify_passes: int = EngineSettings.verify_passes,
+    n_validation: int = EngineSettings.n_validation,
+    valid_input: Callable[[Any], Any] | None = EngineSettings.valid_input,
+    chunk_size: int | None = EngineSettings.chunk_size,
+    max_batch: int | None = EngineSettings.max_batch,
+    feature_dtype: str | None = EngineSettings.feature_dtype,
     seed: int = 0,
     stacklevel: int = 2,
     progress: ProgressFn | None = None,
@@ -240,30 +238,29 @@ def binarization_test(
         ValueError: bad epsilon, norm, sizes or inputs; FeatureError when no
             feature layer is usable (with how to pass one).
     """
-    epsilon, p, threshold, _ = validate_engine_call(
+    config = EngineSettings(
         epsilon=epsilon,
         norm=norm,
         threshold=threshold,
-        engine={
-            "features": features,
-            "n_inner": n_inner,
-            "n_boundary": n_boundary,
-            "corners": corners,
-            "gap": gap,
-            "closeness": closeness,
-            "rescale_logits": rescale_logits,
-            "max_inconclusive": max_inconclusive,
-            "min_conclusive": min_conclusive,
-            "feature_passes": feature_passes,
-            "average_passes": average_passes,
-            "verify_passes": verify_passes,
-            "n_validation": n_validation,
-            "valid_input": valid_input,
-            "chunk_size": chunk_size,
-            "max_batch": max_batch,
-            "feature_dtype": feature_dtype,
-        },
+        features=features,
+        n_inner=n_inner,
+        n_boundary=n_boundary,
+        corners=corners,
+        gap=gap,
+        closeness=closeness,
+        rescale_logits=rescale_logits,
+        max_inconclusive=max_inconclusive,
+        min_conclusive=min_conclusive,
+        feature_passes=feature_passes,
+        average_passes=average_passes,
+        verify_passes=verify_passes,
+        n_validation=n_validation,
+        valid_input=valid_input,
+        chunk_size=chunk_size,
+        max_batch=max_batch,
+        feature_dtype=feature_dtype,
     )
+    epsilon, p, max_batch = config.epsilon, config.p, config.max_batch
     check_attack(attack)
     wrapped = as_model(model)
     x_, _ = wrapped.adopt(x)
@@ -285,35 +282,20 @@ def binarization_test(
     extractor = channels_last_inputs(
         wrapped, forward_guard(feature_extractor(wrapped, features, probe=probe), max_batch)
     )
-    fast_extractor = reduced_precision(wrapped, extractor, feature_dtype)
+    fast_extractor = reduced_precision(wrapped, extractor, config.feature_dtype)
     name = repr(attack) if isinstance(attack, Attack) else getattr(attack, "__name__", repr(attack))
-    settings = {
-        "n_inner": n_inner,
-        "n_boundary": n_boundary,
-        "corners": corners,
-        "gap": gap,
-        "closeness": closeness,
-        "rescale_logits": rescale_logits,
-        "feature_passes": feature_passes,
-        "average_passes": average_passes,
-        "verify_passes": verify_passes,
-        "n_validation": n_validation,
-        "chunk_size": chunk_size,
-        "max_batch": max_batch,
-        "feature_dtype": feature_dtype,
-        "detector": valid_input is not None,
-    }
+    settings = config.report_settings()
     report = Report(
         attack=name,
         norm=norm_name(p),
         epsilon=float(epsilon),
-        threshold=threshold,
-        max_inconclusive=max_inconclusive,
+        threshold=config.threshold,
+        max_inconclusive=config.max_inconclusive,
         seed=seed,
         settings=settings,
-        min_conclusive=min_conclusive,
+        min_conclusive=config.min_conclusive,
     )
-    if callable(features):  # the automatic finder's features are a Linear's input already
+    if callable(config.features):  # the automatic finder's features are a Linear's input already
         bounds = (wrapped.bounds.lower, wrapped.bounds.upper)
         residual, unchecked = check_affine_features(
             wrapped.logits,
@@ -329,19 +311,21 @@ def binarization_test(
     if y is not None:
         labels = check_labels(y, int(x_.shape[0]), classes)
         settings["clean_accuracy"] = float((clean_logits.argmax(axis=1) == labels).mean())
-    engine = _Engine(wrapped, extractor, attack, p, float(epsilon), report, seed, blocks)
-    engine.n_inner = n_inner
-    engine.fast_extractor = fast_extractor
-    engine.options = settings
-    engine.valid_input = valid_input
-    engine.progress = progress
-    engine.total = int(x_.shape[0])
-    if engine.n_inner is None:
-        dim = engine.features(x_[:1]).shape[-1]
-        engine.n_inner = default_inner_points(dim, n_boundary)
+    engine = _Engine(
+        wrapped,
+        (extractor, fast_extractor),
+        attack,
+        config,
+        report,
+        seed,
+        blocks,
+        x_,
+        progress,
+    )
+    chunk_size = config.chunk_size
     if chunk_size is None:  # averaged passes are summed one at a time: no memory for them
-        points = 1 + engine.n_inner + n_boundary + 2 * n_validation
-        chunk_size = auto_chunk_size(x_, points * feature_passes)
+        points = 1 + engine.n_inner + config.n_boundary + 2 * config.n_validation
+        chunk_size = auto_chunk_size(x_, points * config.feature_passes)
     settings["chunk_size"] = chunk_size
     for start in range(0, x_.shape[0], chunk_size):
         engine.run_chunk(x_[start : start + chunk_size], start)
@@ -415,30 +399,31 @@ class _Engine:
     def __init__(
         self,
         model: Model,
-        extractor: FeatureFn,
+        extractors: tuple[FeatureFn, FeatureFn],
         attack: Attack | UserAttack,
-        p: float,
-        epsilon: float,
+        settings: EngineSettings,
         report: Report,
         seed: int,
         blocks: Blocks,
+        x: ep.Tensor,
+        progress: ProgressFn | None,
     ) -> None:
+        """``extractors``: the features' and the training points' (reduced precision
+        when asked); ``x``: the test's clean points (their count is the progress's
+        total, and the first sizes the default ``n_inner``)."""
         self.model = model
-        self.extractor = extractor
-        #: The training points' extractor (reduced precision when asked).
-        self.fast_extractor = extractor
+        self.extractor, self.fast_extractor = extractors
         #: Inputs the training points' feature extraction passed through the model.
         self.feature_points = 0
         self.attack = attack
-        self.p = p
-        self.epsilon = epsilon
+        self.settings = settings
+        self.p = settings.p
+        self.epsilon = float(settings.epsilon)
         self.report = report
         self.seed = seed
-        self.n_inner: int | None = None
-        self.options: dict[str, Any] = {}
-        self.valid_input: Callable[[Any], Any] | None = None
-        self.progress: ProgressFn | None = None
-        self.total = 0
+        self.valid_input = settings.valid_input
+        self.progress = progress
+        self.total = int(x.shape[0])
         #: Passes averaged wherever the engine decides (:mod:`pytest_attacktest.passes`):
         #: the current chunk's; ``"auto"`` starts at 1 and each chunk at the last's.
         self.passes = 1
@@ -453,6 +438,11 @@ class _Engine:
         self.attack_blocks = Blocks(sys.maxsize)
         for phase in ("sampling", "features", "fit", "attack", "verification"):
             report.timings[phase] = 0.0
+        n_inner = settings.n_inner
+        if n_inner is None:
+            n_inner = default_inner_points(self.features(x[:1]).shape[-1], settings.n_boundary)
+        #: Inner points per sample: the setting, or sized by the feature dimension.
+        self.n_inner: int = n_inner
 
     def _phase(self, phase: str, done: int) -> None:
         """Tell the progress callback, if any, that ``phase`` starts."""
@@ -516,7 +506,7 @@ class _Engine:
         return self.randomized
 
     def run_chunk(self, x: ep.Tensor, offset: int) -> None:
-        opts = self.options
+        opts = self.settings
         s = x.shape[0]
         random = backend.RandomSource(self.seed + offset, x)
         bounds = (self.model.bounds.lower, self.model.bounds.upper)
@@ -524,10 +514,9 @@ class _Engine:
         self._phase("sampling", offset)
         t = time.perf_counter()
 
-        assert self.n_inner is not None
-        n_in, n_b = self.n_inner, opts["n_boundary"]
-        inner = inner_points(x, n_in, eps, self.p, bounds, random, 1 - opts["gap"])
-        boundary = boundary_points(x, n_b, eps, self.p, bounds, random, opts["corners"])
+        n_in, n_b = self.n_inner, opts.n_boundary
+        inner = inner_points(x, n_in, eps, self.p, bounds, random, 1 - opts.gap)
+        boundary = boundary_points(x, n_b, eps, self.p, bounds, random, opts.corners)
         invalid_setup = self._redraw_invalid(x, inner, boundary, eps, random, bounds)
         inner, boundary, rejected_training = invalid_setup
         train = ep.concatenate([x.expand_dims(1), inner, boundary], axis=1)  # (S, n, ...)
@@ -579,12 +568,12 @@ class _Engine:
         ``feature_passes`` evaluations per training point, each such a mean,
         are pooled as training points of their own.
         """
-        opts = self.options
+        opts = self.settings
         s, n = train.shape[0], train.shape[1]
         flat = train.reshape((s * n, *tuple(train.shape[2:])))
-        auto = is_auto(opts["average_passes"])
-        k = self.passes if auto else int(opts["average_passes"])
-        pooled = opts["feature_passes"]
+        auto = is_auto(opts.average_passes)
+        k = self.passes if auto else int(opts.average_passes)
+        pooled = opts.feature_passes
         labels = np.tile(labels, pooled)
         adaptive = auto and self._probe_randomness(train[:, 0])
         logit_range = self._logit_range(train)
@@ -608,7 +597,7 @@ class _Engine:
                 self._phase("fit", offset)
             t = self._timed("features", t)
             noise = self._feature_noise(train, feats, n_b, k)
-            readouts = fit_readouts(feats, labels, opts["closeness"], logit_range, noise)
+            readouts = fit_readouts(feats, labels, opts.closeness, logit_range, noise)
             del noise, feats
             t = self._timed("fit", t)
             if not adaptive:
@@ -653,7 +642,7 @@ class _Engine:
 
     def _logit_range(self, train: ep.Tensor) -> ep.Tensor | None:
         """Per sample, the target span of the readout's logits (None: no rescaling)."""
-        mode = self.options["rescale_logits"]
+        mode = self.settings.rescale_logits
         s = train.shape[0]
         if mode is None:
             return None
@@ -678,7 +667,7 @@ class _Engine:
         failed = np.zeros(s, dtype=bool)
         if self.valid_input is None:
             return inner, boundary, failed
-        opts = self.options
+        opts = self.settings
         for kind in ("inner", "boundary"):
             points = inner if kind == "inner" else boundary
             k = points.shape[1]
@@ -688,9 +677,9 @@ class _Engine:
                 if backend.to_numpy(ok).all():
                     break
                 if kind == "inner":
-                    fresh = inner_points(x, k, eps, self.p, bounds, random, 1 - opts["gap"])
+                    fresh = inner_points(x, k, eps, self.p, bounds, random, 1 - opts.gap)
                 else:
-                    fresh = boundary_points(x, k, eps, self.p, bounds, random, opts["corners"])
+                    fresh = boundary_points(x, k, eps, self.p, bounds, random, opts.corners)
                 points = ep.where(atleast_kd(ok, points.ndim), points, fresh)
             ok_np = backend.to_numpy(self._valid(points.reshape((s * k, *tuple(x.shape[1:])))))
             failed |= ~ok_np.reshape(s, k).all(axis=1)
@@ -723,7 +712,7 @@ class _Engine:
         clean_ok = np.ones(s, dtype=bool)
         boundary_ok = np.ones(s, dtype=bool)
         with _no_grad(x):
-            for _ in range(self.options["verify_passes"]):
+            for _ in range(self.settings.verify_passes):
                 clean_z = self._blocked_logit(binarized, x, index)
                 z_b = np.stack(
                     [
@@ -802,7 +791,7 @@ class _Engine:
         adversarial = np.ones(s, dtype=bool)
         z_adv = np.full(s, np.inf)
         with _no_grad(x):
-            for _ in range(self.options["verify_passes"]):
+            for _ in range(self.settings.verify_passes):
                 z = self._blocked_logit(binarized, x_adv, index).astype(np.float64)
                 adversarial &= z > 0
                 z_adv = np.minimum(z_adv, z)
@@ -939,14 +928,14 @@ class _Engine:
         (every one of ``verify_passes`` evaluations on averaged features), so
         the random-success check runs under the same randomness as the attack's.
         """
-        k = self.options["n_validation"]
+        k = self.settings.n_validation
         s = x.shape[0]
         if k <= 0:
             nan = np.full(s, np.nan)
             return nan, nan, np.zeros(s, dtype=bool)
         bounds = (self.model.bounds.lower, self.model.bounds.upper)
         inner = inner_points(x, k, eps, self.p, bounds, random, 1.0)
-        boundary = boundary_points(x, k, eps, self.p, bounds, random, self.options["corners"])
+        boundary = boundary_points(x, k, eps, self.p, bounds, random, self.settings.corners)
         # All validation points of the chunk in one batch: (S * k, ...), sample-major.
         index = repeat_each(ep.arange(x, s).astype(_index_dtype(x)), k)
         shape = tuple(x.shape[1:])
@@ -954,7 +943,7 @@ class _Engine:
         # verification's evaluations (one suffices for a model probed deterministic).
         z_in = np.full((s, k), np.inf)
         z_b = np.full((s, k), np.inf)
-        for _ in range(1 if self.randomized is False else self.options["verify_passes"]):
+        for _ in range(1 if self.randomized is False else self.settings.verify_passes):
             z = self._blocked_logit(binarized, inner.reshape((s * k, *shape)), index)
             z_in = np.minimum(z_in, z.reshape(s, k))
             z = self._blocked_logit(binarized, boundary.reshape((s * k, *shape)), index)

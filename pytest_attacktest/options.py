@@ -16,13 +16,17 @@ import math
 import numbers
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import TypeGuard
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeGuard
 
 from pytest_attacktest.errors import AttackTestError, did_you_mean
 
 __all__ = [
     "CORE_KEYS",
+    "DEFAULT_CLOSENESS",
+    "DEFAULT_GAP",
+    "DEFAULT_MAX_INCONCLUSIVE",
+    "DEFAULT_MIN_CONCLUSIVE",
     "DEFAULT_NORM",
     "DEFAULT_P",
     "DEFAULT_SAMPLES",
@@ -31,6 +35,7 @@ __all__ = [
     "MARKER_KEYS",
     "SEED_MAX",
     "AttackTestSettings",
+    "EngineSettings",
     "SettingsError",
     "apply_kwargs",
     "parse_claim_tolerance",
@@ -84,10 +89,19 @@ DEFAULT_NORM = "linf"
 DEFAULT_P = math.inf
 
 #: Minimum attack success rate over conclusive samples for the test to pass:
-#: the paper's 0.95. It duplicates ``pytest_attacktest.binarization.DEFAULT_THRESHOLD``
-#: because importing the engine here would load NumPy and EagerPy into every
-#: pytest run; ``tests/test_plugin_engine.py`` checks that the two agree.
+#: the paper's 0.95. The engine's defaults live here, not in
+#: :mod:`pytest_attacktest.binarization` (which re-exports them), because
+#: importing the engine would load NumPy and EagerPy into every pytest run.
 DEFAULT_THRESHOLD = 0.95
+#: Largest share of inconclusive samples for a verdict (after the reference's case studies).
+DEFAULT_MAX_INCONCLUSIVE = 0.1
+#: Fewest conclusive samples for a verdict. With fewer, luck decides: an
+#: attack that finds the adversarial for 80% of samples passes a one-sample
+#: test 80% of the time, a ten-sample one (all ten needed at the 0.95
+#: threshold) 11% of the time, and a 20-sample one (19 needed) 7%.
+DEFAULT_MIN_CONCLUSIVE = 10
+DEFAULT_GAP = 0.05  #: inner points within (1 - gap) * epsilon
+DEFAULT_CLOSENESS = 0.999  #: the reference's decision-boundary closeness
 
 #: Number of clean samples the binarization test uses by default (the fixture
 #: takes the first ``samples`` of the inputs it is given). Chosen for CI run time.
@@ -459,6 +473,88 @@ def validate_engine_call(
             checked[key] = _ENGINE_CHECKS[key](value)
     _, p = _check_norm(norm)
     return _check_epsilon(epsilon), p, _check_threshold(threshold), checked
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The settings of one :func:`~pytest_attacktest.binarization.binarization_test` run.
+
+    Why one object: the keyword arguments, their defaults, their validation
+    and the report's ``settings`` were spelled in several places, and the
+    engine read them back from the report as strings. Built once from the
+    call's arguments, validated once in ``__post_init__`` with the marker's
+    rules (:func:`validate_engine_call`, so the error messages are the same),
+    numbers normalised (NumPy scalars to Python numbers, ints as int), and
+    given to the engine at construction. The field defaults are the engine's
+    defaults, and ``binarization_test``'s signature takes them from here.
+
+    The engine keys (:data:`ENGINE_KEYS`) are documented on
+    ``binarization_test``; ``norm`` is given as the user spells it and stored
+    by its canonical name, with its exponent in ``p``.
+    """
+
+    epsilon: float
+    norm: str | float = DEFAULT_NORM
+    threshold: float = DEFAULT_THRESHOLD
+    features: str | Callable[[Any], Any] | None = None
+    n_inner: int | None = None
+    n_boundary: int = 1
+    corners: bool = False
+    gap: float = DEFAULT_GAP
+    closeness: float = DEFAULT_CLOSENESS
+    rescale_logits: str | None = None
+    max_inconclusive: float = DEFAULT_MAX_INCONCLUSIVE
+    min_conclusive: int = DEFAULT_MIN_CONCLUSIVE
+    feature_passes: int = 1
+    average_passes: int | str = "auto"
+    verify_passes: int = 1
+    n_validation: int = 32
+    valid_input: Callable[[Any], Any] | None = None
+    chunk_size: int | None = None
+    max_batch: int | None = None
+    feature_dtype: str | None = None
+    #: The norm's exponent (``math.inf`` for Linf), derived from ``norm``.
+    p: float = field(init=False, default=DEFAULT_P)
+
+    def __post_init__(self) -> None:
+        epsilon, p, threshold, engine = validate_engine_call(
+            epsilon=self.epsilon,
+            norm=self.norm,
+            threshold=self.threshold,
+            engine={key: getattr(self, key) for key in ENGINE_KEYS},
+        )
+        # Imported here, as in _check_norm: attacks/__init__ loads eagerpy and numpy.
+        from attacks.norms import norm_name
+
+        checked: dict[str, Any] = {"epsilon": epsilon, "norm": norm_name(p), "p": p}
+        checked.update(threshold=threshold, **engine)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    def report_settings(self) -> dict[str, Any]:
+        """The report's ``settings`` as the run starts (the engine adds what it resolves).
+
+        Its keys and values are the JSON report's and the baselines': they must not change.
+        """
+        return {
+            "n_inner": self.n_inner,
+            "n_boundary": self.n_boundary,
+            "corners": self.corners,
+            "gap": self.gap,
+            "closeness": self.closeness,
+            "rescale_logits": self.rescale_logits,
+            "feature_passes": self.feature_passes,
+            "average_passes": self.average_passes,
+            "verify_passes": self.verify_passes,
+            "n_validation": self.n_validation,
+            "chunk_size": self.chunk_size,
+            "max_batch": self.max_batch,
+            "feature_dtype": self.feature_dtype,
+            "detector": self.valid_input is not None,
+        }
+
+
+assert tuple(f.name for f in fields(EngineSettings) if f.name in ENGINE_KEYS) == ENGINE_KEYS
 
 
 def _unknown(names: Iterable[str], allowed: Iterable[str]) -> str:
