@@ -13,6 +13,7 @@ from pytest_attacktest.options import (
     ENGINE_KEYS,
     SEED_MAX,
     AttackTestSettings,
+    EngineSettings,
     SettingsError,
     parse_device,
     parse_json_path,
@@ -105,3 +106,49 @@ def test_engine_keys_are_accepted_and_validated_in_order() -> None:
     assert set(settings.engine) <= set(ENGINE_KEYS)
     with pytest.raises(SettingsError, match="closeness must be a number in"):
         resolve_settings([{"closeness": 1.0}], seed=0)
+
+
+def test_engine_settings_are_validated_once_with_the_marker_rules_and_normalised() -> None:
+    """A direct call's settings: the marker's error messages, numbers as Python numbers."""
+    np = pytest.importorskip("numpy")
+    settings = EngineSettings(
+        epsilon=np.float32(0.25), norm="L2", n_boundary=np.int64(2), gap=np.float64(0.1)
+    )
+    assert (settings.norm, settings.p, settings.epsilon) == ("l2", 2.0, 0.25)
+    assert [type(settings.n_boundary), type(settings.gap)] == [int, float]
+    assert settings.n_boundary == 2
+    with pytest.raises(SettingsError, match="verify_passes must be a positive integer, got 0"):
+        EngineSettings(epsilon=0.1, verify_passes=0)
+    with pytest.raises(SettingsError, match="epsilon must be a positive finite number"):
+        EngineSettings(epsilon=True)
+    with pytest.raises(SettingsError, match="threshold must be a number in"):
+        EngineSettings(epsilon=0.1, threshold=0.0)
+    with pytest.raises(AttributeError):  # frozen: the engine cannot change what it was given
+        settings.gap = 0.5  # type: ignore[misc]
+
+
+def test_engine_settings_give_the_reports_settings_and_the_engines_defaults() -> None:
+    """The JSON report's keys stay as they are; binarization_test's defaults are these."""
+    import inspect
+
+    from pytest_attacktest import binarization
+
+    assert list(EngineSettings(epsilon=0.1, valid_input=bool).report_settings().items()) == [
+        ("n_inner", None),
+        ("n_boundary", 1),
+        ("corners", False),
+        ("gap", 0.05),
+        ("closeness", 0.999),
+        ("rescale_logits", None),
+        ("feature_passes", 1),
+        ("average_passes", "auto"),
+        ("verify_passes", 1),
+        ("n_validation", 32),
+        ("chunk_size", None),
+        ("max_batch", None),
+        ("feature_dtype", None),
+        ("detector", True),
+    ]
+    parameters = inspect.signature(binarization.binarization_test).parameters
+    for key in (*ENGINE_KEYS, "norm", "threshold"):
+        assert parameters[key].default == getattr(EngineSettings, key), key

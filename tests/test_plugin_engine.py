@@ -252,8 +252,8 @@ def test_without_the_flag_all_skip_and_no_summary(tmp_path: Path) -> None:
 
 
 def test_plugin_defaults_and_engine_keywords_agree_with_the_engine() -> None:
-    """options.py duplicates these to stay free of NumPy; they must not drift."""
-    assert DEFAULT_THRESHOLD == binarization.DEFAULT_THRESHOLD
+    """The engine's defaults are defined once (options.py) and its keywords match ENGINE_KEYS."""
+    assert DEFAULT_THRESHOLD is binarization.DEFAULT_THRESHOLD
     parameters = inspect.signature(binarization.binarization_test).parameters
     keyword_only = [n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY]
     assert set(ENGINE_KEYS) == set(keyword_only) - {
