@@ -451,7 +451,8 @@ def validate_engine_call(
     Why one validation: the marker checked its arguments, a direct call did
     not, so ``verify_passes=0`` raised ``UnboundLocalError`` deep in the
     engine and ``epsilon=True`` ran as 1.0. Both paths now use the same
-    checkers (the marker through :func:`apply_kwargs`).
+    checkers (the marker through :func:`apply_kwargs`, a direct call when its
+    :class:`EngineSettings` is built).
 
     Returns:
         ``(epsilon, p, threshold, engine)`` with numbers normalised (numpy
