@@ -71,6 +71,56 @@ def torch_device(model: Any) -> Any:
     return torch.device("cpu")
 
 
+#: The attributes through which the wrappers that attacks and the engine accept
+#: reach what they wrap: :class:`attacks.Model` (``.native``), ``attacks.BPDA``
+#: and ``attacks.EOT`` (``.inner``, ``.preprocess``, ``.surrogate``), the
+#: binarized model (``.defended``) and a bound method (``__self__``).
+WRAPPER_ATTRIBUTES = ("native", "inner", "defended", "preprocess", "surrogate", "__self__")
+
+
+def torch_modules(
+    model: Any, through: tuple[str, ...] = WRAPPER_ATTRIBUTES, max_depth: int = 32
+) -> list[Any]:
+    """The ``torch.nn.Module`` s behind ``model``: itself, or those its wrappers hold.
+
+    One walk for every place that must find the user's torch module behind a
+    model given in any accepted form (to snapshot its state, move it to a
+    device, read its layout, register it, refuse a fast path). Callers choose
+    which wrapper attributes to look through, ``through``, depth first in that
+    order; a module is not looked into, each object is visited once (so cycles
+    end) and at most ``max_depth`` wrappers deep. Returns ``[]`` without
+    importing torch when it is not imported: a model cannot then hold a module.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return []
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def visit(item: Any, depth: int) -> None:
+        if item is None or id(item) in seen or depth > max_depth:
+            return
+        seen.add(id(item))
+        if isinstance(item, torch.nn.Module):
+            found.append(item)
+            return
+        for name in through:
+            visit(getattr(item, name, None), depth + 1)
+
+    visit(model, 0)
+    return found
+
+
+def torch_module(model: Any, through: tuple[str, ...] = ("native", "inner")) -> Any:
+    """The first torch module behind ``model`` (see :func:`torch_modules`), or None.
+
+    The default looks through :class:`attacks.Model` and the ``.inner`` of
+    ``attacks.BPDA``/``attacks.EOT``: the defended model the user gave.
+    """
+    modules = torch_modules(model, through)
+    return modules[0] if modules else None
+
+
 def from_numpy(framework: str, array: np.ndarray, device: Any = None) -> Any:
     """A NumPy array as a native tensor of ``framework`` (on ``device`` for torch)."""
     if framework == "numpy":

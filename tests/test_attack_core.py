@@ -232,3 +232,28 @@ def test_random_source_is_seeded_per_run_and_keeps_dtype(framework: str) -> None
     assert c.dtype == like.dtype
     np.testing.assert_array_equal(to_numpy(a.raw), to_numpy(b.raw))
     assert (np.abs(to_numpy(a.raw)) <= 1).all()
+
+
+def test_torch_modules_are_found_behind_every_wrapper_and_only_through_the_given_ones() -> None:
+    torch = pytest.importorskip("torch")
+    net, preprocessor = torch_mlp(), torch.nn.Identity()
+    bpda = attacks.BPDA(net, preprocess=preprocessor)
+    wrapped = attacks.EOT(bpda, n=1)
+    assert backend.torch_modules(net) == [net]
+    assert backend.torch_module(attacks.Model(net, bounds=(0, 1))) is net
+    assert backend.torch_module(wrapped) is net  # through EOT's and BPDA's .inner
+    assert backend.torch_modules(wrapped) == [net, preprocessor]  # .preprocess too
+    assert backend.torch_modules(wrapped, through=("native",)) == []
+    assert backend.torch_modules(net.forward) == [net]  # a bound method's __self__
+    assert backend.torch_modules(bpda, through=("native", "inner"), max_depth=0) == []
+
+
+def test_torch_modules_end_on_a_cycle_of_wrappers() -> None:
+    pytest.importorskip("torch")
+
+    class Wrapper:
+        inner: Any = None
+
+    first, second = Wrapper(), Wrapper()
+    first.inner, second.inner = second, first
+    assert backend.torch_modules(first) == []
