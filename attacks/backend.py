@@ -121,6 +121,22 @@ def torch_module(model: Any, through: tuple[str, ...] = ("native", "inner")) -> 
     return modules[0] if modules else None
 
 
+def half_precision_ulp(dtype: Any) -> float | None:
+    """The spacing of ``dtype``'s numbers just above 1 when it is a 16-bit type, else None.
+
+    Read from the dtype's name, so one test serves every framework (``torch.bfloat16``,
+    ``tf.bfloat16``, ``jnp.bfloat16``, ``"float16"``): 2**-7 for bfloat16, 2**-10
+    for float16 (and, by name, any other 16-bit type), None for float32 and wider,
+    whose rounding the callers treat as their own constant.
+    """
+    name = str(dtype)
+    if "bfloat16" in name:
+        return 2.0**-7
+    if "16" in name:
+        return 2.0**-10
+    return None
+
+
 def from_numpy(framework: str, array: np.ndarray, device: Any = None) -> Any:
     """A NumPy array as a native tensor of ``framework`` (on ``device`` for torch)."""
     if framework == "numpy":

@@ -188,8 +188,8 @@ def check_affine_features(
     # noise. Neither may refuse a correct callable; both are bounded so a
     # wrong one still stands out.
     dtypes.add(str(probe.dtype))
-    rounding = 2.0**-9 if any("bfloat16" in t for t in dtypes) else 2.0**-12  # half an ulp
-    rounding = rounding if any("16" in t for t in dtypes) else 6e-8
+    ulps = [ulp for ulp in map(backend.half_precision_ulp, dtypes) if ulp is not None]
+    rounding = max(ulps) / 4 if ulps else 6e-8  # half an ulp at 0.5
     tolerance = max(AFFINE_TOLERANCE, 4 * rounding, min(3 * noise / spread, AFFINE_NOISE_MAX))
     if not residual <= tolerance:
         raise FeatureError(

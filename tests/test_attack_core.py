@@ -257,3 +257,13 @@ def test_torch_modules_end_on_a_cycle_of_wrappers() -> None:
     first, second = Wrapper(), Wrapper()
     first.inner, second.inner = second, first
     assert backend.torch_modules(first) == []
+
+
+def test_half_precision_ulp_is_read_from_every_frameworks_dtype_names() -> None:
+    torch = pytest.importorskip("torch")
+    assert backend.half_precision_ulp(torch.bfloat16) == 2.0**-7
+    assert backend.half_precision_ulp(torch.float16) == 2.0**-10
+    assert backend.half_precision_ulp(np.dtype("float16")) == 2.0**-10
+    assert backend.half_precision_ulp("bfloat16") == 2.0**-7  # JAX's and Keras's names
+    assert backend.half_precision_ulp(torch.float32) is None
+    assert backend.half_precision_ulp(np.dtype("float64")) is None
