@@ -321,8 +321,7 @@ def _labels_as(x: ep.Tensor, labels: Any) -> ep.Tensor:
     if not hasattr(labels, "shape"):  # a list of ints
         labels = np.asarray(labels)
     if backend.tensor_framework(labels) != framework:
-        device = getattr(x.raw, "device", None) if framework == "torch" else None
-        labels = backend.from_numpy(framework, backend.to_numpy(labels), device)
+        labels = backend.from_numpy_like(backend.to_numpy(labels), x)
     return backend.wrap(labels)
 
 

@@ -156,6 +156,18 @@ def from_numpy(framework: str, array: np.ndarray, device: Any = None) -> Any:
     raise ValueError(f"unknown framework {framework!r}")
 
 
+def from_numpy_like(array: np.ndarray, like: Any) -> Any:
+    """``array`` as a native tensor of ``like``'s framework, and on its device for torch.
+
+    ``like`` is a native or EagerPy tensor. The one place that knows only torch
+    tensors carry a device to create on (TF and JAX place new arrays themselves).
+    """
+    framework = tensor_framework(like)
+    raw = like.raw if isinstance(like, ep.Tensor) else like
+    device = getattr(raw, "device", None) if framework == "torch" else None
+    return from_numpy(framework, array, device)
+
+
 def to_numpy(t: Any) -> np.ndarray:
     """A native or EagerPy tensor as a NumPy array on the host (a device-to-host copy)."""
     if isinstance(t, ep.Tensor):

@@ -98,9 +98,7 @@ def boolean_mask(mask: object, n: int, like: ep.Tensor | None = None) -> ep.Tens
         )
     out = backend.wrap(mask)
     if like is not None and backend.tensor_framework(out) != backend.tensor_framework(like):
-        target = backend.tensor_framework(like)
-        device = like.raw.device if target == "torch" else None
-        out = backend.wrap(backend.from_numpy(target, backend.to_numpy(out), device))
+        out = backend.wrap(backend.from_numpy_like(backend.to_numpy(out), like))
     return out
 
 
@@ -512,8 +510,7 @@ def attack_result(out: object, x: ep.Tensor, who: str) -> ep.Tensor:
                 f"{who} returned a {source} tensor for {target} inputs: {expected} "
                 f"(a {target} tensor or a NumPy array)"
             )
-        device = x.raw.device if target == "torch" else None
-        out = backend.from_numpy(target, np.asarray(out), device)
+        out = backend.from_numpy_like(np.asarray(out), x)
     adv = backend.wrap(out)
     if tuple(adv.shape) != tuple(x.shape):
         raise InputError(

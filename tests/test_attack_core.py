@@ -267,3 +267,14 @@ def test_half_precision_ulp_is_read_from_every_frameworks_dtype_names() -> None:
     assert backend.half_precision_ulp("bfloat16") == 2.0**-7  # JAX's and Keras's names
     assert backend.half_precision_ulp(torch.float32) is None
     assert backend.half_precision_ulp(np.dtype("float64")) is None
+
+
+@pytest.mark.parametrize("framework", framework_params())
+def test_from_numpy_like_gives_the_framework_of_the_tensor_it_is_like(framework: str) -> None:
+    like = to_native(framework, np.zeros((2, 3), dtype=np.float32))
+    for given in (like, ep.astensor(like)):
+        out = backend.from_numpy_like(np.arange(3, dtype=np.int64), given)
+        assert backend.tensor_framework(out) == framework
+        np.testing.assert_array_equal(backend.to_numpy(out), [0, 1, 2])
+        if framework == "torch":
+            assert out.device == like.device
