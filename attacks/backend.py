@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import eagerpy as ep
@@ -216,6 +217,39 @@ def value_and_grad(loss_fn: LossFn, x: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor,
     from attacks import jaxjit
 
     return jaxjit.value_and_grad(loss_fn, x)
+
+
+def stop_gradient(raw: Any) -> Any:
+    """``raw`` as a constant for autodiff, in its own framework (NumPy: unchanged).
+
+    torch ``.detach()``, ``tf.stop_gradient``, ``jax.lax.stop_gradient``: the
+    value is the same tensor, the gradient through it is zero.
+    """
+    framework = tensor_framework(raw)
+    if framework == "torch":
+        return raw.detach()
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        return tf.stop_gradient(raw)
+    if framework == "jax":
+        import jax
+
+        return jax.lax.stop_gradient(raw)
+    return raw
+
+
+def no_grad(like: Any) -> AbstractContextManager[Any]:
+    """``torch.no_grad()`` when ``like`` is a torch tensor, else a context that does nothing.
+
+    For forward passes whose gradient is never taken: torch would record a
+    graph for them; TensorFlow and JAX record one only when asked.
+    """
+    if tensor_framework(like) == "torch":
+        import torch
+
+        return torch.no_grad()
+    return nullcontext()
 
 
 def _detach(t: ep.Tensor) -> ep.Tensor:

@@ -278,3 +278,12 @@ def test_from_numpy_like_gives_the_framework_of_the_tensor_it_is_like(framework:
         np.testing.assert_array_equal(backend.to_numpy(out), [0, 1, 2])
         if framework == "torch":
             assert out.device == like.device
+
+
+def test_no_grad_stops_the_torch_graph_only_for_torch_tensors() -> None:
+    torch = pytest.importorskip("torch")
+    with backend.no_grad(ep.astensor(torch.zeros(1))):
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+    with backend.no_grad(np.zeros(1)):
+        assert torch.is_grad_enabled()
