@@ -29,25 +29,8 @@ from attacks import backend
 from attacks.losses import is_adversarial, margin
 from attacks.models import Model, as_model
 
-
-def stop_gradient(raw: Any) -> Any:
-    """``raw`` as a constant for autodiff, in its own framework (NumPy: unchanged).
-
-    torch ``.detach()``, ``tf.stop_gradient``, ``jax.lax.stop_gradient``: the
-    value is the same tensor, the gradient through it is zero.
-    """
-    framework = backend.tensor_framework(raw)
-    if framework == "torch":
-        return raw.detach()
-    if framework == "tensorflow":
-        import tensorflow as tf
-
-        return tf.stop_gradient(raw)
-    if framework == "jax":
-        import jax
-
-        return jax.lax.stop_gradient(raw)
-    return raw
+#: Per-framework plumbing lives in :mod:`attacks.backend`; the name stays importable here.
+stop_gradient = backend.stop_gradient
 
 
 def _sg(t: ep.Tensor) -> ep.Tensor:
@@ -135,12 +118,8 @@ class BPDA(_Wrapper):
         return f"BPDA({self.inner!r}, preprocess={getattr(self.preprocess, '__name__', '?')})"
 
     def _preprocessed(self, raw: Any) -> Any:
-        if backend.tensor_framework(raw) == "torch":
-            import torch
-
-            with torch.no_grad():  # no graph for a step whose gradient is discarded
-                return self.preprocess(raw)
-        return self.preprocess(raw)
+        with backend.no_grad(raw):  # no graph for a step whose gradient is discarded
+            return self.preprocess(raw)
 
     def through(self, raw: Any) -> Any:
         """``preprocess(x)`` in value, ``surrogate(x)`` in gradient, as a native tensor.
@@ -288,12 +267,8 @@ class EOT(_Wrapper):
         return restore(is_adversarial(self.worst_logits(x_, y_, t_, passes), y_, t_))
 
     def _no_grad_passes(self, x: ep.Tensor, n: int | None) -> ep.Tensor:
-        if backend.tensor_framework(x) == "torch":
-            import torch
-
-            with torch.no_grad():
-                return self.passes(x, n)
-        return self.passes(x, n)
+        with backend.no_grad(x):
+            return self.passes(x, n)
 
     # ------------------------------------------------------------------ Model API
 
@@ -321,8 +296,7 @@ def _labels_as(x: ep.Tensor, labels: Any) -> ep.Tensor:
     if not hasattr(labels, "shape"):  # a list of ints
         labels = np.asarray(labels)
     if backend.tensor_framework(labels) != framework:
-        device = getattr(x.raw, "device", None) if framework == "torch" else None
-        labels = backend.from_numpy(framework, backend.to_numpy(labels), device)
+        labels = backend.from_numpy_like(backend.to_numpy(labels), x)
     return backend.wrap(labels)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import eagerpy as ep
@@ -71,6 +72,72 @@ def torch_device(model: Any) -> Any:
     return torch.device("cpu")
 
 
+#: The attributes through which the wrappers that attacks and the engine accept
+#: reach what they wrap: :class:`attacks.Model` (``.native``), ``attacks.BPDA``
+#: and ``attacks.EOT`` (``.inner``, ``.preprocess``, ``.surrogate``), the
+#: binarized model (``.defended``) and a bound method (``__self__``).
+WRAPPER_ATTRIBUTES = ("native", "inner", "defended", "preprocess", "surrogate", "__self__")
+
+
+def torch_modules(
+    model: Any, through: tuple[str, ...] = WRAPPER_ATTRIBUTES, max_depth: int = 32
+) -> list[Any]:
+    """The ``torch.nn.Module`` s behind ``model``: itself, or those its wrappers hold.
+
+    One walk for every place that must find the user's torch module behind a
+    model given in any accepted form (to snapshot its state, move it to a
+    device, read its layout, register it, refuse a fast path). Callers choose
+    which wrapper attributes to look through, ``through``, depth first in that
+    order; a module is not looked into, each object is visited once (so cycles
+    end) and at most ``max_depth`` wrappers deep. Returns ``[]`` without
+    importing torch when it is not imported: a model cannot then hold a module.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return []
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def visit(item: Any, depth: int) -> None:
+        if item is None or id(item) in seen or depth > max_depth:
+            return
+        seen.add(id(item))
+        if isinstance(item, torch.nn.Module):
+            found.append(item)
+            return
+        for name in through:
+            visit(getattr(item, name, None), depth + 1)
+
+    visit(model, 0)
+    return found
+
+
+def torch_module(model: Any, through: tuple[str, ...] = ("native", "inner")) -> Any:
+    """The first torch module behind ``model`` (see :func:`torch_modules`), or None.
+
+    The default looks through :class:`attacks.Model` and the ``.inner`` of
+    ``attacks.BPDA``/``attacks.EOT``: the defended model the user gave.
+    """
+    modules = torch_modules(model, through)
+    return modules[0] if modules else None
+
+
+def half_precision_ulp(dtype: Any) -> float | None:
+    """The spacing of ``dtype``'s numbers just above 1 when it is a 16-bit type, else None.
+
+    Read from the dtype's name, so one test serves every framework (``torch.bfloat16``,
+    ``tf.bfloat16``, ``jnp.bfloat16``, ``"float16"``): 2**-7 for bfloat16, 2**-10
+    for float16 (and, by name, any other 16-bit type), None for float32 and wider,
+    whose rounding the callers treat as their own constant.
+    """
+    name = str(dtype)
+    if "bfloat16" in name:
+        return 2.0**-7
+    if "16" in name:
+        return 2.0**-10
+    return None
+
+
 def from_numpy(framework: str, array: np.ndarray, device: Any = None) -> Any:
     """A NumPy array as a native tensor of ``framework`` (on ``device`` for torch)."""
     if framework == "numpy":
@@ -88,6 +155,18 @@ def from_numpy(framework: str, array: np.ndarray, device: Any = None) -> Any:
 
         return jnp.asarray(array)
     raise ValueError(f"unknown framework {framework!r}")
+
+
+def from_numpy_like(array: np.ndarray, like: Any) -> Any:
+    """``array`` as a native tensor of ``like``'s framework, and on its device for torch.
+
+    ``like`` is a native or EagerPy tensor. The one place that knows only torch
+    tensors carry a device to create on (TF and JAX place new arrays themselves).
+    """
+    framework = tensor_framework(like)
+    raw = like.raw if isinstance(like, ep.Tensor) else like
+    device = getattr(raw, "device", None) if framework == "torch" else None
+    return from_numpy(framework, array, device)
 
 
 def to_numpy(t: Any) -> np.ndarray:
@@ -138,6 +217,39 @@ def value_and_grad(loss_fn: LossFn, x: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor,
     from attacks import jaxjit
 
     return jaxjit.value_and_grad(loss_fn, x)
+
+
+def stop_gradient(raw: Any) -> Any:
+    """``raw`` as a constant for autodiff, in its own framework (NumPy: unchanged).
+
+    torch ``.detach()``, ``tf.stop_gradient``, ``jax.lax.stop_gradient``: the
+    value is the same tensor, the gradient through it is zero.
+    """
+    framework = tensor_framework(raw)
+    if framework == "torch":
+        return raw.detach()
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        return tf.stop_gradient(raw)
+    if framework == "jax":
+        import jax
+
+        return jax.lax.stop_gradient(raw)
+    return raw
+
+
+def no_grad(like: Any) -> AbstractContextManager[Any]:
+    """``torch.no_grad()`` when ``like`` is a torch tensor, else a context that does nothing.
+
+    For forward passes whose gradient is never taken: torch would record a
+    graph for them; TensorFlow and JAX record one only when asked.
+    """
+    if tensor_framework(like) == "torch":
+        import torch
+
+        return torch.no_grad()
+    return nullcontext()
 
 
 def _detach(t: ep.Tensor) -> ep.Tensor:

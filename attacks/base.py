@@ -135,14 +135,10 @@ class Attack(ABC):
         if not np.all(np.isfinite(values)) or np.any(values <= 0):
             raise ValueError(f"epsilon must be positive and finite, got {epsilon!r}")
         values = np.broadcast_to(values, (n,)).astype(backend.to_numpy(x[:1]).dtype)
-        return backend.wrap(backend.from_numpy(backend.tensor_framework(x), values, _device(x)))
+        return backend.wrap(backend.from_numpy_like(values, x))
 
 
 # ---------------------------------------------------------------------- shared helpers
-
-
-def _device(x: ep.Tensor) -> Any:
-    return getattr(x.raw, "device", None) if backend.tensor_framework(x) == "torch" else None
 
 
 def _labels_like(x: ep.Tensor, labels: Any, name: str) -> ep.Tensor:
@@ -151,9 +147,7 @@ def _labels_like(x: ep.Tensor, labels: Any, name: str) -> ep.Tensor:
     if backend.tensor_framework(labels) == framework:
         t = backend.wrap(labels)
     else:
-        t = backend.wrap(
-            backend.from_numpy(framework, np.asarray(backend.to_numpy(labels)), _device(x))
-        )
+        t = backend.wrap(backend.from_numpy_like(np.asarray(backend.to_numpy(labels)), x))
     if tuple(t.shape) != (x.shape[0],):
         raise ValueError(
             f"{name} must have shape ({x.shape[0]},), one label per input, got {tuple(t.shape)}"

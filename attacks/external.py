@@ -107,8 +107,7 @@ def _adopt_result(x: ep.Tensor, out: Any, who: str) -> ep.Tensor:
     except TypeError:
         source = type(out).__name__
     if source == "numpy" and framework != "numpy":
-        device = x.raw.device if framework == "torch" else None
-        out = backend.from_numpy(framework, np.asarray(out), device)
+        out = backend.from_numpy_like(np.asarray(out), x)
     elif source != framework:
         raise TypeError(
             f"{who} returned a {source} for {framework} inputs; return a {framework} tensor "

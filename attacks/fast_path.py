@@ -169,19 +169,6 @@ def _plan_jax(setting: CompileSetting) -> FastPathStatus:
     return FastPathStatus(JAX_JIT, "to be captured", warn=True)
 
 
-def _torch_modules(model: Any, depth: int = 0) -> Iterator[Any]:
-    """The torch modules inside a Model and the wrappers around it (BPDA, EOT, binarized)."""
-    import torch
-
-    if depth > 8 or model is None:
-        return
-    if isinstance(model, torch.nn.Module):
-        yield model
-        return
-    for name in ("native", "inner", "defended"):
-        yield from _torch_modules(getattr(model, name, None), depth + 1)
-
-
 def _refusal(model: Model, x: ep.Tensor) -> str | None:
     """Why the model cannot be captured (training mode, randomness), or None.
 
@@ -189,7 +176,7 @@ def _refusal(model: Model, x: ep.Tensor) -> str | None:
     leave the draws of a randomized model, and so its eager results, as they
     would have been without them.
     """
-    for module in _torch_modules(model):
+    for module in backend.torch_modules(model, through=("native", "inner", "defended")):
         training = [name or "the model" for name, m in module.named_modules() if m.training]
         if training:
             return (

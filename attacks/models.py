@@ -98,12 +98,8 @@ class Model:
 
     def logits(self, x: ep.Tensor) -> ep.Tensor:
         """Logits without building an autodiff graph (cheaper for evaluation passes)."""
-        if backend.tensor_framework(x) == "torch":
-            import torch
-
-            with torch.no_grad():
-                return self(x)
-        return self(x)
+        with backend.no_grad(x):
+            return self(x)
 
     def bind_labels(self, y: Any, target: Any = None) -> AbstractContextManager[None]:
         """Tell the model which labels the current attack works on (a no-op here).

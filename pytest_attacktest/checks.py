@@ -98,9 +98,7 @@ def boolean_mask(mask: object, n: int, like: ep.Tensor | None = None) -> ep.Tens
         )
     out = backend.wrap(mask)
     if like is not None and backend.tensor_framework(out) != backend.tensor_framework(like):
-        target = backend.tensor_framework(like)
-        device = like.raw.device if target == "torch" else None
-        out = backend.wrap(backend.from_numpy(target, backend.to_numpy(out), device))
+        out = backend.wrap(backend.from_numpy_like(backend.to_numpy(out), like))
     return out
 
 
@@ -188,8 +186,8 @@ def check_affine_features(
     # noise. Neither may refuse a correct callable; both are bounded so a
     # wrong one still stands out.
     dtypes.add(str(probe.dtype))
-    rounding = 2.0**-9 if any("bfloat16" in t for t in dtypes) else 2.0**-12  # half an ulp
-    rounding = rounding if any("16" in t for t in dtypes) else 6e-8
+    ulps = [ulp for ulp in map(backend.half_precision_ulp, dtypes) if ulp is not None]
+    rounding = max(ulps) / 4 if ulps else 6e-8  # half an ulp at 0.5
     tolerance = max(AFFINE_TOLERANCE, 4 * rounding, min(3 * noise / spread, AFFINE_NOISE_MAX))
     if not residual <= tolerance:
         raise FeatureError(
@@ -512,8 +510,7 @@ def attack_result(out: object, x: ep.Tensor, who: str) -> ep.Tensor:
                 f"{who} returned a {source} tensor for {target} inputs: {expected} "
                 f"(a {target} tensor or a NumPy array)"
             )
-        device = x.raw.device if target == "torch" else None
-        out = backend.from_numpy(target, np.asarray(out), device)
+        out = backend.from_numpy_like(np.asarray(out), x)
     adv = backend.wrap(out)
     if tuple(adv.shape) != tuple(x.shape):
         raise InputError(

@@ -305,14 +305,22 @@ def spread_device(device: str, worker_index: int | None, device_count: int) -> s
 
 
 def _torch_module(model: Any) -> Any:
-    """The torch module to move: ``model`` itself or the one an ``attacks.Model`` wraps."""
-    torch = sys.modules.get("torch")
-    if torch is None:
+    """The torch module to move: ``model`` itself or the one an ``attacks.Model`` wraps.
+
+    One level only: the ``.native`` of an ``attacks.Model``, not the inner
+    model of a BPDA or EOT wrapper (whose own ``.native`` is a function).
+    """
+    if "torch" not in sys.modules:
         return None
+    from attacks import backend
+
+    return backend.torch_module(model.native if _is_attacks_model(model) else model, through=())
+
+
+def _is_attacks_model(model: Any) -> bool:
+    """Whether ``model`` is an ``attacks.Model``, without importing ``attacks``."""
     models = sys.modules.get("attacks.models")
-    if models is not None and isinstance(model, models.Model):
-        model = model.native
-    return model if isinstance(model, torch.nn.Module) else None
+    return models is not None and isinstance(model, models.Model)
 
 
 def to_device(

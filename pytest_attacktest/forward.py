@@ -22,7 +22,6 @@ Nothing here imports torch unless the model is a torch module already.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -36,14 +35,9 @@ Forward = Callable[[Any], Any]
 
 def _torch_module(model: Any) -> Any:
     """The torch module behind ``model`` (native, an :class:`attacks.Model`, a wrapper), or None."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return None
-    native = getattr(model, "native", model)
-    if isinstance(native, torch.nn.Module):
-        return native
-    inner = getattr(model, "inner", None)  # attacks.BPDA and other wrappers
-    return None if inner is None else _torch_module(inner)
+    from attacks import backend
+
+    return backend.torch_module(model)
 
 
 def uses_channels_last(model: Any) -> bool:

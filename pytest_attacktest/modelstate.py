@@ -31,23 +31,11 @@ def torch_modules(model: Any) -> list[Any]:
     (the binarized model) and a bound method's ``__self__``, so a model given
     in any of the forms the engine accepts is found.
     """
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return []
-    found: list[Any] = []
-    seen: set[int] = set()
-    stack = [model]
-    while stack:
-        item = stack.pop()
-        if item is None or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, torch.nn.Module):
-            found.append(item)
-            continue
-        for attribute in ("native", "inner", "defended", "preprocess", "surrogate", "__self__"):
-            stack.append(getattr(item, attribute, None))
-    return found
+    if "torch" not in sys.modules:
+        return []  # no model can hold a torch module; and no need to import attacks
+    from attacks import backend
+
+    return backend.torch_modules(model)
 
 
 class _Snapshot:

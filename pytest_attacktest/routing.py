@@ -151,12 +151,7 @@ def _torch_module(binarized: BinarizedModel) -> Any:
             super().__init__()
             # Register the defended torch module (looking through wrappers such
             # as BPDA) so .parameters() and .to() behave as expected.
-            model: Any = binarized.defended
-            while model is not None and not isinstance(model, torch.nn.Module):
-                native = getattr(model, "native", None)
-                model = (
-                    native if isinstance(native, torch.nn.Module) else getattr(model, "inner", None)
-                )
+            model = backend.torch_module(binarized.defended)
             if model is not None:
                 self.defended = model
 

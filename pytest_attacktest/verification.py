@@ -36,12 +36,8 @@ def ball_tolerance(dtype: Any) -> tuple[float, float]:
     correct attack's ``x + delta``, rounded in float16 (0.200195 at 0.2), is
     not read as outside the ball.
     """
-    name = str(dtype)
-    if "bfloat16" in name:
-        ulp = 2.0**-7
-    elif "16" in name:
-        ulp = 2.0**-10
-    else:
+    ulp = backend.half_precision_ulp(dtype)
+    if ulp is None:
         return BALL_TOLERANCE, ROUNDING
     return max(BALL_TOLERANCE, 2 * ulp), 2 * ulp
 

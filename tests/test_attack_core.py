@@ -232,3 +232,58 @@ def test_random_source_is_seeded_per_run_and_keeps_dtype(framework: str) -> None
     assert c.dtype == like.dtype
     np.testing.assert_array_equal(to_numpy(a.raw), to_numpy(b.raw))
     assert (np.abs(to_numpy(a.raw)) <= 1).all()
+
+
+def test_torch_modules_are_found_behind_every_wrapper_and_only_through_the_given_ones() -> None:
+    torch = pytest.importorskip("torch")
+    net, preprocessor = torch_mlp(), torch.nn.Identity()
+    bpda = attacks.BPDA(net, preprocess=preprocessor)
+    wrapped = attacks.EOT(bpda, n=1)
+    assert backend.torch_modules(net) == [net]
+    assert backend.torch_module(attacks.Model(net, bounds=(0, 1))) is net
+    assert backend.torch_module(wrapped) is net  # through EOT's and BPDA's .inner
+    assert backend.torch_modules(wrapped) == [net, preprocessor]  # .preprocess too
+    assert backend.torch_modules(wrapped, through=("native",)) == []
+    assert backend.torch_modules(net.forward) == [net]  # a bound method's __self__
+    assert backend.torch_modules(bpda, through=("native", "inner"), max_depth=0) == []
+
+
+def test_torch_modules_end_on_a_cycle_of_wrappers() -> None:
+    pytest.importorskip("torch")
+
+    class Wrapper:
+        inner: Any = None
+
+    first, second = Wrapper(), Wrapper()
+    first.inner, second.inner = second, first
+    assert backend.torch_modules(first) == []
+
+
+def test_half_precision_ulp_is_read_from_every_frameworks_dtype_names() -> None:
+    torch = pytest.importorskip("torch")
+    assert backend.half_precision_ulp(torch.bfloat16) == 2.0**-7
+    assert backend.half_precision_ulp(torch.float16) == 2.0**-10
+    assert backend.half_precision_ulp(np.dtype("float16")) == 2.0**-10
+    assert backend.half_precision_ulp("bfloat16") == 2.0**-7  # JAX's and Keras's names
+    assert backend.half_precision_ulp(torch.float32) is None
+    assert backend.half_precision_ulp(np.dtype("float64")) is None
+
+
+@pytest.mark.parametrize("framework", framework_params())
+def test_from_numpy_like_gives_the_framework_of_the_tensor_it_is_like(framework: str) -> None:
+    like = to_native(framework, np.zeros((2, 3), dtype=np.float32))
+    for given in (like, ep.astensor(like)):
+        out = backend.from_numpy_like(np.arange(3, dtype=np.int64), given)
+        assert backend.tensor_framework(out) == framework
+        np.testing.assert_array_equal(backend.to_numpy(out), [0, 1, 2])
+        if framework == "torch":
+            assert out.device == like.device
+
+
+def test_no_grad_stops_the_torch_graph_only_for_torch_tensors() -> None:
+    torch = pytest.importorskip("torch")
+    with backend.no_grad(ep.astensor(torch.zeros(1))):
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+    with backend.no_grad(np.zeros(1)):
+        assert torch.is_grad_enabled()
