@@ -360,7 +360,7 @@ def _clean_logits(
     """
     forward = forward_guard(lambda raw: model.logits(backend.wrap(raw)).raw, max_batch)
     before = private_copy(x)
-    with _no_grad(x):
+    with backend.no_grad(x):
         logits = blocks.concatenate(lambda block: backend.wrap(forward(block.raw)), x)
     if not same_values(before, x):
         raise InputError(
@@ -475,7 +475,7 @@ class _Engine:
         def extract(block: ep.Tensor) -> ep.Tensor:
             return backend.wrap(extractor(block.raw))
 
-        with _no_grad(points):
+        with backend.no_grad(points):
             out = [blocks.concatenate(extract, points) for _ in range(passes)]
         return ep.stack(out, axis=0)
 
@@ -649,7 +649,7 @@ class _Engine:
         if mode == "fixed":
             return ep.ones(train, (s,))
         flat = train.reshape((-1, *tuple(train.shape[2:])))
-        with _no_grad(train):
+        with backend.no_grad(train):
             logits = self.blocks.concatenate(self.model.logits, flat).reshape((s, -1))
         return logits.max(axis=1) - logits.min(axis=1)
 
@@ -711,7 +711,7 @@ class _Engine:
         index = ep.arange(x, s).astype(_index_dtype(x))
         clean_ok = np.ones(s, dtype=bool)
         boundary_ok = np.ones(s, dtype=bool)
-        with _no_grad(x):
+        with backend.no_grad(x):
             for _ in range(self.settings.verify_passes):
                 clean_z = self._blocked_logit(binarized, x, index)
                 z_b = np.stack(
@@ -790,7 +790,7 @@ class _Engine:
         moved = checked.moved
         adversarial = np.ones(s, dtype=bool)
         z_adv = np.full(s, np.inf)
-        with _no_grad(x):
+        with backend.no_grad(x):
             for _ in range(self.settings.verify_passes):
                 z = self._blocked_logit(binarized, x_adv, index).astype(np.float64)
                 adversarial &= z > 0
@@ -851,7 +851,7 @@ class _Engine:
         The gradients only when some sample was missed (:meth:`_clean_gradients`).
         """
         with seeding.seeded(self.seed):
-            with _no_grad(x):
+            with backend.no_grad(x):
                 z_clean = self._blocked_logit(binarized, x, index).astype(np.float64)
             grads = self._clean_gradients(binarized, x, index) if missed else [""] * x.shape[0]
         return z_clean, grads
@@ -910,7 +910,7 @@ class _Engine:
         every decision the engine takes uses the same averaged readout.
         """
         if self.passes > 1:
-            with _no_grad(points):
+            with backend.no_grad(points):
                 mean = self.mean_features(points, self.passes)
                 return np.asarray(backend.to_numpy(binarized.readouts.logits(mean, index)))
         parts = self.blocks.run(
@@ -1098,22 +1098,3 @@ def _examples(x: ep.Tensor, x_adv: ep.Tensor, bounds: tuple[float, float]) -> li
 
 def _zeros_labels(x: ep.Tensor) -> ep.Tensor:
     return ep.zeros(x, (x.shape[0],)).astype(_index_dtype(x))
-
-
-class _no_grad:
-    """``torch.no_grad()`` for torch tensors, nothing for other frameworks."""
-
-    def __init__(self, like: ep.Tensor) -> None:
-        self._ctx: Any = None
-        if backend.tensor_framework(like) == "torch":
-            import torch
-
-            self._ctx = torch.no_grad()
-
-    def __enter__(self) -> None:
-        if self._ctx is not None:
-            self._ctx.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._ctx is not None:
-            self._ctx.__exit__(*exc)

@@ -381,7 +381,7 @@ def measure_robust_accuracy(
     from attacks import backend
     from attacks.base import Attack, check_inputs
     from attacks.models import Model, as_model
-    from pytest_attacktest.binarization import _itemsize, _no_grad
+    from pytest_attacktest.binarization import _itemsize
     from pytest_attacktest.blocks import Blocks, block_size_for
     from pytest_attacktest.verification import admissibility
 
@@ -419,7 +419,7 @@ def measure_robust_accuracy(
     def correct(points: ep.Tensor) -> np.ndarray:
         """Classified correctly in every one of ``verify_passes`` fresh passes."""
         ok = np.ones(n, dtype=bool)
-        with _no_grad(points):
+        with backend.no_grad(points):
             for _ in range(verify_passes):
                 logits = np.concatenate(
                     blocks.run(lambda i, j: backend.to_numpy(wrapped.logits(points[i:j])), n)
