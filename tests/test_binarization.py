@@ -14,6 +14,7 @@ import eagerpy as ep
 import numpy as np
 import pytest
 from digits_models import held_out, numpy_mlp, torch_mlp
+from helpers import identity
 
 import attacks
 from attacks.base import Attack, RunContext
@@ -48,10 +49,6 @@ class RandomNoise(Attack):
         assert ctx.epsilon is not None
         noise = ctx.random.uniform(tuple(x.shape), -1.0, 1.0)
         return x + noise * ctx.epsilon.reshape((-1, 1))
-
-
-def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    return x
 
 
 def test_pgd_passes_and_the_report_says_why() -> None:

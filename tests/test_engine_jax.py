@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from digits_models import held_out, jax_mlp, mlp_weights
+from helpers import identity
 
 import attacks
 from attacks import backend
@@ -49,10 +50,6 @@ def _parts() -> tuple[Any, Any]:
         return h @ w2 + b2
 
     return features, head
-
-
-def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    return x
 
 
 def test_pgd_passes_on_a_jax_model() -> None:

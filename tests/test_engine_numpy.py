@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from digits_models import held_out, mlp_weights, numpy_mlp
+from helpers import identity
 
 import attacks
 from pytest_attacktest import binarization_test
@@ -43,10 +44,6 @@ def quantized_model(x: np.ndarray) -> np.ndarray:
 
 def quantized_features(x: np.ndarray) -> np.ndarray:
     return features(quantize(x))
-
-
-def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    return x
 
 
 def square(queries: int) -> attacks.Square:

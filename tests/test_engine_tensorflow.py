@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from digits_models import HIDDEN, held_out, keras_mlp, mlp_weights
+from helpers import identity
 
 import attacks
 from pytest_attacktest import binarization_test
@@ -40,10 +41,6 @@ def _hidden(x: np.ndarray) -> np.ndarray:
     """The MLP's penultimate layer by hand: the features the readout must see."""
     w1, b1, _, _ = mlp_weights()
     return np.maximum(x @ w1 + b1, 0)
-
-
-def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    return x
 
 
 def quantize(t: Any) -> Any:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from convnets import held_out_images, torch_convnet
 from digits_models import held_out, torch_mlp
+from helpers import identity
 
 import attacks
 from pytest_attacktest import binarization_test
@@ -35,11 +36,6 @@ SAMPLES = 16
 def _images(n: int = SAMPLES) -> tuple[Any, Any]:
     x, y = held_out_images(n)
     return torch.from_numpy(x), torch.from_numpy(y)
-
-
-def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    """No attack at all: it must never pass."""
-    return x
 
 
 class Recorder(torch.nn.Module):
