@@ -66,13 +66,7 @@ ATTACKS: dict[str, tuple[Callable[[], attacks.Attack], bool, str]] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> None:
-    """Tiny tensors: one torch thread (xdist workers get one through tests/conftest.py)."""
-    if "torch" in INSTALLED:
-        import torch
-
-        torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread, restored after
 
 
 def frameworks_for(gradient: bool) -> list[str]:
