@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from digits_models import held_out, mlp_weights, numpy_mlp
-from helpers import identity
+from helpers import identity, run, write
 
 import attacks
 from pytest_attacktest import binarization_test
@@ -153,12 +153,11 @@ TESTS = """
 """
 
 
+@pytest.mark.usefixtures("plugin_autoload")
 def test_plugin_runs_square_and_refuses_pgd_on_a_numpy_model(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(textwrap.dedent(CONFTEST).format(tests=str(Path(__file__).parent)))
-    pytester.makepyfile(test_attack=textwrap.dedent(TESTS).format())
-    result = pytester.runpytest_subprocess(
-        "-p", "no:hypothesispytest", "-p", "no:cacheprovider", "--attack-test", "-rf"
-    )
+    write(pytester, TESTS.format())
+    result = run(pytester, "--attack-test", "-rf")
     result.assert_outcomes(passed=1, failed=1)
     for line in (
         "*test_attack.py::test_square * passed * 1.000 *",
