@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -39,3 +40,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     for name in ("torch", "tensorflow", "jax"):
         if item.get_closest_marker(name) is not None and importlib.util.find_spec(name) is None:
             pytest.skip(f"{name} is not installed")
+
+
+@pytest.fixture
+def plugin_autoload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner pytester runs find the plugin through its entry point; make sure autoload is on."""
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny models; the previous count is restored after it."""
+    from helpers import torch_threads
+
+    with torch_threads(1):
+        yield

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from digits_models import held_out, native_mlp
 from framework_support import to_native, to_numpy
+from helpers import torch_threads
 
 from attacks.apgd import APGD, checkpoint_intervals
 from attacks.gradient import PGD
@@ -53,10 +54,8 @@ def torch() -> Iterator[Any]:
     4x slower. The previous setting is restored afterwards.
     """
     module = needs_torch()
-    threads = module.get_num_threads()
-    module.set_num_threads(1)
-    yield module
-    module.set_num_threads(threads)
+    with torch_threads(1):
+        yield module
 
 
 @pytest.fixture(scope="module")

@@ -211,6 +211,7 @@ def test_bench_runs_every_defense_against_every_attack(bench_run: Any) -> None:
         assert f"| {defense} | {cells[(defense, 'PGD(steps=10)')]['asr']:.3f} " in markdown
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_bench_cells_match_a_direct_zoo_run(bench_run: Any, zoo_cache: Path) -> None:
     import attacks
     from pytest_attacktest import zoo
@@ -221,7 +222,6 @@ def test_bench_cells_match_a_direct_zoo_run(bench_run: Any, zoo_cache: Path) -> 
         for c in json.loads((path / "out/bench.json").read_text())["cells"]
     }
     module = _load_user_module(path)
-    torch.set_num_threads(1)
     for defense_name in ("plain", "quantized"):
         defense = zoo.get(defense_name)
         for label, attack in (

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import identity
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
@@ -39,10 +40,7 @@ from pytest_attacktest import binarization_test  # noqa: E402
 from pytest_attacktest.blocks import ACTIVATION_FACTOR, device_block_size  # noqa: E402
 from pytest_attacktest.report import Report, SampleResult  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread, restored after
 
 
 # --------------------------------------------------------------------------- common
@@ -136,10 +134,6 @@ def _mlp() -> tuple[Any, Any]:
     return model, torch.rand(6, 20, generator=torch.Generator().manual_seed(1))
 
 
-def _identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    return x
-
-
 def test_per_sample_mode_reaches_the_engines_verdicts_on_the_same_samples() -> None:
     model, x = _mlp()
     common_kw: dict[str, Any] = {"epsilon": 0.2, "n_inner": 8, "n_validation": 4}
@@ -160,7 +154,7 @@ def test_per_sample_mode_reaches_the_engines_verdicts_on_the_same_samples() -> N
     ref = baseline.per_sample_test(model, x, attack=lazy, **common_kw)
     assert (ref.verdict, ref.asr) == ("failed", 0.0)
     assert all(s.logit_difference < 0 for s in ref.samples)
-    ours = binarization_test(model, x, attack=_identity, min_conclusive=6, **common_kw)
+    ours = binarization_test(model, x, attack=identity, min_conclusive=6, **common_kw)
     assert baseline.agreement(ours, ref)["same_verdict"]
 
 
@@ -175,7 +169,7 @@ def test_per_sample_mode_is_inconclusive_when_no_readout_separates_the_points() 
     assert ref.verdict == "error"
     assert all("separate" in s.reason for s in ref.samples)
     assert ref.timings["attack"] == 0.0  # as the reference: no attack without a setup
-    ours = binarization_test(model, x[:3], attack=_identity, epsilon=0.2, n_inner=8)
+    ours = binarization_test(model, x[:3], attack=identity, epsilon=0.2, n_inner=8)
     assert ours.verdict == "error"
 
 

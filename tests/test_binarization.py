@@ -1,5 +1,9 @@
 """The binarization engine can pass and can fail, and its guarantees hold.
 
+The discrimination scenarios run on every framework (a strong attack passes, a
+non-attack fails, BPDA breaks input quantization) are in
+test_engine_discrimination.py.
+
 All on the digits MLP trained in the tests (PyTorch and NumPy), CPU only.
 """
 
@@ -14,6 +18,7 @@ import eagerpy as ep
 import numpy as np
 import pytest
 from digits_models import held_out, numpy_mlp, torch_mlp
+from helpers import identity
 
 import attacks
 from attacks.base import Attack, RunContext
@@ -37,45 +42,6 @@ class Oracle(Attack):
         guaranteed = getattr(ctx.model, "guaranteed", None)
         assert guaranteed is not None
         return guaranteed
-
-
-class RandomNoise(Attack):
-    """One uniform random point of the Linf ball: a non-attack."""
-
-    uses_gradient = False
-
-    def run(self, ctx: RunContext, x: ep.Tensor, y: ep.Tensor, target: ep.Tensor | None) -> Any:
-        assert ctx.epsilon is not None
-        noise = ctx.random.uniform(tuple(x.shape), -1.0, 1.0)
-        return x + noise * ctx.epsilon.reshape((-1, 1))
-
-
-def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    return x
-
-
-def test_pgd_passes_and_the_report_says_why() -> None:
-    x, y = _data()
-    report = binarization_test(
-        torch_mlp(), x, y, attack=attacks.PGD("linf", steps=40), epsilon=EPS, norm="linf"
-    )
-    assert report.verdict == "passed", report.summary()
-    assert report.passed
-    assert report.asr >= 0.95
-    assert report.n_inconclusive == 0
-    assert report.n_samples == 32
-    assert all(s.distance <= EPS * (1 + 1e-5) for s in report.samples)
-    assert set(report.timings) == {"sampling", "features", "fit", "attack", "verification"}
-    assert report.settings["clean_accuracy"] > 0.85
-
-
-@pytest.mark.parametrize("attack", [identity, RandomNoise()], ids=["identity", "random-noise"])
-def test_non_attacks_fail(attack: Any) -> None:
-    x, y = _data()
-    report = binarization_test(torch_mlp(), x, y, attack=attack, epsilon=EPS)
-    assert report.verdict == "failed", report.summary()
-    assert not report.passed
-    assert report.asr < 0.5
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
@@ -287,28 +253,7 @@ def test_inputs_outside_the_bounds_are_rejected() -> None:
 
 
 # ---------------------------------------------------------------------- adaptive evaluations
-
-
-def _quantize(t: Any) -> Any:
-    return torch.round(t * 3) / 3
-
-
-def test_quantized_input_plain_pgd_fails_and_pgd_with_bpda_passes() -> None:
-    """Gradient masking by input quantization: the test catches the weak evaluation."""
-    classifier = torch_mlp()
-    defended = torch.nn.Sequential()
-    defended.forward = lambda t: classifier(_quantize(t))  # type: ignore[method-assign]
-    defended.add_module("classifier", classifier)
-    defended.eval()
-    x, y = _data()
-    plain = binarization_test(defended, x, y, attack=attacks.PGD(steps=30), epsilon=0.2)
-    assert plain.verdict == "failed", plain.summary()
-    assert plain.asr < 0.5
-    bpda = attacks.BPDA(classifier, _quantize)
-    adaptive = binarization_test(bpda, x, y, attack=attacks.PGD(steps=30), epsilon=0.2)
-    assert adaptive.passed, adaptive.summary()
-    # Same defense, same verdict machinery: the conclusive samples agree.
-    assert adaptive.n_conclusive == plain.n_conclusive
+# (input quantization, plain PGD against BPDA: test_engine_discrimination.py)
 
 
 def test_torchattacks_pgd_on_the_native_module_also_on_a_subset() -> None:

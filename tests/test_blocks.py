@@ -111,9 +111,9 @@ def _report(model: Any, x: Any, y: Any) -> Any:
     return binarization_test(model, x, y, attack=attack, epsilon=EPS, n_validation=8, seed=3)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_engine_survives_out_of_memory_with_the_same_results() -> None:
     """Every forward pass and the attack shrink to fit; per-sample results are unchanged."""
-    torch.set_num_threads(1)
     x_np, y_np = held_out(24)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     full = _report(torch_mlp(), x, y)

@@ -211,10 +211,9 @@ def test_claim_keyword_and_tolerance_option_are_validated() -> None:
 
 
 @pytest.fixture(scope="module")
-def mlp() -> tuple[Any, Any, Any]:
+def mlp(one_torch_thread: None) -> tuple[Any, Any, Any]:
     from digits_models import held_out, torch_mlp
 
-    torch.set_num_threads(1)
     x, y = held_out(32)
     return torch_mlp(), torch.from_numpy(x), torch.from_numpy(y)
 

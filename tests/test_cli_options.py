@@ -15,13 +15,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
-# _plugin_autoload: autouse, the inner runs find the plugin through its entry point.
-from test_plugin import MARKED_AND_FIXTURE, _plugin_autoload, run, write  # noqa: F401
+from helpers import MARKED_AND_FIXTURE, run, write
 
 from pytest_attacktest import cli_options, plugin
 from pytest_attacktest.cli_options import OPTIONS, lookup, path_value, value
 from pytest_attacktest.options import SEED_MAX
+
+#: The inner runs find the plugin through its entry point (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("plugin_autoload")
 
 
 def test_help_lists_options_in_attacktest_group(pytester: pytest.Pytester) -> None:

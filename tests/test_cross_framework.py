@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 from digits_models import held_out, mlp_weights, native_mlp
 from framework_support import FRAMEWORKS, enable_jax_float64, to_native
+from helpers import identity
 
 import attacks
 from attacks import backend
@@ -65,13 +66,7 @@ ATTACKS: dict[str, tuple[Callable[[], attacks.Attack], bool, str]] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> None:
-    """Tiny tensors: one torch thread (xdist workers get one through tests/conftest.py)."""
-    if "torch" in INSTALLED:
-        import torch
-
-        torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread, restored after
 
 
 def frameworks_for(gradient: bool) -> list[str]:
@@ -186,10 +181,6 @@ def test_same_draws_give_the_same_result_for_every_sample(
             atol=DISTANCE_ATOL,
             err_msg=where,
         )
-
-
-def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    return x
 
 
 @pytest.mark.parametrize("name", ["square", "pgd", "identity"])

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run
 
 from pytest_attacktest.devices import (
     SIMULATED_GPUS_ENV,
@@ -201,9 +202,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def _run(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict[str, Any]]:
     pytester.makeconftest(textwrap.dedent(SEEN_CONFTEST))
     pytester.makepyfile(test_seen=textwrap.dedent(SEEN_TESTS))
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "--attack-test-json=r.json", *args
-    )
+    result = run(pytester, "--attack-test-json=r.json", *args)
     document = json.loads((pytester.path / "r.json").read_text())
     return result, document
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from attack_project import make_project, run_pytest
 from digits_models import held_out, mlp_weights, numpy_mlp, torch_mlp
+from helpers import identity
 
 import attacks
 from pytest_attacktest import Report, binarization_test
@@ -60,10 +61,6 @@ def _data(n: int = 64) -> tuple[Any, Any]:
 
 def _misses(report: Report) -> list[SampleResult]:
     return [s for s in report.samples if s.conclusive and not s.success]
-
-
-def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    return x
 
 
 @pytest.mark.parametrize(

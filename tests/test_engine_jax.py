@@ -1,11 +1,12 @@
-"""The binarization test on JAX models: the discrimination tests of the PyTorch engine.
+"""The binarization test on JAX models: what only JAX has.
 
 A JAX model is a pure function, so its features are always given as a
-callable (the network up to the input of its final linear layer). The same
-verdicts must come out as for PyTorch (``tests/test_binarization.py``): a
-strong attack passes, a non-attack fails, gradient masking by input
-quantization makes plain PGD fail and PGD with BPDA pass. And the attack loop
-must run on the device: nothing in it may read a value back to the host.
+callable (the network up to the input of its final linear layer). The
+discrimination scenarios shared with PyTorch and Keras (a strong attack
+passes, a non-attack fails, BPDA breaks input quantization) run per framework
+in test_engine_discrimination.py; here: a straight-through estimator breaks
+the quantization as BPDA does, and the attack loop runs on the device (nothing
+in it may read a value back to the host).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from digits_models import held_out, jax_mlp, mlp_weights
+from helpers import identity
 
 import attacks
 from attacks import backend
@@ -51,42 +53,6 @@ def _parts() -> tuple[Any, Any]:
     return features, head
 
 
-def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    return x
-
-
-def test_pgd_passes_on_a_jax_model() -> None:
-    features, _ = _parts()
-    x, y = _data()
-    report = binarization_test(
-        jax_mlp(),
-        x,
-        y,
-        attack=attacks.PGD("linf", steps=STEPS),
-        epsilon=EPS,
-        features=features,
-    )
-    assert report.passed, report.summary()
-    assert report.n_conclusive == 32
-    assert all(s.distance <= EPS * (1 + 1e-5) for s in report.samples)
-
-
-def test_identity_attack_fails_and_gets_a_jax_function() -> None:
-    features, _ = _parts()
-    x, y = _data()
-    seen: list[Any] = []
-
-    def spy(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-        seen.append(model(x))  # the binarized model, called natively on JAX arrays
-        return identity(model, x, y, epsilon)
-
-    report = binarization_test(jax_mlp(), x, y, attack=spy, epsilon=EPS, features=features)
-    assert report.verdict == "failed", report.summary()
-    assert report.asr == 0.0
-    assert isinstance(seen[0], jax.Array)
-    assert seen[0].shape == (32, 2)
-
-
 # ---------------------------------------------------------------------- gradient masking
 
 
@@ -98,28 +64,14 @@ def _straight_through(t: Any) -> Any:
     return t + jax.lax.stop_gradient(_quantize(t) - t)
 
 
-def test_quantized_input_plain_pgd_fails_and_bpda_passes() -> None:
-    """jnp.round has zero gradient: plain PGD stands still; BPDA (two ways) breaks it."""
+def test_straight_through_quantization_breaks_like_bpda() -> None:
+    """A straight-through estimator in JAX (stop_gradient) gets BPDA's per-sample results.
+
+    The plain-PGD-fails and BPDA-passes halves of this scenario run on every
+    framework in test_engine_discrimination.py.
+    """
     features, head = _parts()
     x, y = _data()
-
-    def defended(t: Any) -> Any:
-        return head(features(_quantize(t)))
-
-    plain = binarization_test(
-        defended,
-        x,
-        y,
-        attack=attacks.PGD(steps=STEPS),
-        epsilon=0.2,
-        features=lambda t: features(_quantize(t)),
-    )
-    assert plain.verdict == "failed", plain.summary()
-    assert plain.asr < 0.5
-    # The diagnosis saw the zero gradients through the rounding (issue 15 item 2).
-    assert {s.clean_grad for s in plain.samples if s.conclusive and not s.success} == {"zero"}
-    assert plain.causes()[0].startswith("gradients look masked"), plain.causes()
-
     bpda = attacks.BPDA(lambda t: head(features(t)), _quantize)
     adaptive = binarization_test(
         bpda,
@@ -130,7 +82,6 @@ def test_quantized_input_plain_pgd_fails_and_bpda_passes() -> None:
         features=lambda t: features(bpda.through(t)),
     )
     assert adaptive.passed, adaptive.summary()
-    assert adaptive.n_conclusive == plain.n_conclusive  # the same defense, the same setups
 
     def through(t: Any) -> Any:
         return head(features(_straight_through(t)))

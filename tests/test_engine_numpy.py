@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from digits_models import held_out, mlp_weights, numpy_mlp
+from helpers import identity, run, write
 
 import attacks
 from pytest_attacktest import binarization_test
@@ -43,10 +44,6 @@ def quantized_model(x: np.ndarray) -> np.ndarray:
 
 def quantized_features(x: np.ndarray) -> np.ndarray:
     return features(quantize(x))
-
-
-def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    return x
 
 
 def square(queries: int) -> attacks.Square:
@@ -156,12 +153,11 @@ TESTS = """
 """
 
 
+@pytest.mark.usefixtures("plugin_autoload")
 def test_plugin_runs_square_and_refuses_pgd_on_a_numpy_model(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(textwrap.dedent(CONFTEST).format(tests=str(Path(__file__).parent)))
-    pytester.makepyfile(test_attack=textwrap.dedent(TESTS).format())
-    result = pytester.runpytest_subprocess(
-        "-p", "no:hypothesispytest", "-p", "no:cacheprovider", "--attack-test", "-rf"
-    )
+    write(pytester, TESTS.format())
+    result = run(pytester, "--attack-test", "-rf")
     result.assert_outcomes(passed=1, failed=1)
     for line in (
         "*test_attack.py::test_square * passed * 1.000 *",

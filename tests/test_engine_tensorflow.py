@@ -1,14 +1,14 @@
-"""The binarization test on Keras 3 models: the torch discrimination tests, and Keras features.
+"""The binarization test on Keras 3 models: the Keras feature adapter and the native model.
 
 The same trained digits MLP as in the torch tests (tests/digits_models.py),
-loaded into Keras: a strong attack passes, a non-attack fails, and on an
-input-quantization defense plain PGD fails while PGD with BPDA passes. The
-Keras feature adapter must find the input of the final Dense layer of
-Sequential and functional models (checked against the hand-computed hidden
-layer, values and gradients), use a named layer, refuse to guess inside a
-subclassed model, and the binarized model must be a Keras model that a
-hand-written TensorFlow attack can run on. CPU only; 16 to 32 samples, 20 to
-30 attack steps.
+loaded into Keras; the discrimination scenarios (a strong attack passes, a
+non-attack fails, BPDA breaks input quantization) run per framework in
+test_engine_discrimination.py. Here: the Keras feature adapter must find the
+input of the final Dense layer of Sequential and functional models (checked
+against the hand-computed hidden layer, values and gradients), use a named
+layer, refuse to guess inside a subclassed model, and the binarized model must
+be a Keras model that a hand-written TensorFlow attack can run on. CPU only;
+16 to 32 samples, 20 to 30 attack steps.
 """
 
 from __future__ import annotations
@@ -40,14 +40,6 @@ def _hidden(x: np.ndarray) -> np.ndarray:
     """The MLP's penultimate layer by hand: the features the readout must see."""
     w1, b1, _, _ = mlp_weights()
     return np.maximum(x @ w1 + b1, 0)
-
-
-def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    return x
-
-
-def quantize(t: Any) -> Any:
-    return tf.round(t * 3) / 3
 
 
 # ---------------------------------------------------------------------- models
@@ -116,46 +108,6 @@ MAKERS = {
     "nested": nested_mlp,
     "unbuilt-sequential": unbuilt_sequential,
 }
-
-
-# ---------------------------------------------------------------------- discrimination
-
-
-def test_pgd_passes_on_a_keras_model() -> None:
-    x, y = _data()
-    report = binarization_test(
-        keras_mlp(), x, y, attack=attacks.PGD("linf", steps=30), epsilon=EPS, norm="linf"
-    )
-    assert report.verdict == "passed", report.summary()
-    assert report.asr >= 0.95
-    assert report.n_inconclusive == 0
-    assert report.settings["clean_accuracy"] > 0.85
-    assert report.settings["n_inner"] == HIDDEN // 2 - 1  # from the 32 found features
-
-
-def test_identity_attack_fails_on_a_keras_model() -> None:
-    x, y = _data()
-    report = binarization_test(keras_mlp(), x, y, attack=identity, epsilon=EPS)
-    assert report.verdict == "failed", report.summary()
-    assert report.n_success == 0
-
-
-def test_quantized_keras_defense_plain_pgd_fails_and_pgd_with_bpda_passes() -> None:
-    """Gradient masking by input quantization inside a Keras model, and BPDA around it."""
-    classifier = keras_mlp()
-    inputs = keras.Input((64,))
-    defended = keras.Model(inputs, classifier(keras.layers.Lambda(quantize)(inputs)))
-    x, y = _data()
-    plain = binarization_test(defended, x, y, attack=attacks.PGD(steps=30), epsilon=0.2)
-    assert plain.verdict == "failed", plain.summary()
-    assert plain.asr < 0.5
-    # The diagnosis saw the zero gradients through the rounding (issue 15 item 2).
-    assert {s.clean_grad for s in plain.samples if s.conclusive and not s.success} == {"zero"}
-    assert plain.causes()[0].startswith("gradients look masked"), plain.causes()
-    bpda = attacks.BPDA(classifier, quantize)
-    adaptive = binarization_test(bpda, x, y, attack=attacks.PGD(steps=30), epsilon=0.2)
-    assert adaptive.passed, adaptive.summary()
-    assert adaptive.n_conclusive == plain.n_conclusive
 
 
 # ---------------------------------------------------------------------- features

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from digits_models import held_out, native_mlp
+from helpers import torch_threads
 
 import attacks
 from attacks import fast_path
@@ -41,10 +42,8 @@ COMPILED = {"backend": "eager"}  #: torch.compile without inductor: no C++ compi
 def torch() -> Iterator[Any]:
     """PyTorch on one thread for this module (the digits MLP is tiny), restored afterwards."""
     module = pytest.importorskip("torch")
-    threads = module.get_num_threads()
-    module.set_num_threads(1)
-    yield module
-    module.set_num_threads(threads)
+    with torch_threads(1):
+        yield module
 
 
 @pytest.fixture(scope="module")

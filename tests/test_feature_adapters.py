@@ -17,6 +17,7 @@ import eagerpy as ep
 import numpy as np
 import pytest
 from digits_models import HIDDEN, held_out, jax_mlp, mlp_weights, numpy_mlp
+from helpers import identity
 
 import attacks
 from pytest_attacktest import binarization_test
@@ -25,10 +26,6 @@ from pytest_attacktest.readout import Readouts
 from pytest_attacktest.routing import BinarizedModel
 
 EPS = 0.1
-
-
-def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    return x
 
 
 def test_numpy_model_errors_name_the_callable_and_gradient_free_attacks() -> None:

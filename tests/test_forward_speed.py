@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from convnets import held_out_images, torch_convnet
 from digits_models import held_out, torch_mlp
+from helpers import identity
 
 import attacks
 from pytest_attacktest import binarization_test
@@ -31,15 +32,12 @@ torch = pytest.importorskip("torch")
 EPS = 8 / 255
 SAMPLES = 16
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread, restored after
+
 
 def _images(n: int = SAMPLES) -> tuple[Any, Any]:
     x, y = held_out_images(n)
     return torch.from_numpy(x), torch.from_numpy(y)
-
-
-def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    """No attack at all: it must never pass."""
-    return x
 
 
 class Recorder(torch.nn.Module):
@@ -113,7 +111,6 @@ def test_blocks_ask_the_memory_at_every_pass_and_keep_a_halving() -> None:
 
 def test_engine_sizes_blocks_from_a_faked_gpu_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every engine pass follows the device's free memory; results equal the fixed budget's."""
-    torch.set_num_threads(1)
     x_np, y_np = held_out(24)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     attack = attacks.PGD("linf", steps=20, random_start=False)
@@ -147,7 +144,6 @@ def test_engine_sizes_blocks_from_a_faked_gpu_memory(monkeypatch: pytest.MonkeyP
 
 
 def test_a_channels_last_model_gets_channels_last_inputs_with_the_same_results() -> None:
-    torch.set_num_threads(1)
     plain = Recorder(torch_convnet()).eval()
     fast = Recorder(torch_convnet().to(memory_format=torch.channels_last)).eval()
     assert not uses_channels_last(plain)
@@ -190,7 +186,6 @@ def test_channels_last_leaves_other_inputs_and_models_alone() -> None:
 
 def test_bf16_features_are_measured_as_noise_and_keep_the_verdict() -> None:
     """bf16 autocast for the training features only; its difference counts as noise."""
-    torch.set_num_threads(1)
     reference = _convnet_test(torch_convnet())
     net = Recorder(torch_convnet()).eval()
     report = _convnet_test(net, feature_dtype="bfloat16")
@@ -209,7 +204,6 @@ def test_bf16_features_are_measured_as_noise_and_keep_the_verdict() -> None:
 
 
 def test_bf16_features_never_pass_a_non_attack() -> None:
-    torch.set_num_threads(1)
     report = _convnet_test(torch_convnet(), attack=identity, feature_dtype="bfloat16")
     assert report.verdict != "passed", report.summary()
     assert not any(s.success for s in report.samples)

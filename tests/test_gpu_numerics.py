@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from convnets import held_out_images, keras_convnet, torch_convnet
 from gpu_numerics import TF32_LIKE, keras_gpu_like, relative_noise, torch_gpu_like
+from helpers import identity
 
 import attacks
 from pytest_attacktest import binarization_test
@@ -30,10 +31,6 @@ SAMPLES = 64
 def _data(n: int = SAMPLES) -> tuple[Any, Any]:
     x, y = held_out_images(n)
     return torch.from_numpy(x), torch.from_numpy(y)
-
-
-def identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    return x
 
 
 def sign_noise(model: Any, x: Any, y: Any, epsilon: float) -> Any:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import identity
 
 from pytest_attacktest.html_report import image_layout, png_data_uri, render_html
 from pytest_attacktest.report import MAX_EXAMPLES
@@ -34,25 +35,20 @@ torch = pytest.importorskip("torch")
 N = 16
 
 
-def _identity(model: Any, x: Any, y: Any, epsilon: float) -> Any:
-    return x
-
-
 @pytest.fixture(scope="module")
-def document() -> dict[str, Any]:
+def document(one_torch_thread: None) -> dict[str, Any]:
     """Two attack tests as the plugin records them; one call carries a claim."""
     from digits_models import held_out, torch_mlp
 
     import attacks
     from pytest_attacktest import binarization_test
 
-    torch.set_num_threads(1)
     x, y = (torch.from_numpy(a) for a in held_out(N))
     model = torch_mlp()
     strong = binarization_test(
         model, x, y, attack=attacks.PGD("linf", steps=10), epsilon=0.1, n_validation=4
     )
-    weak = binarization_test(model, x, y, attack=_identity, epsilon=0.1, n_validation=4)
+    weak = binarization_test(model, x, y, attack=identity, epsilon=0.1, n_validation=4)
     claim = {"claim": 0.9, "robust_accuracy": 0.25, "verdict": "failed", "n_robust": 4}
     results = RunResults()
     strong_record = plain({**strong.to_dict(), "seconds": 0.5, "claim": claim})

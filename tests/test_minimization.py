@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,19 +37,7 @@ SIZES = {"torch": (64, 50), "tensorflow": (16, 20), "jax": (8, 10)}
 ATTACK_NAMES = ["fmn-l2", "fmn-linf", "fmn-l1", "ddn", "cw"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Run torch single-threaded here, then restore the setting.
-
-    The MLP's tensors are tiny (64 x 64), so intra-op threads only add
-    synchronisation; on a loaded 2-core machine (or under pytest-xdist) two
-    spinning threads per process made these tests ten times slower
-    (FMN-L2, 100 steps: 5.1 s wall with 2 threads, 0.55 s with 1).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread, restored after
 
 
 def make_attack(name: str, steps: int, *, strong_cw: bool = False) -> tuple[Attack, float]:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import textwrap
 
 import pytest
+from helpers import MARKED_AND_FIXTURE, run, write
 
 from pytest_attacktest.collection import SKIP_REASON
 from pytest_attacktest.fixture import ERROR_VERDICT, NEVER_CALLED
@@ -26,38 +26,8 @@ from pytest_attacktest.options import DEFAULT_SAMPLES, DEFAULT_THRESHOLD
 
 FRAMEWORKS = ("torch", "tensorflow", "jax", "eagerpy", "numpy", "attacks")
 
-# Two tests that must be skipped without the flag, one that must always run. With the
-# flag, the fixture's call fails before the engine (no epsilon anywhere): no ML import.
-MARKED_AND_FIXTURE = """
-    import pytest
-
-    @pytest.mark.attack_test(epsilon=8/255, norm="linf")
-    def test_marked():
-        pass
-
-    def test_uses_fixture(attack_test):
-        attack_test(object(), [0.0], [0], attack=object())
-
-    def test_plain():
-        pass
-"""
-
-
-@pytest.fixture(autouse=True)
-def _plugin_autoload(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The inner runs find the plugin through its entry point; make sure autoload is on."""
-    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    """Run pytest in a subprocess in ``pytester.path``, plugin loaded by entry point."""
-    return pytester.runpytest_subprocess(
-        "-p", "no:hypothesispytest", "-p", "no:cacheprovider", *args
-    )
-
-
-def write(pytester: pytest.Pytester, source: str, name: str = "test_attack") -> None:
-    pytester.makepyfile(**{name: textwrap.dedent(source)})
+#: The inner runs find the plugin through its entry point (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("plugin_autoload")
 
 
 # --------------------------------------------------------------------------- skip / run

@@ -17,17 +17,14 @@ from pathlib import Path
 
 import pytest
 from attack_project import make_project, run_pytest
-from test_plugin import MARKED_AND_FIXTURE, run, write
+from helpers import MARKED_AND_FIXTURE, run, write
 
 import pytest_attacktest
 from pytest_attacktest import AttackTestFailed
 from pytest_attacktest.session import RunResults
 
-
-@pytest.fixture(autouse=True)
-def _plugin_autoload(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The inner runs find the plugin through its entry point; make sure autoload is on."""
-    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+#: The inner runs find the plugin through its entry point (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("plugin_autoload")
 
 
 # --------------------------------------------------------------------------- Ctrl-C

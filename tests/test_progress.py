@@ -24,12 +24,7 @@ torch = pytest.importorskip("torch")
 PHASES = ["sampling", "features", "fit", "attack", "verification"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread, restored after
 
 
 def _run(progress: Any = None) -> Any:

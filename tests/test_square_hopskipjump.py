@@ -12,7 +12,6 @@ held-out digits, clean accuracy 0.98); the figures are in the comments.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,19 +24,7 @@ from attacks.gradient import PGD
 from attacks.hopskipjump import HopSkipJump
 from attacks.square import CHECK_EVERY, ImageLayout, Square, eta, p_selection, square_size
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models run 20x slower with 2 torch threads on a loaded 2-core CI machine."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread, restored after
 
 
 def mlp(framework: str) -> Any:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import torch_threads
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
@@ -42,12 +43,7 @@ def _zoo_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread, restored after
 
 
 # ---------------------------------------------------------------------- registry
@@ -334,8 +330,7 @@ def test_zoo_training_is_independent_of_thread_count(monkeypatch: pytest.MonkeyP
         defense = zoo.get(name)
         states = []
         for threads in (1, 2):
-            with threadpoolctl.threadpool_limits(threads, user_api="blas"):
-                torch.set_num_threads(threads)
+            with threadpoolctl.threadpool_limits(threads, user_api="blas"), torch_threads(threads):
                 states.append(defense._train(0).state_dict())
         single, double = states
         assert list(single) == list(double), name
