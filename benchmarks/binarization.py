@@ -80,7 +80,7 @@ import attacks
 import pytest_attacktest
 from benchmarks import common, model_speed, models
 from benchmarks import reference_baseline as baseline
-from pytest_attacktest import routing
+from pytest_attacktest.engine import routing
 
 binarization_test = pytest_attacktest.binarization_test
 

@@ -30,7 +30,7 @@ ball with the engine's tolerance, inside the bounds, adversarial in a fresh
 forward pass of the final float32 model), a sample is conclusive only when the
 fit separates every training point *and* the best boundary point is
 adversarial in the final model while the clean point is not, and the verdict
-comes from the same :class:`~pytest_attacktest.report.Report`. What differs
+comes from the same :class:`~pytest_attacktest.engine.report.Report`. What differs
 is only the readout (logistic regression instead of the engine's batched
 minimum-norm solve; both separate the same points), the random draws, and
 that an inconclusive sample is not attacked (as in the reference).
@@ -75,18 +75,18 @@ from attacks import backend
 from attacks.base import Attack
 from attacks.geometry import lp_norms
 from attacks.norms import norm_name, parse_p
-from pytest_attacktest.binarization import (
+from pytest_attacktest.engine.binarization import (
     DEFAULT_CLOSENESS,
     DEFAULT_GAP,
     DEFAULT_MAX_INCONCLUSIVE,
     DEFAULT_THRESHOLD,
     NOISE_INNER,
 )
-from pytest_attacktest.features import feature_extractor
-from pytest_attacktest.readout import MIN_CLOSENESS, NOISE_FACTOR
-from pytest_attacktest.report import Report, SampleResult
-from pytest_attacktest.sampling import boundary_points, inner_points
-from pytest_attacktest.verification import BALL_TOLERANCE, ROUNDING
+from pytest_attacktest.engine.features import feature_extractor
+from pytest_attacktest.engine.readout import MIN_CLOSENESS, NOISE_FACTOR
+from pytest_attacktest.engine.report import Report, SampleResult
+from pytest_attacktest.engine.sampling import boundary_points, inner_points
+from pytest_attacktest.engine.verification import BALL_TOLERANCE, ROUNDING
 
 #: The case studies pass lr=10000, which the reference uses as sklearn's max_iter.
 MAX_ITER = 10000
@@ -190,7 +190,7 @@ def fit_min_norm(
 ) -> tuple[np.ndarray, float, int]:
     """The engine's readout (minimum-norm interpolation of -1/+1), for one sample in NumPy.
 
-    The same formula as :func:`pytest_attacktest.readout.fit_readouts`, so that
+    The same formula as :func:`pytest_attacktest.engine.readout.fit_readouts`, so that
     a comparison with it isolates the per-sample structure from the choice of
     fitter (scikit-learn's fit stops at its tolerance and may leave the one
     boundary point misclassified where the features barely differ).

@@ -28,7 +28,7 @@ the first two and checks the third by the engine's own arithmetic:
    with 4096 samples on a GPU with ``--gpu-free-gib`` free (default 79, an
    80 GB H100), what its budget covers (the chunk's sampled points, counted
    three times for temporaries), the block of forward passes
-   (``pytest_attacktest.blocks.device_block_size``: half the memory the
+   (``pytest_attacktest.engine.blocks.device_block_size``: half the memory the
    chunk leaves, activations estimated, at most 4096 points) and
    what it does not count (the activations of a block, the attack's forward
    and backward pass on the chunk; both are halved on out-of-memory).
@@ -65,9 +65,9 @@ import eagerpy as ep
 import torch
 
 import attacks
-import pytest_attacktest.binarization as engine
+import pytest_attacktest.engine.binarization as engine
 from benchmarks import common, model_speed, models
-from pytest_attacktest import blocks, routing
+from pytest_attacktest.engine import blocks, routing
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30
@@ -300,7 +300,7 @@ def chunk_plan(
 ) -> dict[str, Any]:
     """``auto_chunk_size``'s arithmetic on a CUDA device with ``free_bytes`` free.
 
-    Mirrors ``pytest_attacktest.binarization`` (checked against it by
+    Mirrors ``pytest_attacktest.engine.binarization`` (checked against it by
     ``tests/test_benchmarks.py`` through its CPU budget): points per sample
     ``1 + n_inner + n_boundary + 2 * n_validation`` (times the feature
     passes), three copies of them per sample, half of the free memory.

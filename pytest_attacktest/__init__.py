@@ -25,20 +25,20 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from pytest_attacktest.binarization import binarization_test
-    from pytest_attacktest.errors import AttackTestError
+    from pytest_attacktest.engine.binarization import binarization_test
+    from pytest_attacktest.engine.errors import AttackTestError
+    from pytest_attacktest.engine.report import Report, SampleResult
     from pytest_attacktest.outcomes import AttackTestFailed
-    from pytest_attacktest.report import Report, SampleResult
 
 
 def __getattr__(name: str) -> Any:
     """Import the engine lazily (PEP 562): the plugin must stay light."""
     if name == "binarization_test":
-        from pytest_attacktest.binarization import binarization_test
+        from pytest_attacktest.engine.binarization import binarization_test
 
         return binarization_test
     if name == "AttackTestError":
-        from pytest_attacktest.errors import AttackTestError
+        from pytest_attacktest.engine.errors import AttackTestError
 
         return AttackTestError
     if name == "AttackTestFailed":
@@ -46,7 +46,7 @@ def __getattr__(name: str) -> Any:
 
         return AttackTestFailed
     if name in ("Report", "SampleResult"):
-        from pytest_attacktest import report
+        from pytest_attacktest.engine import report
 
         return getattr(report, name)
     raise AttributeError(f"module 'pytest_attacktest' has no attribute {name!r}")

@@ -11,7 +11,7 @@ Path options resolve relative to where they were given (:func:`resolve_path`).
 
 The flags default to ``None`` so "not given" differs from "given", as in
 pytest-timeout. Values go through the parsers of
-:mod:`pytest_attacktest.options` (and the progress and baseline parsers), so
+:mod:`pytest_attacktest.engine.options` (and the progress and baseline parsers), so
 a bad value is a usage error naming the flag or the ini option. Options
 without an ini name are the run's actions (save, compare, bench), not
 settings a project keeps in its ini file.
@@ -38,8 +38,8 @@ from pytest_attacktest.baselines import (
     parse_compare_fail,
     parse_compare_name,
 )
-from pytest_attacktest.claims import DEFAULT_CLAIM_TOLERANCE
-from pytest_attacktest.options import (
+from pytest_attacktest.engine.claims import DEFAULT_CLAIM_TOLERANCE
+from pytest_attacktest.engine.options import (
     DEFAULT_SAMPLES,
     DEFAULT_THRESHOLD,
     parse_claim_tolerance,

@@ -2,7 +2,7 @@
 
 A test is an attack test when it carries the ``attack_test`` marker or uses
 the ``attack_test`` fixture. Its markers (module, class, function: the closest
-wins) are merged into its :class:`~pytest_attacktest.options.AttackTestSettings`
+wins) are merged into its :class:`~pytest_attacktest.engine.options.AttackTestSettings`
 at collection, so a typo in a marker shows up in the everyday run, not only in
 the run that finally enables attack tests. The hooks in
 :mod:`pytest_attacktest.plugin` call the functions here. Nothing here imports
@@ -14,7 +14,12 @@ from __future__ import annotations
 import pytest
 
 from pytest_attacktest.cli_options import FLAG, INI_ENABLE, MARKER
-from pytest_attacktest.options import CORE_KEYS, AttackTestSettings, SettingsError, resolve_settings
+from pytest_attacktest.engine.options import (
+    CORE_KEYS,
+    AttackTestSettings,
+    SettingsError,
+    resolve_settings,
+)
 from pytest_attacktest.session import AttackTestSession, get_session
 
 __all__ = [

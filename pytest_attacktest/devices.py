@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from pytest_attacktest.errors import AttackTestError
+from pytest_attacktest.engine.errors import AttackTestError
 
 __all__ = [
     "SIMULATED_GPUS_ENV",

@@ -1,8 +1,8 @@
 """The ``attack_test`` fixture: the test's settings, and the call that runs the binarization test.
 
 A test calls ``attack_test(model, x, y, attack=...)``; the fixture runs
-:func:`~pytest_attacktest.binarization.binarization_test` on the first
-``samples`` inputs (and the claim gate, :mod:`pytest_attacktest.claims`, when
+:func:`~pytest_attacktest.engine.binarization.binarization_test` on the first
+``samples`` inputs (and the claim gate, :mod:`pytest_attacktest.engine.claims`, when
 the test makes a claim), keeps each call's report as a plain dict for the
 results reporter (:mod:`pytest_attacktest.reporting`), and fails the test
 unless the attack passes. The engine is imported when the fixture is called,
@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_attacktest import progress
-from pytest_attacktest.claims import DEFAULT_CLAIM_TOLERANCE, ClaimResult
 from pytest_attacktest.cli_options import DEVICE_FLAG, MARKER
 from pytest_attacktest.collection import SKIP_REASON, item_settings, marker_error, settings_key
-from pytest_attacktest.options import AttackTestSettings, SettingsError, apply_kwargs
+from pytest_attacktest.engine.claims import DEFAULT_CLAIM_TOLERANCE, ClaimResult
+from pytest_attacktest.engine.options import AttackTestSettings, SettingsError, apply_kwargs
 from pytest_attacktest.outcomes import AttackTestFailed
 from pytest_attacktest.session import AttackTestSession, RunResults, get_session, plain, results_key
 
 if TYPE_CHECKING:
-    from pytest_attacktest.report import Report
+    from pytest_attacktest.engine.report import Report
 
 __all__ = [
     "ERROR_VERDICT",
@@ -74,7 +74,7 @@ class AttackTestFixture:
         settings: the resolved :class:`AttackTestSettings` (marker kwargs merged
             over the run's defaults, plus the session seed).
         calls: how many times the fixture was called in this test.
-        reports: the :class:`~pytest_attacktest.report.Report` of each call that
+        reports: the :class:`~pytest_attacktest.engine.report.Report` of each call that
             finished (passed or not), for hooks and conftest code.
         records: the same as plain dicts (``Report.to_dict()`` plus ``seconds``,
             and ``claim`` when the test makes one), which travel to the xdist
@@ -147,11 +147,11 @@ class AttackTestFixture:
         passes the binarization test *and* the robust accuracy measured by the
         plugin agrees with the claim (its 95% interval reaches
         ``[claim - tolerance, claim + tolerance]``;
-        :mod:`pytest_attacktest.claims`); the failure says which check
+        :mod:`pytest_attacktest.engine.claims`); the failure says which check
         failed, or both.
 
         Returns:
-            the :class:`~pytest_attacktest.report.Report`, when the test passed.
+            the :class:`~pytest_attacktest.engine.report.Report`, when the test passed.
 
         Raises:
             SettingsError: invalid overrides, or no epsilon anywhere.
@@ -178,12 +178,12 @@ class AttackTestFixture:
         y = None if y is None else y[: settings.samples]
         fewer = _fewer_samples(settings.samples, given)
         if fewer is not None:
-            from pytest_attacktest.errors import FewerSamplesWarning
+            from pytest_attacktest.engine.errors import FewerSamplesWarning
 
             warnings.warn(FewerSamplesWarning(fewer), stacklevel=2)
         model, x, y = self._to_device(model, x, y)
 
-        from pytest_attacktest.binarization import binarization_test
+        from pytest_attacktest.engine.binarization import binarization_test
 
         tracker = self._progress()
         if tracker is not None:
@@ -237,7 +237,7 @@ class AttackTestFixture:
         Its attack runs on every sample again, as long as the test's own; with
         live progress it shows as the phase "claim", before the test's "done".
         """
-        from pytest_attacktest.claims import check_claim, measure_robust_accuracy
+        from pytest_attacktest.engine.claims import check_claim, measure_robust_accuracy
 
         assert settings.claim is not None
         assert settings.epsilon is not None

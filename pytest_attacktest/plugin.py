@@ -69,6 +69,12 @@ from pytest_attacktest.collection import (
     setup_error,
 )
 from pytest_attacktest.devices import early_value, pin_xdist_worker, record_xdist_worker
+from pytest_attacktest.engine.options import (
+    DEFAULT_NORM,
+    DEFAULT_SAMPLES,
+    DEFAULT_THRESHOLD,
+    ENGINE_KEYS,
+)
 from pytest_attacktest.fixture import (
     ERROR_VERDICT,
     NEVER_CALLED,
@@ -80,7 +86,6 @@ from pytest_attacktest.fixture import (
 # Imported under its fixture name's function so that pytest, which looks for
 # fixtures on the registered plugin module, finds it here.
 from pytest_attacktest.fixture import attack_test_fixture as attack_test_fixture
-from pytest_attacktest.options import DEFAULT_NORM, DEFAULT_SAMPLES, DEFAULT_THRESHOLD, ENGINE_KEYS
 from pytest_attacktest.reporting import ResultsReporter, attach_results
 from pytest_attacktest.session import (
     AttackTestSession,

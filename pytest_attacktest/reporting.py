@@ -84,14 +84,14 @@ def attach_results(
 
 
 def _user_error(call: pytest.CallInfo[None]) -> str | None:
-    """The message of an :class:`~pytest_attacktest.errors.AttackTestError` the phase raised.
+    """The message of an :class:`~pytest_attacktest.engine.errors.AttackTestError` the phase raised.
 
     Why only these: their message says what to change (no epsilon, no such
     feature layer, an attack object of another library), and a traceback
     through the engine would bury it. Any other exception may be a bug, in
     the plugin or in the user's model or attack, and keeps its traceback.
     """
-    from pytest_attacktest.errors import AttackTestError
+    from pytest_attacktest.engine.errors import AttackTestError
 
     excinfo = call.excinfo
     if excinfo is None or not isinstance(excinfo.value, AttackTestError):

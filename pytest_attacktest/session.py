@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from pytest_attacktest.baselines import CompareFail
-from pytest_attacktest.options import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, AttackTestSettings
+from pytest_attacktest.engine.options import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, AttackTestSettings
 
 __all__ = [
     "FORMAT_VERSION",
@@ -173,7 +173,7 @@ class RunResults:
         Entries are keyed by node id, so each test appears once however many
         of its phases (or workers' copies of them) arrive. ``error`` is the
         message of a setup error the phase raised (an
-        :class:`~pytest_attacktest.errors.AttackTestError`: no epsilon, no
+        :class:`~pytest_attacktest.engine.errors.AttackTestError`: no epsilon, no
         feature layer, ...); the entry keeps the first one as ``error``.
         """
         phases = self._phases.setdefault(nodeid, {})

@@ -24,10 +24,10 @@ from digits_models import held_out, numpy_mlp, torch_mlp
 
 import attacks
 from pytest_attacktest import binarization_test
-from pytest_attacktest.errors import FewerSamplesWarning
+from pytest_attacktest.engine.errors import FewerSamplesWarning
+from pytest_attacktest.engine.options import AttackTestSettings, SettingsError, apply_kwargs
 from pytest_attacktest.fixture import AttackTestFixture
 from pytest_attacktest.html_report import render_html
-from pytest_attacktest.options import AttackTestSettings, SettingsError, apply_kwargs
 from pytest_attacktest.session import AttackTestSession, RunResults
 
 

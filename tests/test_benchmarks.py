@@ -35,10 +35,10 @@ from benchmarks import binarization as bench  # noqa: E402
 from benchmarks import common, frameworks, jax_step, model_speed, models, scale  # noqa: E402
 from benchmarks import gpu_numerics as numerics  # noqa: E402
 from benchmarks import reference_baseline as baseline  # noqa: E402
-from pytest_attacktest import binarization as engine  # noqa: E402
 from pytest_attacktest import binarization_test  # noqa: E402
-from pytest_attacktest.blocks import ACTIVATION_FACTOR, device_block_size  # noqa: E402
-from pytest_attacktest.report import Report, SampleResult  # noqa: E402
+from pytest_attacktest.engine import binarization as engine  # noqa: E402
+from pytest_attacktest.engine.blocks import ACTIVATION_FACTOR, device_block_size  # noqa: E402
+from pytest_attacktest.engine.report import Report, SampleResult  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread, restored after
 
@@ -174,7 +174,7 @@ def test_per_sample_mode_is_inconclusive_when_no_readout_separates_the_points() 
 
 
 def test_per_sample_min_norm_readout_is_the_engines_formula() -> None:
-    from pytest_attacktest.readout import fit_readouts
+    from pytest_attacktest.engine.readout import fit_readouts
 
     rng = np.random.default_rng(0)
     features = rng.normal(size=(9, 16))

@@ -23,7 +23,7 @@ from helpers import identity
 import attacks
 from attacks.base import Attack, RunContext
 from pytest_attacktest import Report, binarization_test
-from pytest_attacktest.features import FeatureError
+from pytest_attacktest.engine.features import FeatureError
 
 torch = pytest.importorskip("torch")
 
@@ -395,7 +395,7 @@ def test_logit_rescaling_keeps_decisions_and_sets_the_scale(mode: str) -> None:
 
 
 def test_automatic_chunk_size_respects_the_memory_budget(monkeypatch: Any) -> None:
-    from pytest_attacktest import binarization as engine
+    from pytest_attacktest.engine import binarization as engine
 
     x = ep.astensor(torch.zeros(100, 3, 32, 32))
     assert engine.auto_chunk_size(x, 10) == 100
@@ -409,7 +409,7 @@ def test_automatic_chunk_size_respects_the_memory_budget(monkeypatch: Any) -> No
 def test_automatic_chunk_size_uses_a_jax_accelerators_free_memory(monkeypatch: Any) -> None:
     """On a JAX GPU the budget is half of the allocator's free memory, not the CPU's 1 GiB."""
     jnp = pytest.importorskip("jax.numpy")
-    from pytest_attacktest import binarization as engine
+    from pytest_attacktest.engine import binarization as engine
 
     points = 10_000  # points per sample: 369 MB of 3x32x32 inputs per sample (x3)
     per_sample = 3 * points * 3 * 32 * 32 * 4

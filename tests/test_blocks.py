@@ -15,14 +15,14 @@ from digits_models import held_out, torch_mlp
 
 import attacks
 from pytest_attacktest import binarization_test
-from pytest_attacktest.blocks import (
+from pytest_attacktest.engine.blocks import (
     BLOCK_INPUT_BYTES,
     MAX_BLOCK,
     Blocks,
     block_size_for,
     is_out_of_memory,
 )
-from pytest_attacktest.claims import measure_robust_accuracy
+from pytest_attacktest.engine.claims import measure_robust_accuracy
 
 torch = pytest.importorskip("torch")
 

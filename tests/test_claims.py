@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 from attack_project import make_project, run_pytest
 
-from pytest_attacktest.claims import (
+from pytest_attacktest.engine.claims import (
     ClaimResult,
     _wilson,
     check_claim,
     samples_to_settle,
     wilson_interval,
 )
-from pytest_attacktest.options import (
+from pytest_attacktest.engine.options import (
     AttackTestSettings,
     SettingsError,
     apply_kwargs,
@@ -228,7 +228,7 @@ def _by_hand(model: Any, x: Any, y: Any, adv: Any, epsilon: float) -> int:
 
 def test_measurement_agrees_with_a_hand_count(mlp: tuple[Any, Any, Any]) -> None:
     import attacks
-    from pytest_attacktest.claims import measure_robust_accuracy
+    from pytest_attacktest.engine.claims import measure_robust_accuracy
 
     model, x, y = mlp
     attack = attacks.PGD("linf", steps=10)
@@ -246,7 +246,7 @@ def test_measurement_agrees_with_a_hand_count(mlp: tuple[Any, Any, Any]) -> None
 def test_points_outside_the_ball_or_rejected_get_no_credit(mlp: tuple[Any, Any, Any]) -> None:
     """An attack that leaves the ball or is caught by the detector fools no one."""
     import attacks
-    from pytest_attacktest.claims import measure_robust_accuracy
+    from pytest_attacktest.engine.claims import measure_robust_accuracy
 
     model, x, y = mlp
     pgd = attacks.PGD("linf", steps=10)
@@ -291,7 +291,7 @@ def measured_claim() -> tuple[float, float, list[dict[str, int]]]:
     from digits_models import held_out, torch_mlp
 
     import attacks
-    from pytest_attacktest.claims import measure_robust_accuracy
+    from pytest_attacktest.engine.claims import measure_robust_accuracy
 
     x, y = (torch.from_numpy(a) for a in held_out(200))
     model = torch_mlp()
@@ -349,7 +349,7 @@ def test_measured_claim_passes_on_subsets_and_wrong_claims_fail(
 
 def test_measurement_needs_labels(mlp: tuple[Any, Any, Any]) -> None:
     import attacks
-    from pytest_attacktest.claims import measure_robust_accuracy
+    from pytest_attacktest.engine.claims import measure_robust_accuracy
 
     model, x, y = mlp
     attack = attacks.PGD("linf", steps=1)

@@ -19,7 +19,7 @@ from helpers import MARKED_AND_FIXTURE, run, write
 
 from pytest_attacktest import cli_options, plugin
 from pytest_attacktest.cli_options import OPTIONS, lookup, path_value, value
-from pytest_attacktest.options import SEED_MAX
+from pytest_attacktest.engine.options import SEED_MAX
 
 #: The inner runs find the plugin through its entry point (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("plugin_autoload")

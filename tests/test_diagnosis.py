@@ -24,8 +24,8 @@ from helpers import identity
 
 import attacks
 from pytest_attacktest import Report, binarization_test
-from pytest_attacktest import binarization as engine
-from pytest_attacktest.report import MASKED_GRADIENTS_SECTION, SampleResult
+from pytest_attacktest.engine import binarization as engine
+from pytest_attacktest.engine.report import MASKED_GRADIENTS_SECTION, SampleResult
 from pytest_attacktest.terminal import summary_rows
 
 torch = pytest.importorskip("torch")

@@ -21,8 +21,8 @@ from helpers import identity
 import attacks
 from attacks import backend
 from attacks.base import RunContext
-from pytest_attacktest import binarization as engine
 from pytest_attacktest import binarization_test
+from pytest_attacktest.engine import binarization as engine
 
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")

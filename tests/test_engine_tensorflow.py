@@ -21,7 +21,7 @@ from digits_models import HIDDEN, held_out, keras_mlp, mlp_weights
 
 import attacks
 from pytest_attacktest import binarization_test
-from pytest_attacktest.features import FeatureError, feature_extractor
+from pytest_attacktest.engine.features import FeatureError, feature_extractor
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
@@ -285,8 +285,8 @@ def test_with_keras_on_another_backend_the_native_model_is_a_plain_tf_callable(
     """Keras on JAX cannot host a TensorFlow model: a callable with the same signature instead."""
     import eagerpy as ep
 
-    from pytest_attacktest.readout import Readouts
-    from pytest_attacktest.routing import BinarizedModel
+    from pytest_attacktest.engine.readout import Readouts
+    from pytest_attacktest.engine.routing import BinarizedModel
 
     x_np, _ = held_out(4)
     rng = np.random.default_rng(0)

@@ -21,9 +21,9 @@ from helpers import identity
 
 import attacks
 from pytest_attacktest import binarization_test
-from pytest_attacktest.features import FeatureError
-from pytest_attacktest.readout import Readouts
-from pytest_attacktest.routing import BinarizedModel
+from pytest_attacktest.engine.features import FeatureError
+from pytest_attacktest.engine.readout import Readouts
+from pytest_attacktest.engine.routing import BinarizedModel
 
 EPS = 0.1
 

@@ -17,15 +17,15 @@ from helpers import identity
 
 import attacks
 from pytest_attacktest import binarization_test
-from pytest_attacktest import blocks as blocks_module
-from pytest_attacktest.blocks import (
+from pytest_attacktest.engine import blocks as blocks_module
+from pytest_attacktest.engine.blocks import (
     ACTIVATION_FACTOR,
     MAX_BLOCK,
     Blocks,
     device_block_size,
 )
-from pytest_attacktest.forward import channels_last_inputs, uses_channels_last
-from pytest_attacktest.options import SettingsError
+from pytest_attacktest.engine.forward import channels_last_inputs, uses_channels_last
+from pytest_attacktest.engine.options import SettingsError
 
 torch = pytest.importorskip("torch")
 
@@ -245,7 +245,7 @@ def test_on_cuda_blocks_come_from_the_free_memory() -> None:
 
 def test_wrapped_torch_models_are_recognised() -> None:
     """attacks.Model and attacks.BPDA around a torch module: bf16 allowed, layout seen."""
-    from pytest_attacktest.forward import reduced_precision
+    from pytest_attacktest.engine.forward import reduced_precision
 
     net = torch_convnet().to(memory_format=torch.channels_last)
     bpda = attacks.BPDA(net, lambda x: x)

@@ -20,7 +20,7 @@ from helpers import identity
 
 import attacks
 from pytest_attacktest import binarization_test
-from pytest_attacktest.readout import MIN_CLOSENESS
+from pytest_attacktest.engine.readout import MIN_CLOSENESS
 
 torch = pytest.importorskip("torch")
 
@@ -154,7 +154,7 @@ def test_features_callable_check_stands_bf16_and_gpu_like_numerics_but_not_a_wro
     None
 ):
     """A correct callable is accepted despite half-precision rounding and batch noise."""
-    from pytest_attacktest.features import FeatureError
+    from pytest_attacktest.engine.features import FeatureError
 
     net = torch_convnet()
     x, y = _data(16)

@@ -15,7 +15,7 @@ from digits_models import held_out, torch_mlp
 
 import attacks
 from pytest_attacktest import binarization_test
-from pytest_attacktest.features import FeatureError, feature_extractor
+from pytest_attacktest.engine.features import FeatureError, feature_extractor
 
 torch = pytest.importorskip("torch")
 
@@ -225,7 +225,7 @@ def _paths() -> list[Any]:
 
 @pytest.mark.parametrize("attack", _paths(), ids=lambda a: type(a).__name__)
 def test_user_model_state_is_unchanged_on_every_attack_path(attack: Any) -> None:
-    from pytest_attacktest.modelstate import state_of
+    from pytest_attacktest.engine.modelstate import state_of
 
     model = _stateful_model()
     before = state_of(model)
@@ -455,7 +455,7 @@ def test_float16_model_our_own_pgd_is_not_flagged_outside_the_ball() -> None:
 
 
 def test_float16_ball_tolerance_still_refuses_a_clear_overshoot() -> None:
-    from pytest_attacktest.verification import ball_tolerance
+    from pytest_attacktest.engine.verification import ball_tolerance
 
     relative, absolute = ball_tolerance(torch.float16)
     assert 0.2 * (1 + relative) + absolute < 0.2 * 1.05
@@ -553,7 +553,7 @@ def test_forward_errors_name_the_batch_size() -> None:
 def test_direct_call_settings_get_the_markers_clear_errors(
     kwargs: dict[str, Any], message: str
 ) -> None:
-    from pytest_attacktest.options import SettingsError
+    from pytest_attacktest.engine.options import SettingsError
 
     x, y = _data(4)
     args: dict[str, Any] = {"attack": attacks.PGD(steps=1), "epsilon": EPS}

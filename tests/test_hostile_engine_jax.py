@@ -14,7 +14,7 @@ from digits_models import held_out, mlp_weights
 
 import attacks
 from pytest_attacktest import binarization_test
-from pytest_attacktest.features import FeatureError
+from pytest_attacktest.engine.features import FeatureError
 
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 from helpers import identity
 
+from pytest_attacktest.engine.report import MAX_EXAMPLES
 from pytest_attacktest.html_report import image_layout, png_data_uri, render_html
-from pytest_attacktest.report import MAX_EXAMPLES
 from pytest_attacktest.session import AttackTestSession, RunResults, plain
 
 torch = pytest.importorskip("torch")
@@ -238,7 +238,7 @@ def test_metadata_leaves_out_an_unset_device_and_time_stays_on_one_line(
 def test_claim_passed_within_sampling_error_says_how_many_samples_would_settle_it(
     document: dict[str, Any],
 ) -> None:
-    from pytest_attacktest.claims import check_claim
+    from pytest_attacktest.engine.claims import check_claim
 
     counts = {"n_samples": 64, "n_clean_correct": 64, "n_robust": 40}
     result = check_claim(0.65, 0.0, {**counts, "n_invalid": 0, "n_rejected": 0}, "passed")

@@ -289,7 +289,7 @@ def test_compiled_rescaling_matches_eager(p: float, monkeypatch: pytest.MonkeyPa
 
 
 def test_compiled_readout_fit_matches_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_attacktest.readout import fit_readouts
+    from pytest_attacktest.engine.readout import fit_readouts
 
     rng = np.random.default_rng(1)
     features = ep.astensor(jnp.asarray(rng.normal(size=(4, 9, 32)).astype(np.float32)))

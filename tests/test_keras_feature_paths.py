@@ -20,7 +20,7 @@ from digits_models import HIDDEN, held_out, mlp_weights
 
 import attacks
 from pytest_attacktest import binarization_test
-from pytest_attacktest.features import FeatureError, feature_extractor
+from pytest_attacktest.engine.features import FeatureError, feature_extractor
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")

@@ -1,4 +1,4 @@
-"""Tests of :mod:`pytest_attacktest.options`: the parsers and the settings of markers and calls."""
+"""Tests of :mod:`pytest_attacktest.engine.options`: the settings of markers and calls."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pytest_attacktest.options import (
+from pytest_attacktest.engine.options import (
     DEFAULT_SAMPLES,
     ENGINE_KEYS,
     SEED_MAX,
@@ -131,7 +131,7 @@ def test_engine_settings_give_the_reports_settings_and_the_engines_defaults() ->
     """The JSON report's keys stay as they are; binarization_test's defaults are these."""
     import inspect
 
-    from pytest_attacktest import binarization
+    from pytest_attacktest.engine import binarization
 
     assert list(EngineSettings(epsilon=0.1, valid_input=bool).report_settings().items()) == [
         ("n_inner", None),

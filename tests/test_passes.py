@@ -1,4 +1,4 @@
-"""Averaged feature passes (pytest_attacktest/passes.py): the choice of passes, and its limits.
+"""Averaged feature passes (pytest_attacktest/engine/passes.py): the choice, and its limits.
 
 The engine-level behaviour on a real noise-layer defense (passes chosen from
 the noise, the over-cap reason, EOT-wrapped models) is in tests/test_zoo.py,
@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pytest_attacktest.options import SettingsError
-from pytest_attacktest.passes import (
+from pytest_attacktest.engine.options import SettingsError
+from pytest_attacktest.engine.passes import (
     MAX_FEATURE_PASSES,
     NOISE_TARGET,
     needed_passes,
@@ -48,7 +48,7 @@ def test_over_cap_reason_names_the_passes_needed_and_the_option() -> None:
 
 @pytest.mark.parametrize("value", ["many", 0, -1, 1.5, True])
 def test_average_passes_must_be_auto_or_a_positive_integer(value: object) -> None:
-    from pytest_attacktest.options import validate_engine_call
+    from pytest_attacktest.engine.options import validate_engine_call
 
     with pytest.raises(SettingsError, match='average_passes must be "auto" or a positive integer'):
         validate_engine_call(
@@ -80,7 +80,7 @@ def test_eot_model_features_are_the_mean_over_its_passes(batch_passes: bool) -> 
     """The readout of EOT(model)'s features is EOT's mean logits (the head is affine)."""
     torch = pytest.importorskip("torch")
     import attacks
-    from pytest_attacktest.features import feature_extractor
+    from pytest_attacktest.engine.features import feature_extractor
 
     class Noisy(torch.nn.Module):
         def __init__(self) -> None:

@@ -21,8 +21,8 @@ import pytest
 from helpers import MARKED_AND_FIXTURE, run, write
 
 from pytest_attacktest.collection import SKIP_REASON
+from pytest_attacktest.engine.options import DEFAULT_SAMPLES, DEFAULT_THRESHOLD
 from pytest_attacktest.fixture import ERROR_VERDICT, NEVER_CALLED
-from pytest_attacktest.options import DEFAULT_SAMPLES, DEFAULT_THRESHOLD
 
 FRAMEWORKS = ("torch", "tensorflow", "jax", "eagerpy", "numpy", "attacks")
 
@@ -105,7 +105,7 @@ def test_readme_lists_every_marker_keyword() -> None:
     """The README's keyword list names every key the marker accepts (it once missed some)."""
     from pathlib import Path
 
-    from pytest_attacktest.options import MARKER_KEYS
+    from pytest_attacktest.engine.options import MARKER_KEYS
 
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     start = readme.index("- Marker and call keywords:")

@@ -23,15 +23,15 @@ from typing import Any
 import pytest
 from attack_project import make_project, run_pytest
 
-from pytest_attacktest import binarization
 from pytest_attacktest.devices import (
     DeviceError,
     DeviceNotAppliedWarning,
     spread_device,
     to_device,
 )
+from pytest_attacktest.engine import binarization
+from pytest_attacktest.engine.options import DEFAULT_THRESHOLD, ENGINE_KEYS
 from pytest_attacktest.fixture import ERROR_VERDICT, NEVER_CALLED, AttackTestFixture
-from pytest_attacktest.options import DEFAULT_THRESHOLD, ENGINE_KEYS
 from pytest_attacktest.session import AttackTestSession, RunResults
 
 torch = pytest.importorskip("torch")

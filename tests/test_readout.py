@@ -17,7 +17,7 @@ from digits_models import deep_mlp_weights, held_out, mlp_weights
 from framework_support import FRAMEWORKS, to_native
 
 from attacks import backend
-from pytest_attacktest.readout import fit_readouts
+from pytest_attacktest.engine.readout import fit_readouts
 
 
 def _oracle(features: np.ndarray, labels: np.ndarray, closeness: float) -> tuple[np.ndarray, ...]:

@@ -8,8 +8,8 @@ import eagerpy as ep
 import numpy as np
 import pytest
 
-from pytest_attacktest import binarization, claims
-from pytest_attacktest.verification import BALL_TOLERANCE, admissibility, ball_tolerance
+from pytest_attacktest.engine import binarization, claims
+from pytest_attacktest.engine.verification import BALL_TOLERANCE, admissibility, ball_tolerance
 
 
 @pytest.mark.parametrize("p", [2.0, math.inf])

@@ -243,7 +243,7 @@ def test_passes_chosen_grow_with_the_noise() -> None:
 
 
 def test_noise_beyond_the_cap_is_inconclusive_naming_the_passes_needed() -> None:
-    from pytest_attacktest.passes import MAX_FEATURE_PASSES
+    from pytest_attacktest.engine.passes import MAX_FEATURE_PASSES
 
     report = zoo.get("noise").run(attacks.FGSM(), model=_noise_model(0.3), samples=16)
     assert report.verdict == "error", report.summary()
@@ -260,7 +260,7 @@ def test_noise_beyond_the_cap_is_inconclusive_naming_the_passes_needed() -> None
 def test_an_eot_wrapped_model_is_accepted_with_averaged_features() -> None:
     """attacks.EOT(model, n=8) as the model: its inner features averaged over 8 passes."""
     from pytest_attacktest import binarization_test
-    from pytest_attacktest.features import feature_extractor
+    from pytest_attacktest.engine.features import feature_extractor
 
     model = _noise_model(0.02)
     eot = attacks.EOT(model, n=8)

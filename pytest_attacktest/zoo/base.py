@@ -35,7 +35,7 @@ import torch
 from attacks.base import Attack
 
 if TYPE_CHECKING:
-    from pytest_attacktest.report import Report
+    from pytest_attacktest.engine.report import Report
 
 #: Environment variable that overrides the cache directory.
 CACHE_ENV = "PYTEST_ATTACKTEST_ZOO_CACHE"
@@ -261,7 +261,7 @@ class Defense:
             model: a trained defended model (default: :meth:`model`).
             overrides: engine keywords that replace the defense's own.
         """
-        from pytest_attacktest.binarization import binarization_test
+        from pytest_attacktest.engine.binarization import binarization_test
 
         defended = self.model() if model is None else model
         if isinstance(attack, AttackSpec):

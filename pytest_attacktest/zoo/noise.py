@@ -7,7 +7,7 @@ gives other logits, so a single pass says little about a point.
 
 The binarization test averages features over passes wherever it decides
 (``average_passes="auto"`` picks the passes from the measured noise,
-:mod:`pytest_attacktest.passes`): a point counts as adversarial only if the
+:mod:`pytest_attacktest.engine.passes`): a point counts as adversarial only if the
 readout on the mean features of those passes is adversarial in each of
 ``verify_passes`` fresh evaluations. The attack still sees one noisy pass per
 call. PGD with early stopping (``keep="first"``) keeps the first point that

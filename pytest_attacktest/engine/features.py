@@ -26,7 +26,7 @@ from typing import Any
 import eagerpy as ep
 
 from attacks.backend import model_framework
-from pytest_attacktest.errors import AttackTestError
+from pytest_attacktest.engine.errors import AttackTestError
 
 FeatureFn = Callable[[Any], Any]
 
@@ -248,7 +248,7 @@ def _final_linear(model: Any, x: Any) -> tuple[str, Any, int]:
     """
     import torch
 
-    from pytest_attacktest.modelstate import preserved
+    from pytest_attacktest.engine.modelstate import preserved
 
     names = {id(m): n or "(the model itself)" for n, m in model.named_modules()}
     calls: list[tuple[Any, Any]] = []  # (module, output) per Linear call, in call order

@@ -22,7 +22,7 @@ on accelerators (TF32 convolutions, algorithms chosen by batch size, reduced
 precision), so the readout logit of the same point moves between the passes
 that fit the readout and those that attack and verify it. The engine measures
 that movement per sample (the same training points evaluated again in another
-batch composition, ``_Engine._feature_noise`` in :mod:`pytest_attacktest.binarization`),
+batch composition, ``_Engine._feature_noise`` in :mod:`pytest_attacktest.engine.binarization`),
 and the shift stops where the
 guaranteed boundary point keeps ``NOISE_FACTOR`` times that noise. A readout
 whose clean point cannot also keep that margin is not *robust*: its sample is

@@ -381,9 +381,9 @@ def measure_robust_accuracy(
     from attacks import backend
     from attacks.base import Attack, check_inputs
     from attacks.models import Model, as_model
-    from pytest_attacktest.binarization import _itemsize
-    from pytest_attacktest.blocks import Blocks, block_size_for
-    from pytest_attacktest.verification import admissibility
+    from pytest_attacktest.engine.binarization import _itemsize
+    from pytest_attacktest.engine.blocks import Blocks, block_size_for
+    from pytest_attacktest.engine.verification import admissibility
 
     if y is None:
         raise ValueError(
@@ -430,7 +430,7 @@ def measure_robust_accuracy(
     def accepted(points: ep.Tensor) -> np.ndarray:
         if valid_input is None:
             return np.ones(n, dtype=bool)
-        from pytest_attacktest.checks import boolean_mask
+        from pytest_attacktest.engine.checks import boolean_mask
 
         return np.asarray(backend.to_numpy(boolean_mask(valid_input(points.raw), n)))
 

@@ -6,7 +6,7 @@ the clean points it was given (distances then measured from the moved
 points), a detector returning scores read as "all valid", NaN logits, labels
 outside the classes. Each check here turns such a case into either a clear
 error naming the fix or a warning the report keeps, and the engine
-(:mod:`pytest_attacktest.binarization`) only calls them.
+(:mod:`pytest_attacktest.engine.binarization`) only calls them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import eagerpy as ep
 import numpy as np
 
 from attacks import backend
-from pytest_attacktest.blocks import Blocks
-from pytest_attacktest.errors import AttackError, InputError
+from pytest_attacktest.engine.blocks import Blocks
+from pytest_attacktest.engine.errors import AttackError, InputError
 
 __all__ = [
     "AFFINE_POINTS_MAX",
@@ -138,7 +138,7 @@ def check_affine_features(
     Raises:
         FeatureError: the residual is too large, with its value.
     """
-    from pytest_attacktest.features import FeatureError
+    from pytest_attacktest.engine.features import FeatureError
 
     d = int(np.prod(np.asarray(backend.to_numpy(backend.wrap(extractor(probe.raw)))).shape[1:]))
     m = d + 1 + _AFFINE_SPARE
@@ -267,7 +267,7 @@ def ball_points(
     samples as there are (a fit on one ball alone could miss a nonlinearity
     between samples).
     """
-    from pytest_attacktest.sampling import inner_points
+    from pytest_attacktest.engine.sampling import inner_points
 
     s = min(int(x.shape[0]), m)
     clean = x[:s]
@@ -393,7 +393,7 @@ def _translated(fn: Callable[[Any], Any], x: Any) -> Any:
 
 def translate_forward_error(error: BaseException, x: Any) -> Exception | None:
     """A clear error for a framework error we recognise in the model's forward pass, else None."""
-    from pytest_attacktest.blocks import is_out_of_memory
+    from pytest_attacktest.engine.blocks import is_out_of_memory
 
     if is_out_of_memory(error):  # the blocks halve the batch on these
         return None

@@ -7,13 +7,13 @@ training point) is classified adversarial while the clean point and random
 inner points are not. An adversarial example provably exists; a correct
 attack must find it. The phases run for a whole chunk of samples at once:
 
-1. sample inner and boundary points (:mod:`pytest_attacktest.sampling`);
-2. extract features in large batches (:mod:`pytest_attacktest.features`);
-3. fit one readout per sample at once (:mod:`pytest_attacktest.readout`);
-4. build the routed binarized model (:mod:`pytest_attacktest.routing`);
+1. sample inner and boundary points (:mod:`pytest_attacktest.engine.sampling`);
+2. extract features in large batches (:mod:`pytest_attacktest.engine.features`);
+3. fit one readout per sample at once (:mod:`pytest_attacktest.engine.readout`);
+4. build the routed binarized model (:mod:`pytest_attacktest.engine.routing`);
 5. run the attack under test on the chunk;
 6. verify every returned point ourselves, never trusting the attack;
-7. report per sample and per test (:mod:`pytest_attacktest.report`).
+7. report per sample and per test (:mod:`pytest_attacktest.engine.report`).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from attacks.keywords import keyword_hints
 from attacks.losses import cross_entropy
 from attacks.models import Model, as_model
 from attacks.norms import norm_name
-from pytest_attacktest.blocks import Blocks, forward_blocks
-from pytest_attacktest.blocks import free_device_bytes as _free_device_bytes
-from pytest_attacktest.checks import (
+from pytest_attacktest.engine.blocks import Blocks, forward_blocks
+from pytest_attacktest.engine.blocks import free_device_bytes as _free_device_bytes
+from pytest_attacktest.engine.checks import (
     attack_result,
     ball_points,
     boolean_mask,
@@ -52,17 +52,17 @@ from pytest_attacktest.checks import (
     private_copy,
     same_values,
 )
-from pytest_attacktest.errors import InputError
-from pytest_attacktest.features import FeatureFn, feature_extractor
-from pytest_attacktest.forward import channels_last_inputs, reduced_precision
-from pytest_attacktest.modelstate import preserved
-from pytest_attacktest.options import DEFAULT_CLOSENESS as DEFAULT_CLOSENESS
-from pytest_attacktest.options import DEFAULT_GAP as DEFAULT_GAP
-from pytest_attacktest.options import DEFAULT_MAX_INCONCLUSIVE as DEFAULT_MAX_INCONCLUSIVE
-from pytest_attacktest.options import DEFAULT_MIN_CONCLUSIVE as DEFAULT_MIN_CONCLUSIVE
-from pytest_attacktest.options import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
-from pytest_attacktest.options import EngineSettings, SettingsError
-from pytest_attacktest.passes import (
+from pytest_attacktest.engine.errors import InputError
+from pytest_attacktest.engine.features import FeatureFn, feature_extractor
+from pytest_attacktest.engine.forward import channels_last_inputs, reduced_precision
+from pytest_attacktest.engine.modelstate import preserved
+from pytest_attacktest.engine.options import DEFAULT_CLOSENESS as DEFAULT_CLOSENESS
+from pytest_attacktest.engine.options import DEFAULT_GAP as DEFAULT_GAP
+from pytest_attacktest.engine.options import DEFAULT_MAX_INCONCLUSIVE as DEFAULT_MAX_INCONCLUSIVE
+from pytest_attacktest.engine.options import DEFAULT_MIN_CONCLUSIVE as DEFAULT_MIN_CONCLUSIVE
+from pytest_attacktest.engine.options import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
+from pytest_attacktest.engine.options import EngineSettings, SettingsError
+from pytest_attacktest.engine.passes import (
     MAX_FEATURE_PASSES,
     MAX_ROUNDS,
     is_auto,
@@ -70,14 +70,14 @@ from pytest_attacktest.passes import (
     next_passes,
     over_cap_reason,
 )
-from pytest_attacktest.readout import MIN_CLOSENESS, NOISE_FACTOR, Readouts, fit_readouts
-from pytest_attacktest.report import MAX_EXAMPLE_VALUES, MAX_EXAMPLES, Report, SampleResult
-from pytest_attacktest.routing import BinarizedModel
-from pytest_attacktest.sampling import boundary_points, inner_points, repeat_each
-from pytest_attacktest.verification import admissibility
+from pytest_attacktest.engine.readout import MIN_CLOSENESS, NOISE_FACTOR, Readouts, fit_readouts
+from pytest_attacktest.engine.report import MAX_EXAMPLE_VALUES, MAX_EXAMPLES, Report, SampleResult
+from pytest_attacktest.engine.routing import BinarizedModel
+from pytest_attacktest.engine.sampling import boundary_points, inner_points, repeat_each
+from pytest_attacktest.engine.verification import admissibility
 
 #: The settings' defaults (DEFAULT_THRESHOLD, DEFAULT_GAP, ...) are defined
-#: once, in :mod:`pytest_attacktest.options` with :class:`EngineSettings`, and
+#: once, in :mod:`pytest_attacktest.engine.options` with :class:`EngineSettings`, and
 #: re-exported here for the callers that import them from the engine.
 MAX_INNER = 999  #: the reference's usual count; capped by the feature dimension
 #: Inner points per sample evaluated twice to measure forward-pass noise
@@ -173,7 +173,7 @@ def binarization_test(
             class of the binarized model).
         epsilon: the threat model's radius (> 0).
         norm: ``"linf"``, ``"l2"``, ``"l1"`` or p.
-        features: feature layer (see :func:`~pytest_attacktest.features.feature_extractor`).
+        features: feature layer (see :func:`~pytest_attacktest.engine.features.feature_extractor`).
         n_inner: random inner points per sample (the clean point is added);
             default from the feature dimension (:func:`default_inner_points`).
         n_boundary: boundary points per sample (class 1).
@@ -197,7 +197,7 @@ def binarization_test(
             the guarantee, the verification, the random points): ``"auto"``
             (default) is 1 for a model whose repeated passes agree and, for a
             randomized one, as many as its measured noise needs, at most 64
-            (:mod:`pytest_attacktest.passes`); an integer fixes it. The attack
+            (:mod:`pytest_attacktest.engine.passes`); an integer fixes it. The attack
             still sees one pass per call.
         verify_passes: the attack's point must be adversarial in each of these
             fresh evaluations (each a mean of ``average_passes`` passes;
@@ -218,7 +218,7 @@ def binarization_test(
             on GPUs with tensor cores); ``None`` (default): full precision.
             The attack and the verification stay in full precision, and the
             difference is measured as forward-pass noise that the readout's
-            margins cover (see :mod:`pytest_attacktest.forward`): it can cost
+            margins cover (see :mod:`pytest_attacktest.engine.forward`): it can cost
             conclusive samples, never a false pass.
         seed: makes the run reproducible.
         stacklevel: of the warnings issued at the end (the report keeps them too);
@@ -424,7 +424,7 @@ class _Engine:
         self.valid_input = settings.valid_input
         self.progress = progress
         self.total = int(x.shape[0])
-        #: Passes averaged wherever the engine decides (:mod:`pytest_attacktest.passes`):
+        #: Passes averaged wherever the engine decides (:mod:`pytest_attacktest.engine.passes`):
         #: the current chunk's; ``"auto"`` starts at 1 and each chunk at the last's.
         self.passes = 1
         self.passes_used = 1
@@ -560,7 +560,7 @@ class _Engine:
 
         With ``average_passes="auto"`` on a randomized model, samples whose
         readout is not robust to the measured noise ask for more passes
-        (:func:`~pytest_attacktest.passes.needed_passes`), and the chunk is
+        (:func:`~pytest_attacktest.engine.passes.needed_passes`), and the chunk is
         extracted and fitted again with them (at most ``MAX_ROUNDS`` times, up
         to ``MAX_FEATURE_PASSES``); the noise is measured again at every round,
         never extrapolated. Sets ``self.needed``, the passes each sample would
@@ -705,7 +705,7 @@ class _Engine:
         Evaluated in fresh forward passes of the model the attack will see
         (float32, after the closeness shift, in another batch composition
         than the fit), in every one of ``verify_passes``, each on features
-        averaged over the chunk's passes (:mod:`pytest_attacktest.passes`).
+        averaged over the chunk's passes (:mod:`pytest_attacktest.engine.passes`).
         """
         s = x.shape[0]
         index = ep.arange(x, s).astype(_index_dtype(x))
@@ -906,7 +906,7 @@ class _Engine:
     ) -> np.ndarray:
         """Readout logits of many points (``index``: their samples), in memory-sized blocks.
 
-        On features averaged over the chunk's passes (:mod:`pytest_attacktest.passes`):
+        On features averaged over the chunk's passes (:mod:`pytest_attacktest.engine.passes`):
         every decision the engine takes uses the same averaged readout.
         """
         if self.passes > 1:
@@ -1074,7 +1074,7 @@ def _index_dtype(x: ep.Tensor) -> Any:
 def _examples(x: ep.Tensor, x_adv: ep.Tensor, bounds: tuple[float, float]) -> list[dict[str, Any]]:
     """The first few samples' clean and adversarial inputs as plain lists, for pictures.
 
-    Bounded (:data:`~pytest_attacktest.report.MAX_EXAMPLES` samples, none when an
+    Bounded (:data:`~pytest_attacktest.engine.report.MAX_EXAMPLES` samples, none when an
     input has more than ``MAX_EXAMPLE_VALUES`` values) because records travel
     through xdist and into the JSON report.
     """

@@ -26,8 +26,8 @@ import eagerpy as ep
 from attacks import backend
 from attacks.geometry import lp_norms
 from attacks.models import Model
-from pytest_attacktest.features import FeatureFn
-from pytest_attacktest.readout import Readouts
+from pytest_attacktest.engine.features import FeatureFn
+from pytest_attacktest.engine.readout import Readouts
 
 #: Points this far outside a ball (relative) still route to its sample.
 ROUTING_TOLERANCE = 1e-4

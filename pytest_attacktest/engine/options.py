@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeGuard
 
-from pytest_attacktest.errors import AttackTestError, did_you_mean
+from pytest_attacktest.engine.errors import AttackTestError, did_you_mean
 
 __all__ = [
     "CORE_KEYS",
@@ -53,11 +53,11 @@ __all__ = [
 SEED_MAX = 2**32 - 1
 
 #: The plugin's own settings: the threat model, the bar, the sample count and
-#: the robust accuracy a claim gate checks (``claim``; see :mod:`pytest_attacktest.claims`).
+#: the robust accuracy a claim gate checks (``claim``; see :mod:`pytest_attacktest.engine.claims`).
 CORE_KEYS: tuple[str, ...] = ("epsilon", "norm", "threshold", "samples", "claim")
 
 #: Keyword arguments passed through, unchanged, to
-#: :func:`pytest_attacktest.binarization.binarization_test` (a test in
+#: :func:`pytest_attacktest.engine.binarization.binarization_test` (a test in
 #: ``tests/test_plugin_engine.py`` keeps this list equal to its signature).
 ENGINE_KEYS: tuple[str, ...] = (
     "features",
@@ -90,7 +90,7 @@ DEFAULT_P = math.inf
 
 #: Minimum attack success rate over conclusive samples for the test to pass:
 #: the paper's 0.95. The engine's defaults live here, not in
-#: :mod:`pytest_attacktest.binarization` (which re-exports them), because
+#: :mod:`pytest_attacktest.engine.binarization` (which re-exports them), because
 #: importing the engine would load NumPy and EagerPy into every pytest run.
 DEFAULT_THRESHOLD = 0.95
 #: Largest share of inconclusive samples for a verdict (after the reference's case studies).
@@ -478,7 +478,7 @@ def validate_engine_call(
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """The settings of one :func:`~pytest_attacktest.binarization.binarization_test` run.
+    """The settings of one :func:`~pytest_attacktest.engine.binarization.binarization_test` run.
 
     Why one object: the keyword arguments, their defaults, their validation
     and the report's ``settings`` were spelled in several places, and the

@@ -39,7 +39,7 @@ would do the attack's EOT for it, and an attack that ignores the randomness
 would pass a test that the real defense fails. An attack that handles
 randomness wraps the model it is given (``attacks.EOT``); a model that is
 already an ``attacks.EOT`` is tested as the user runs it (its features are
-averaged over its own passes, :mod:`pytest_attacktest.features`).
+averaged over its own passes, :mod:`pytest_attacktest.engine.features`).
 """
 
 from __future__ import annotations
