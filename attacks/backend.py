@@ -138,6 +138,28 @@ def half_precision_ulp(dtype: Any) -> float | None:
     return None
 
 
+def dtype_like(like: Any, name: str) -> Any:
+    """The dtype called ``name`` (``"float32"``, ``"int64"``) in ``like``'s framework.
+
+    For ``astype`` on EagerPy tensors, which takes the framework's own dtype
+    objects; NumPy's for NumPy arrays and anything unknown.
+    """
+    framework = tensor_framework(like)
+    if framework == "torch":
+        import torch
+
+        return getattr(torch, name)
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        return getattr(tf, name)
+    if framework == "jax":
+        import jax.numpy as jnp
+
+        return getattr(jnp, name)
+    return getattr(np, name)
+
+
 def from_numpy(framework: str, array: np.ndarray, device: Any = None) -> Any:
     """A NumPy array as a native tensor of ``framework`` (on ``device`` for torch)."""
     if framework == "numpy":

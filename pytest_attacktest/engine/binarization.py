@@ -1055,20 +1055,8 @@ def _itemsize(x: ep.Tensor) -> int:
 
 
 def _index_dtype(x: ep.Tensor) -> Any:
-    framework = backend.tensor_framework(x)
-    if framework == "torch":
-        import torch
-
-        return torch.int64
-    if framework == "tensorflow":
-        import tensorflow as tf
-
-        return tf.int64
-    if framework == "jax":
-        import jax.numpy as jnp
-
-        return jnp.int32
-    return np.int64
+    """Sample indices: int64, but int32 on JAX (int64 needs x64 there)."""
+    return backend.dtype_like(x, "int32" if backend.tensor_framework(x) == "jax" else "int64")
 
 
 def _examples(x: ep.Tensor, x_adv: ep.Tensor, bounds: tuple[float, float]) -> list[dict[str, Any]]:

@@ -191,20 +191,7 @@ def _readout_dtype(features: ep.Tensor) -> Any:
     """
     if "16" not in str(features.dtype):
         return features.dtype
-    framework = backend.tensor_framework(features)
-    if framework == "torch":
-        import torch
-
-        return torch.float32
-    if framework == "tensorflow":
-        import tensorflow as tf
-
-        return tf.float32
-    if framework == "jax":
-        import jax.numpy as jnp
-
-        return jnp.float32
-    return np.float32
+    return backend.dtype_like(features, "float32")
 
 
 @jaxjit.for_jax
