@@ -1,40 +1,51 @@
-"""Per-framework plumbing that EagerPy does not cover: detection, conversion, autodiff, RNG.
+"""EagerPy-level helpers over :mod:`attacks.frameworks`: detection, conversion, autodiff, RNG.
 
 Why a module of its own: EagerPy abstracts tensor arithmetic well, but models,
 devices, gradients and random number generators differ per framework, and
 EagerPy 0.30.0 gets some of them wrong (its PyTorch gradient calls
 ``loss.backward()`` and leaves gradients in the model's parameters; its JAX
-RNG is one global key). Everything framework-specific that the attacks need
-sits here, imported lazily so that NumPy users never import torch.
+RNG is one global key). Each framework's version lives in its module of
+:mod:`attacks.frameworks`; the functions here take EagerPy or native tensors,
+find their framework and call it, so attacks read the same for all four.
+Nothing here imports a framework that the caller's tensors do not come from.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Any
 
 import eagerpy as ep
 import numpy as np
 
-FRAMEWORKS = ("numpy", "torch", "tensorflow", "jax")
+from attacks import frameworks
+from attacks.frameworks import FRAMEWORKS, LossFn
 
-LossFn = Callable[[ep.Tensor], tuple[ep.Tensor, ep.Tensor]]
+__all__ = [
+    "FRAMEWORKS",
+    "LossFn",
+    "RandomSource",
+    "dtype_like",
+    "from_numpy",
+    "from_numpy_like",
+    "half_precision_ulp",
+    "model_framework",
+    "no_grad",
+    "stop_gradient",
+    "tensor_framework",
+    "to_numpy",
+    "torch_device",
+    "torch_module",
+    "torch_modules",
+    "value_and_grad",
+    "wrap",
+]
 
 
 def tensor_framework(t: Any) -> str:
     """'numpy', 'torch', 'tensorflow' or 'jax' for a native tensor (or an EagerPy one)."""
-    if isinstance(t, ep.Tensor):
-        t = t.raw
-    module = type(t).__module__.split(".")[0]
-    if module in ("jax", "jaxlib"):
-        return "jax"
-    if module in ("torch", "tensorflow", "numpy"):
-        return module
-    raise TypeError(
-        f"expected a NumPy array or a PyTorch, TensorFlow or JAX tensor, got {type(t).__name__}"
-    )
+    return frameworks.name_of(t)
 
 
 def model_framework(model: Any) -> str | None:
@@ -65,11 +76,9 @@ def model_framework(model: Any) -> str | None:
 
 def torch_device(model: Any) -> Any:
     """The device of a torch module's first parameter or buffer (CPU when it has none)."""
-    import torch
+    from attacks.frameworks import pytorch
 
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    return pytorch.module_device(model)
 
 
 #: The attributes through which the wrappers that attacks and the engine accept
@@ -142,123 +151,45 @@ def dtype_like(like: Any, name: str) -> Any:
     """The dtype called ``name`` (``"float32"``, ``"int64"``) in ``like``'s framework.
 
     For ``astype`` on EagerPy tensors, which takes the framework's own dtype
-    objects; NumPy's for NumPy arrays and anything unknown.
+    objects.
     """
-    framework = tensor_framework(like)
-    if framework == "torch":
-        import torch
-
-        return getattr(torch, name)
-    if framework == "tensorflow":
-        import tensorflow as tf
-
-        return getattr(tf, name)
-    if framework == "jax":
-        import jax.numpy as jnp
-
-        return getattr(jnp, name)
-    return getattr(np, name)
+    return frameworks.of(like).dtype(name)
 
 
 def from_numpy(framework: str, array: np.ndarray, device: Any = None) -> Any:
     """A NumPy array as a native tensor of ``framework`` (on ``device`` for torch)."""
-    if framework == "numpy":
-        return array
-    if framework == "torch":
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device or "cpu")
-    if framework == "tensorflow":
-        import tensorflow as tf
-
-        return tf.convert_to_tensor(array)
-    if framework == "jax":
-        import jax.numpy as jnp
-
-        return jnp.asarray(array)
-    raise ValueError(f"unknown framework {framework!r}")
+    return frameworks.named(framework).from_numpy(array, device)
 
 
 def from_numpy_like(array: np.ndarray, like: Any) -> Any:
-    """``array`` as a native tensor of ``like``'s framework, and on its device for torch.
-
-    ``like`` is a native or EagerPy tensor. The one place that knows only torch
-    tensors carry a device to create on (TF and JAX place new arrays themselves).
-    """
-    framework = tensor_framework(like)
+    """``array`` as a native tensor of ``like``'s framework, on its device."""
     raw = like.raw if isinstance(like, ep.Tensor) else like
-    device = getattr(raw, "device", None) if framework == "torch" else None
-    return from_numpy(framework, array, device)
+    return frameworks.of(raw).from_numpy_like(array, raw)
 
 
 def to_numpy(t: Any) -> np.ndarray:
-    """A native or EagerPy tensor as a NumPy array on the host (a device-to-host copy)."""
+    """A native or EagerPy tensor (or a NumPy-convertible value) as a NumPy array on the host."""
     if isinstance(t, ep.Tensor):
         t = t.raw
-    if hasattr(t, "detach"):
-        t = t.detach().cpu()
-        if str(t.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: autocast outputs
-            t = t.float()
-        return np.asarray(t.numpy())
-    if hasattr(t, "numpy"):
-        return np.asarray(t.numpy())
-    return np.asarray(t)
+    try:
+        framework = frameworks.of(t)
+    except TypeError:  # a Python number or list
+        return np.asarray(t)
+    return framework.to_numpy(t)
 
 
 def value_and_grad(loss_fn: LossFn, x: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor, ep.Tensor]:
     """Return ``(loss, aux, d loss / d x)`` for ``loss_fn(x) -> (scalar loss, aux)``.
 
-    PyTorch uses ``torch.autograd.grad`` so no gradient lands in the model's
-    parameters (EagerPy 0.30.0 calls ``backward()``, which accumulates there);
-    TensorFlow asks the tape for zeros where the loss does not depend on x
-    (EagerPy passes TF's ``None`` on and crashes); JAX compiles the closure
-    once per attack run when that is safe (:mod:`attacks.jaxjit`), else uses
-    EagerPy's eager gradient.
+    Each framework's way, without side effects on the model: see the
+    ``value_and_grad`` of the modules in :mod:`attacks.frameworks`.
     """
-    framework = tensor_framework(x)
-    if framework == "numpy":
-        raise TypeError("NumPy has no autodiff: gradients need a PyTorch, TensorFlow or JAX model")
-    if framework == "torch":
-        import torch
-
-        with torch.enable_grad():
-            x_ = x.raw.detach().requires_grad_(True)
-            loss, aux = loss_fn(ep.astensor(x_))
-            (grad,) = torch.autograd.grad(loss.raw, x_)
-        return wrap(loss.raw.detach()), _detach(aux), wrap(grad)
-    if framework == "tensorflow":
-        import tensorflow as tf
-
-        x_ = x.raw
-        with tf.GradientTape() as tape:
-            tape.watch(x_)
-            loss, aux = loss_fn(wrap(x_))
-        # A non-differentiable op (tf.round) gives None; EagerPy would crash on it.
-        grad = tape.gradient(loss.raw, x_, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return loss, aux, wrap(grad)
-    from attacks import jaxjit
-
-    return jaxjit.value_and_grad(loss_fn, x)
+    return frameworks.of(x).value_and_grad(loss_fn, x)
 
 
 def stop_gradient(raw: Any) -> Any:
-    """``raw`` as a constant for autodiff, in its own framework (NumPy: unchanged).
-
-    torch ``.detach()``, ``tf.stop_gradient``, ``jax.lax.stop_gradient``: the
-    value is the same tensor, the gradient through it is zero.
-    """
-    framework = tensor_framework(raw)
-    if framework == "torch":
-        return raw.detach()
-    if framework == "tensorflow":
-        import tensorflow as tf
-
-        return tf.stop_gradient(raw)
-    if framework == "jax":
-        import jax
-
-        return jax.lax.stop_gradient(raw)
-    return raw
+    """``raw`` as a constant for autodiff, in its own framework (NumPy: unchanged)."""
+    return frameworks.of(raw).stop_gradient(raw)
 
 
 def no_grad(like: Any) -> AbstractContextManager[Any]:
@@ -267,39 +198,13 @@ def no_grad(like: Any) -> AbstractContextManager[Any]:
     For forward passes whose gradient is never taken: torch would record a
     graph for them; TensorFlow and JAX record one only when asked.
     """
-    if tensor_framework(like) == "torch":
-        import torch
-
-        return torch.no_grad()
-    return nullcontext()
-
-
-def _detach(t: ep.Tensor) -> ep.Tensor:
-    raw = t.raw
-    return wrap(raw.detach()) if hasattr(raw, "detach") else t
+    return frameworks.of(like).no_grad()
 
 
 def wrap(raw: Any) -> ep.Tensor:
     """``ep.astensor`` with a precise type for mypy."""
     t: ep.Tensor = ep.astensor(raw)
     return t
-
-
-def _jax_key(seed: int, like: Any) -> Any:
-    """A JAX PRNG key on ``like``'s device, of the RBG kind.
-
-    Why RBG and not JAX's default threefry: XLA:CPU takes about 0.7 s of CPU
-    to compile a threefry draw, once per shape, and the binarization test
-    draws in several shapes; RBG draws (XLA's RngBitGenerator) compile in
-    half that and run faster. Statistical quality is what the attacks need;
-    the streams are reproducible for a seed on one backend.
-    """
-    import jax
-
-    key = jax.random.key(seed, impl="rbg")
-    if isinstance(like, jax.Array) and not isinstance(like, jax.core.Tracer):
-        key = jax.device_put(key, next(iter(like.devices())))  # draw where the data lives
-    return key
 
 
 class RandomSource:
@@ -313,60 +218,17 @@ class RandomSource:
 
     def __init__(self, seed: int | None, like: ep.Tensor) -> None:
         self.framework = tensor_framework(like)
-        self._like = like
+        self._dtype = like.raw.dtype
         seed_ = int(np.random.SeedSequence(seed).generate_state(1)[0])
-        if self.framework == "torch":
-            import torch
-
-            device = like.raw.device
-            self._gen: Any = torch.Generator(device=device)
-            self._gen.manual_seed(seed_)
-        elif self.framework == "tensorflow":
-            import tensorflow as tf
-
-            self._gen = tf.random.Generator.from_seed(seed_)
-        elif self.framework == "jax":
-            self._gen = _jax_key(seed_, like.raw)
-        else:
-            self._gen = np.random.default_rng(seed_)
-
-    def _next_jax_key(self) -> Any:
-        import jax
-
-        self._gen, key = jax.random.split(self._gen)
-        return key
+        self._gen = frameworks.named(self.framework).generator(seed_, like.raw)
 
     def uniform(self, shape: tuple[int, ...], low: float = 0.0, high: float = 1.0) -> ep.Tensor:
         """Uniform samples in ``[low, high)`` with the reference tensor's dtype and device."""
-        raw = self._like.raw
-        if self.framework == "torch":
-            import torch
-
-            out = torch.rand(shape, generator=self._gen, device=raw.device, dtype=raw.dtype)
-            return wrap(out * (high - low) + low)
-        if self.framework == "tensorflow":
-            return wrap(self._gen.uniform(shape, low, high, dtype=raw.dtype))
-        if self.framework == "jax":
-            import jax
-
-            key = self._next_jax_key()
-            return wrap(jax.random.uniform(key, shape, raw.dtype, low, high))
-        return wrap(self._gen.uniform(low, high, shape).astype(raw.dtype))
+        return wrap(self._gen.uniform(shape, low, high, self._dtype))
 
     def normal(self, shape: tuple[int, ...]) -> ep.Tensor:
         """Standard normal samples with the reference tensor's dtype and device."""
-        raw = self._like.raw
-        if self.framework == "torch":
-            import torch
-
-            return wrap(torch.randn(shape, generator=self._gen, device=raw.device, dtype=raw.dtype))
-        if self.framework == "tensorflow":
-            return wrap(self._gen.normal(shape, dtype=raw.dtype))
-        if self.framework == "jax":
-            import jax
-
-            return wrap(jax.random.normal(self._next_jax_key(), shape, raw.dtype))
-        return wrap(self._gen.standard_normal(shape).astype(raw.dtype))
+        return wrap(self._gen.normal(shape, self._dtype))
 
     def sign(self, shape: tuple[int, ...]) -> ep.Tensor:
         """Independent random signs (+1 or -1; 0 with negligible probability)."""
