@@ -26,9 +26,8 @@ def key(seed: int, like: Any) -> Any:
     the streams are reproducible for a seed on one backend.
     """
     new = jax.random.key(seed, impl="rbg")
-    if isinstance(like, jax.Array) and not isinstance(like, jax.core.Tracer):
-        new = jax.device_put(new, next(iter(like.devices())))  # draw where the data lives
-    return new
+    device = FRAMEWORK.device(like)
+    return new if device is None else jax.device_put(new, device)  # draw where the data lives
 
 
 class _JaxGenerator(Generator):
@@ -57,6 +56,12 @@ class Jax(Framework):
     def dtype(self, name: str) -> Any:
         return getattr(jnp, name)
 
+    def device(self, raw: Any) -> Any:
+        """The device a concrete array lives on (None while tracing: the trace places it)."""
+        if isinstance(raw, jax.Array) and not isinstance(raw, jax.core.Tracer):
+            return next(iter(raw.devices()))
+        return None
+
     def widest_float(self) -> Any:
         return jnp.float64 if x64_enabled() else jnp.float32
 
@@ -69,7 +74,7 @@ class Jax(Framework):
         return None
 
     def from_numpy(self, array: np.ndarray, device: Any = None) -> Any:
-        return jnp.asarray(array)
+        return jnp.asarray(array) if device is None else jax.device_put(array, device)
 
     def value_and_grad(
         self, loss_fn: LossFn, x: ep.Tensor

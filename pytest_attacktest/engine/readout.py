@@ -38,7 +38,7 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from attacks import backend, jaxjit
+from attacks import backend, frameworks, jaxjit
 
 #: The guaranteed boundary point and the clean point keep readout logits at
 #: least this many times the root-mean-square change a fresh forward pass made.
@@ -146,9 +146,9 @@ def _float32_only(features: ep.Tensor) -> bool:
     """JAX without x64: no float64 on the device, and float32 solves lose separability."""
     if backend.tensor_framework(features) != "jax":
         return False
-    import jax
+    from attacks.frameworks import jax as jax_framework
 
-    return not bool(jax.config.read("jax_enable_x64"))  # type: ignore[no-untyped-call]
+    return not jax_framework.x64_enabled()
 
 
 def _fit_on_host(
@@ -166,7 +166,6 @@ def _fit_on_host(
     feature clouds needs float64. One host copy of the chunk's features per
     fit, outside any attack loop.
     """
-    import jax
 
     def host(t: ep.Tensor | None) -> ep.Tensor | None:
         return None if t is None else backend.wrap(backend.to_numpy(t).astype(np.float64))
@@ -174,10 +173,11 @@ def _fit_on_host(
     host_features = host(features)
     assert host_features is not None
     fit = _fit(host_features, label_tuple, closeness, host(logit_range), host(noise))
-    device = next(iter(features.raw.devices()))
 
     def back(t: ep.Tensor) -> ep.Tensor:  # float32: the most JAX holds without x64
-        return backend.wrap(jax.device_put(backend.to_numpy(t).astype(np.float32), device))
+        return backend.wrap(
+            backend.from_numpy_like(backend.to_numpy(t).astype(np.float32), features)
+        )
 
     return (back(fit[0]), back(fit[1]), *fit[2:])
 
@@ -211,7 +211,7 @@ def _fit(
     (labels as a tuple), so JAX runs it as one compiled program.
     """
     labels = np.asarray(label_tuple)
-    framework = backend.tensor_framework(features)
+    fw = frameworks.of(features)
     s, n, d = features.shape
     targets_np = np.where(labels == 1, 1.0, -1.0)
 
@@ -219,22 +219,22 @@ def _fit(
     # A constant column of value ``scale`` absorbs the bias, scaled to the
     # features' size so the minimum-norm solution does not favour the bias over
     # the weights. It is never built: it adds ``scale**2`` to every Gram entry.
-    gram = _batched_matmul(framework, f64, f64, transpose_b=True)  # (S, n, n)
-    row_sq = _diagonal(framework, gram)  # (S, n): squared feature norms
+    gram = _matmul(fw, f64, f64, transpose_b=True)  # (S, n, n)
+    row_sq = backend.wrap(fw.diagonal(gram.raw))  # (S, n): squared feature norms
     scale_sq = ep.maximum(row_sq.mean(axis=-1), 1e-24)  # (S,)
     gram = gram + scale_sq.reshape((s, 1, 1))
     jitter = 1e-10 * (row_sq.sum(axis=-1) + n * scale_sq) / n + 1e-30  # trace / n
     targets = _const(f64, np.broadcast_to(targets_np, (s, n)).copy()).expand_dims(-1)
-    alpha = _solve(framework, gram + _eye_like(gram, n) * jitter.reshape((s, 1, 1)), targets)
+    alpha = backend.wrap(
+        fw.solve((gram + _eye_like(gram, n) * jitter.reshape((s, 1, 1))).raw, targets.raw)
+    )
     # w = F^T alpha, b = scale**2 * sum(alpha). The training logits are computed
     # from w and b as the readout will compute them, not read off Gram @ alpha:
     # in float32 (JAX without x64) the two differ by enough that a closeness
     # shift taken from the idealised values can push the boundary point back.
-    weight = _batched_matmul(framework, alpha, f64, transpose_a=True).reshape((s, d))
+    weight = _matmul(fw, alpha, f64, transpose_a=True).reshape((s, d))
     bias = scale_sq * alpha.sum(axis=(1, 2))
-    z = _batched_matmul(framework, f64, weight.expand_dims(-1)).reshape((s, n)) + bias.expand_dims(
-        1
-    )
+    z = _matmul(fw, f64, weight.expand_dims(-1)).reshape((s, n)) + bias.expand_dims(1)
     signed = z * _const(f64, targets_np).reshape((1, n))
     margin = signed.min(axis=1)
     boundary_mask = _const(f64, (labels == 1).astype(np.float64)).reshape((1, n))
@@ -243,7 +243,7 @@ def _fit(
         change = ep.zeros_like(best_boundary)
     else:
         m = noise.shape[1]
-        moved = _batched_matmul(framework, _as_float64(noise), weight.expand_dims(-1))
+        moved = _matmul(fw, _as_float64(noise), weight.expand_dims(-1))
         own = moved.reshape((s, m)).square().mean(axis=1).sqrt()
         # Few points per sample give a rough estimate: no sample is taken to be
         # quieter than the chunk's typical one (the noise is the hardware's).
@@ -280,88 +280,29 @@ def _fit(
     )
 
 
-# ---------------------------------------------------------------------- per framework
+# ---------------------------------------------------------------------- helpers
 
 
 def _as_float64(t: ep.Tensor) -> ep.Tensor:
     """float64 where the framework allows it (JAX without x64 stays float32)."""
-    framework = backend.tensor_framework(t)
-    if framework == "torch":
-        import torch
-
-        return t.astype(torch.float64)
-    if framework == "tensorflow":
-        import tensorflow as tf
-
-        return t.astype(tf.float64)
-    if framework == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        x64 = bool(jax.config.read("jax_enable_x64"))  # type: ignore[no-untyped-call]
-        return t.astype(jnp.float64 if x64 else jnp.float32)
-    return t.astype(np.float64)
+    return t.astype(frameworks.of(t).widest_float())
 
 
 def _const(like: ep.Tensor, array: np.ndarray) -> ep.Tensor:
     """A NumPy constant on ``like``'s framework, device and dtype."""
-    framework = backend.tensor_framework(like)
-    device = getattr(like.raw, "device", None) if framework == "torch" else None
-    return backend.wrap(backend.from_numpy(framework, array, device)).astype(like.dtype)
+    return backend.wrap(backend.from_numpy_like(array, like)).astype(like.dtype)
 
 
 def _eye_like(t: ep.Tensor, n: int) -> ep.Tensor:
     return _const(t, np.eye(n)).expand_dims(0)
 
 
-def _diagonal(framework: str, a: ep.Tensor) -> ep.Tensor:
-    """The diagonals of a batch of square matrices, ``(S, n, n) -> (S, n)``."""
-    raw = a.raw
-    if framework == "torch":
-        return backend.wrap(raw.diagonal(dim1=1, dim2=2))
-    if framework == "tensorflow":
-        import tensorflow as tf
-
-        return backend.wrap(tf.linalg.diag_part(raw))
-    return backend.wrap(raw.diagonal(axis1=1, axis2=2))
-
-
-def _batched_matmul(
-    framework: str,
+def _matmul(
+    fw: frameworks.Framework,
     a: ep.Tensor,
     b: ep.Tensor,
     transpose_a: bool = False,
     transpose_b: bool = False,
 ) -> ep.Tensor:
     """``a @ b`` per batch entry, either side transposed (EagerPy's matmul is 2-D only)."""
-    ra, rb = a.raw, b.raw
-    if framework == "tensorflow":
-        import tensorflow as tf
-
-        return backend.wrap(
-            tf.linalg.matmul(ra, rb, transpose_a=transpose_a, transpose_b=transpose_b)
-        )
-    if framework == "torch":
-        ra = ra.transpose(1, 2) if transpose_a else ra
-        rb = rb.transpose(1, 2) if transpose_b else rb
-    else:
-        ra = ra.swapaxes(1, 2) if transpose_a else ra
-        rb = rb.swapaxes(1, 2) if transpose_b else rb
-    return backend.wrap(ra @ rb)
-
-
-def _solve(framework: str, a: ep.Tensor, b: ep.Tensor) -> ep.Tensor:
-    """Batched ``a x = b`` in the tensors' own framework (on their device)."""
-    if framework == "torch":
-        import torch
-
-        return backend.wrap(torch.linalg.solve(a.raw, b.raw))
-    if framework == "tensorflow":
-        import tensorflow as tf
-
-        return backend.wrap(tf.linalg.solve(a.raw, b.raw))
-    if framework == "jax":
-        import jax.numpy as jnp
-
-        return backend.wrap(jnp.linalg.solve(a.raw, b.raw))
-    return backend.wrap(np.linalg.solve(a.raw, b.raw))
+    return backend.wrap(fw.batched_matmul(a.raw, b.raw, transpose_a, transpose_b))
