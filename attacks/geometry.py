@@ -19,7 +19,7 @@ import math
 
 import eagerpy as ep
 
-from attacks import backend
+from attacks import backend, frameworks
 from attacks.backend import RandomSource
 from attacks.rescaling import clip_to_bounds, rescale_and_clip
 
@@ -140,11 +140,7 @@ def linf_limits(
 
 def clamp(t: ep.Tensor, lower: ep.Tensor, upper: ep.Tensor) -> ep.Tensor:
     """Elementwise ``min(max(t, lower), upper)`` with tensor limits (one kernel on torch)."""
-    if backend.tensor_framework(t) == "torch":
-        import torch
-
-        return backend.wrap(torch.clamp(t.raw, lower.raw, upper.raw))
-    return ep.minimum(ep.maximum(t, lower), upper)
+    return backend.wrap(frameworks.of(t).clamp(t.raw, lower.raw, upper.raw))
 
 
 # ---------------------------------------------------------------------- steepest steps
@@ -182,12 +178,9 @@ def linf_ascent(
     (up to the rounding of ``x + (x_adv - x)``, which this avoids), in three
     kernels instead of about nine.
     """
-    if backend.tensor_framework(x_adv) == "torch":
-        import torch
-
-        moved = torch.addcmul(x_adv.raw, atleast_kd(step, x_adv.ndim).raw, grad.raw.sign())
-        return backend.wrap(torch.clamp(moved, lower.raw, upper.raw))
-    return clamp(x_adv + atleast_kd(step, x_adv.ndim) * grad.sign(), lower, upper)
+    fw = frameworks.of(x_adv)
+    moved = fw.add_product(x_adv.raw, atleast_kd(step, x_adv.ndim).raw, grad.sign().raw)
+    return backend.wrap(fw.clamp(moved, lower.raw, upper.raw))
 
 
 def sparse_l1_step(

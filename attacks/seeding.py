@@ -19,12 +19,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-
+from attacks import frameworks
 from attacks.base import Attack
-
-#: numpy's legacy global generator takes seeds below 2**32.
-_NUMPY_SEEDS = 2**32
+from attacks.frameworks import FRAMEWORKS
 
 
 def draws_from_global_rngs(attack: Any) -> bool:
@@ -52,11 +49,13 @@ def seeded(seed: int | None) -> Iterator[None]:
     restores: list[Callable[[], None]] = []
     try:
         restores.append(_seed_python(seed))
-        restores.append(_seed_numpy(seed))
-        if "torch" in sys.modules:
-            restores.append(_seed_torch(sys.modules["torch"], seed))
-        if "tensorflow" in sys.modules:
-            restores.append(_seed_tensorflow(sys.modules["tensorflow"], seed))
+        for name in FRAMEWORKS:
+            # Only frameworks already imported: importing one only to seed it
+            # would cost seconds and change nothing. NumPy always is.
+            if name in sys.modules:
+                restore = frameworks.named(name).seed_global(seed)
+                if restore is not None:
+                    restores.append(restore)
         yield
     finally:
         for restore in reversed(restores):
@@ -67,55 +66,3 @@ def _seed_python(seed: int) -> Callable[[], None]:
     state = random.getstate()
     random.seed(seed)
     return lambda: random.setstate(state)
-
-
-def _seed_numpy(seed: int) -> Callable[[], None]:
-    state = np.random.get_state()
-    np.random.seed(seed % _NUMPY_SEEDS)
-    return lambda: np.random.set_state(state)
-
-
-def _seed_torch(torch: Any, seed: int) -> Callable[[], None]:
-    """Torch's CPU generator and every initialized CUDA device's.
-
-    ``torch.manual_seed`` is not used: with CUDA not yet initialized it queues a
-    seed for CUDA's initialization, which would outlive the block.
-    """
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    torch.default_generator.manual_seed(seed)
-    if cuda is not None:
-        torch.cuda.manual_seed_all(seed)
-
-    def restore() -> None:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-    return restore
-
-
-def _seed_tensorflow(tf: Any, seed: int) -> Callable[[], None]:
-    """TensorFlow's global (eager) seed, from which unseeded random ops draw their seeds.
-
-    TensorFlow has no public getter: the eager context's seed and its op-seed
-    generator are read, and put back, where ``tf.random.set_seed`` keeps them.
-    """
-    try:
-        from tensorflow.python.eager import context
-    except ImportError:  # a TensorFlow without the eager context: seed only
-        tf.random.set_seed(seed)
-        return lambda: None
-    eager = context.context()
-    old_seed = getattr(eager, "_seed", None)
-    old_rng = getattr(eager, "_rng", None)
-    rng_state = old_rng.getstate() if isinstance(old_rng, random.Random) else None
-    tf.random.set_seed(seed)
-
-    def restore() -> None:
-        eager._seed = old_seed
-        eager._rng = old_rng
-        if old_rng is not None and rng_state is not None:
-            old_rng.setstate(rng_state)
-
-    return restore

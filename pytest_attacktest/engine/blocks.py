@@ -34,7 +34,7 @@ from typing import TypeVar
 
 import eagerpy as ep
 
-from attacks import backend
+from attacks import frameworks
 
 __all__ = [
     "ACTIVATION_FACTOR",
@@ -127,20 +127,7 @@ def free_device_bytes(x: ep.Tensor) -> int | None:
     before asking the device). JAX on an accelerator: its allocator's limit
     minus its use. TensorFlow does not say; it keeps the fixed input budget.
     """
-    raw = x.raw
-    framework = backend.tensor_framework(x)
-    if framework == "torch" and raw.device.type == "cuda":
-        import torch
-
-        free, _ = torch.cuda.mem_get_info(raw.device)
-        cached = torch.cuda.memory_reserved(raw.device) - torch.cuda.memory_allocated(raw.device)
-        return int(free) + max(0, int(cached))
-    if framework == "jax":
-        device = next(iter(raw.devices()))
-        stats = device.memory_stats() if device.platform != "cpu" else None
-        if stats and "bytes_limit" in stats:
-            return max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
-    return None
+    return frameworks.of(x).free_memory_bytes(x.raw)
 
 
 def forward_blocks(

@@ -18,7 +18,7 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from attacks import backend
+from attacks import backend, frameworks
 from pytest_attacktest.engine.blocks import Blocks
 from pytest_attacktest.engine.errors import AttackError, InputError
 
@@ -55,12 +55,7 @@ def private_copy(x: ep.Tensor) -> ep.Tensor:
     measured from can be changed by an attack (or a model) writing in place.
     TensorFlow and JAX arrays are immutable: they are returned as they are.
     """
-    framework = backend.tensor_framework(x)
-    if framework == "torch":
-        return backend.wrap(x.raw.detach().clone())
-    if framework == "numpy":
-        return backend.wrap(np.array(x.raw, copy=True))
-    return x
+    return backend.wrap(frameworks.of(x).private_copy(x.raw))
 
 
 def same_values(a: ep.Tensor, b: ep.Tensor) -> bool:
@@ -243,18 +238,7 @@ def same_randomness(like: ep.Tensor, seed: int) -> Iterator[Callable[[], None]]:
     outputs to be compared. Other frameworks' randomness is explicit or not
     reachable: ``reseed`` does nothing there.
     """
-    if backend.tensor_framework(like) != "torch":
-        yield lambda: None
-        return
-    import torch
-
-    def reseed() -> None:
-        torch.manual_seed(seed)
-
-    # manual_seed reaches every CUDA device: fork them all when CUDA is in use.
-    cuda = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
-    devices = list(range(torch.cuda.device_count())) if cuda else []
-    with torch.random.fork_rng(devices=devices):
+    with frameworks.of(like).same_randomness(seed) as reseed:
         yield reseed
 
 

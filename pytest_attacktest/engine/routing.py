@@ -18,12 +18,11 @@ Logits are ``[-z, z]``: class 1 (adversarial) iff ``z > 0``.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import eagerpy as ep
 
-from attacks import backend
+from attacks import backend, frameworks
 from attacks.geometry import lp_norms
 from attacks.models import Model
 from pytest_attacktest.engine.features import FeatureFn
@@ -132,96 +131,10 @@ class BinarizedModel(Model):
           the features callable must be jittable too).
         - NumPy: the function itself.
         """
-        if self.framework == "torch":
-            return _torch_module(self)
-        if self.framework == "tensorflow":
-            return _tensorflow_model(self)
-        if self.framework == "jax":
-            return _jax_function(self)
-        return self._forward_native
-
-
-def _torch_module(binarized: BinarizedModel) -> Any:
-    import torch
-
-    class BinarizedModule(torch.nn.Module):
-        """Defended features + routed per-sample readouts; logits [-z, z]."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            # Register the defended torch module (looking through wrappers such
-            # as BPDA) so .parameters() and .to() behave as expected.
-            model = backend.torch_module(binarized.defended)
-            if model is not None:
-                self.defended = model
-
-        def forward(self, x: Any) -> Any:
-            return binarized._forward_native(x)
-
-        def train(self, mode: bool = True) -> BinarizedModule:
-            # Only this wrapper's flag: an attack's .eval() (torchattacks and
-            # many scripts call it) must not switch the user's defense, which
-            # is tested in the mode the user left it in.
-            self.training = mode
-            return self
-
-    return BinarizedModule().eval()
-
-
-def _tensorflow_model(binarized: BinarizedModel) -> Any:
-    """A ``keras.Model`` around the forward (a plain callable if Keras runs another backend)."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return _TFModule(binarized)
-    return _keras_class()(binarized)
-
-
-@functools.cache
-def _keras_class() -> Any:
-    """The Keras model class, defined once keras is imported (the plugin must not import it)."""
-    import keras
-    import tensorflow as tf
-
-    class BinarizedKerasModel(keras.Model):  # type: ignore[misc]
-        """Defended features + routed per-sample readouts; logits ``[-z, z]``.
-
-        ``training`` is accepted and ignored: the binarized model is the
-        defense at inference (its features come from ``training=False``).
-        """
-
-        def __init__(self, binarized: BinarizedModel) -> None:
-            super().__init__(name="binarized_model")
-            self._binarized = binarized
-            defended = _defended_native(binarized)
-            if isinstance(defended, keras.layers.Layer):
-                self.defended = defended  # tracked: .variables and .summary() show it
-            self.built = True  # nothing to build: no symbolic trial call
-
-        def call(self, x: Any, training: bool | None = None) -> Any:
-            return self._binarized._forward_native(tf.convert_to_tensor(x))
-
-    return BinarizedKerasModel
-
-
-class _TFModule:
-    """A model-like callable for TensorFlow code when Keras runs another backend."""
-
-    def __init__(self, binarized: BinarizedModel) -> None:
-        self._binarized = binarized
-
-    def __call__(self, x: Any, training: bool | None = None) -> Any:
-        import tensorflow as tf
-
-        return self._binarized._forward_native(tf.convert_to_tensor(x))
-
-
-def _jax_function(binarized: BinarizedModel) -> Any:
-    def binarized_model(x: Any) -> Any:
-        """Defended features + routed per-sample readouts; logits ``[-z, z]``."""
-        return binarized._forward_native(x)
-
-    return binarized_model
+        if self.framework is None or self.framework == "numpy":
+            return self._forward_native
+        native = frameworks.named(self.framework)
+        return native.native_model(self._forward_native, _defended_native(self))
 
 
 def _defended_native(binarized: BinarizedModel) -> Any:
