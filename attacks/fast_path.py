@@ -16,6 +16,12 @@ torch or JAX, torch modules in training mode, randomized models, steps that
 cannot be recorded, and recorded steps that disagree with an eager step from
 the same state. Why it fell back is kept in ``attack.last_fast_path``.
 
+This module plans the loop and drives it for every framework; the torch
+refusal checks and runners are in :mod:`attacks.fast_path_torch`, the JAX
+planning and runner in :mod:`attacks.fast_path_jax`. Each is imported only
+when a model of its framework is planned or captured, so that importing
+:mod:`attacks` imports neither torch nor JAX.
+
 The design, each refusal and what the fast path cannot detect are described
 in ``docs/fast_path.md``; its measured cost and speed are in
 ``benchmarks/RESULTS.md``.
@@ -23,19 +29,18 @@ in ``docs/fast_path.md``; its measured cost and speed are in
 
 from __future__ import annotations
 
-import contextlib
-import pickle
-import random
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import eagerpy as ep
-import numpy as np
 
 from attacks import backend, progress
 from attacks.models import Model
+
+if TYPE_CHECKING:
+    from attacks.fast_path_torch import _CudaWarmup
 
 State = tuple[ep.Tensor, ...]
 Step = Callable[[State], State]
@@ -119,6 +124,8 @@ def _plan(setting: CompileSetting, model: Model, x: ep.Tensor) -> FastPathStatus
         return FastPathStatus(EAGER, "compile=False")
     explicit = setting is True or isinstance(setting, Mapping)
     if model.framework == "jax":
+        from attacks.fast_path_jax import _plan_jax
+
         return _plan_jax(setting)
     if model.framework != "torch":
         return FastPathStatus(
@@ -140,117 +147,12 @@ def _plan(setting: CompileSetting, model: Model, x: ep.Tensor) -> FastPathStatus
             f"compile='auto' captures the step only on CUDA; on {device.type} the step is "
             "bound by its kernels and compiling costs seconds (compile=True forces torch.compile)",
         )
+    from attacks.fast_path_torch import _refusal
+
     reason = _refusal(model, x)
     if reason is not None:
         return FastPathStatus(EAGER, reason, warn=True)
     return FastPathStatus(kind, "to be captured", options=options, warn=True)
-
-
-def _plan_jax(setting: CompileSetting) -> FastPathStatus:
-    """JAX: the step as one ``jax.jit`` program unless compilation is switched off."""
-    from attacks import jaxjit
-
-    if isinstance(setting, Mapping):
-        return FastPathStatus(
-            EAGER,
-            "a dict of torch.compile arguments is for PyTorch models; for JAX use "
-            "compile='auto' or True (jax.jit)",
-            warn=True,
-        )
-    if not jaxjit.JAX_JIT:
-        return FastPathStatus(EAGER, "attacks.jaxjit.JAX_JIT is False", warn=setting is True)
-    if setting == "auto":
-        return FastPathStatus(
-            EAGER,
-            "compile='auto' keeps JAX steps eager (the gradient is compiled, attacks.jaxjit): "
-            "compiling the whole step costs about a second per attack call on XLA:CPU, more "
-            "than it saved on the digits MLP; compile=True compiles it (jax.jit)",
-        )
-    return FastPathStatus(JAX_JIT, "to be captured", warn=True)
-
-
-def _refusal(model: Model, x: ep.Tensor) -> str | None:
-    """Why the model cannot be captured (training mode, randomness), or None.
-
-    The global random generators are restored afterwards, so that the checks
-    leave the draws of a randomized model, and so its eager results, as they
-    would have been without them.
-    """
-    for module in backend.torch_modules(model, through=("native", "inner", "defended")):
-        training = [name or "the model" for name, m in module.named_modules() if m.training]
-        if training:
-            return (
-                f"the torch model is in training mode (module {training[0]!r}), where dropout "
-                "draws random numbers and batch norm updates its statistics: call model.eval() "
-                "to use the fast path"
-            )
-    saved = _RandomStates(x)
-    try:
-        first = model.logits(x)
-        drew = saved.changed()
-        second = model.logits(x)
-    finally:
-        saved.restore()
-    if drew:
-        return (
-            f"the model is randomized: a forward pass draws from {' and '.join(drew)}'s global "
-            "random generator, and a captured step would not draw as the model does. It runs "
-            "eagerly (attack randomized models with attacks.EOT)"
-        )
-    if not _equal(first.raw, second.raw):
-        return (
-            "the model is randomized or nondeterministic: two forward passes on the same input "
-            "disagree, and a captured step would not draw as the model does. It runs eagerly "
-            "(attack randomized models with attacks.EOT)"
-        )
-    return None
-
-
-class _RandomStates:
-    """The global random generators (torch, torch CUDA, NumPy, Python): save, compare, restore."""
-
-    def __init__(self, x: ep.Tensor) -> None:
-        import torch
-
-        self._device = x.raw.device
-        self._torch = torch.get_rng_state()
-        self._python = random.getstate()
-        self._numpy = np.random.get_state()
-        cuda = self._device.type == "cuda"
-        self._cuda = torch.cuda.get_rng_state(self._device) if cuda else None
-        self._fingerprint = self._fingerprints()
-
-    def _fingerprints(self) -> dict[str, bytes]:
-        import torch
-
-        states = {
-            "torch": torch.get_rng_state().numpy().tobytes(),
-            "Python": pickle.dumps(random.getstate()),
-            "NumPy": pickle.dumps(np.random.get_state()),
-        }
-        if self._cuda is not None:
-            states["torch CUDA"] = torch.cuda.get_rng_state(self._device).numpy().tobytes()
-        return states
-
-    def changed(self) -> list[str]:
-        """The generators that were drawn from since the states were saved."""
-        now = self._fingerprints()
-        return [name for name, state in now.items() if state != self._fingerprint[name]]
-
-    def restore(self) -> None:
-        import torch
-
-        torch.set_rng_state(self._torch)
-        random.setstate(self._python)
-        np.random.set_state(self._numpy)
-        if self._cuda is not None:
-            torch.cuda.set_rng_state(self._cuda, self._device)
-
-
-def _equal(a: Any, b: Any) -> bool:
-    import torch
-
-    return bool(torch.equal(a, b))
 
 
 # ---------------------------------------------------------------------- the loop
@@ -288,7 +190,7 @@ class StepLoop:
         self._runner: _Runner | None = None  # checked: replays from here on
         self._recorded: _Runner | None = None  # recorded, not yet checked
         self._warm = 0
-        self._side_stream: Any = None
+        self._warmup: _CudaWarmup | None = None
 
     def run(self, state: State, steps: int) -> State:
         """``steps`` steps from ``state``; returns fresh tensors (never the loop's buffers)."""
@@ -326,25 +228,32 @@ class StepLoop:
             # No eager reference step: jax.jit runs the traced step itself, the
             # purity check guards against frozen randomness, and one eager JAX
             # step costs the per-operation compilations this path avoids.
+            from attacks.fast_path_jax import _JaxJitRunner
+
             runner = _JaxJitRunner(self._step, state)
             new = runner.run(state, 1)
             self._runner = runner
             self.status.captured = True
             self.status.reason = f"captured ({JAX_JIT})"
             return new
+        from attacks import fast_path_torch
+
         if self.status.kind == CUDA_GRAPH:
             if self._warm < CUDA_WARMUP:
                 self._warm += 1
-                return self._cuda_warmup_step(state)
+                if self._warmup is None:
+                    self._warmup = fast_path_torch._CudaWarmup(self._step)
+                return self._warmup.step(state)
             # The eager step first, so that its activations are freed before the
             # graph's own are allocated: capture must not double peak memory (the
             # engine sizes chunks to the device). Graph replays read their
             # buffers at replay time, so checking on the recorded state is sound.
             expected = self._step(state)
-            _release_cached_memory()
-            return self._compare(_CudaGraphRunner(self._step, state), state, expected)
+            fast_path_torch._release_cached_memory()
+            graph = fast_path_torch._CudaGraphRunner(self._step, state)
+            return self._compare(graph, state, expected)
         if self._recorded is None:
-            self._recorded = _CompiledRunner(self._step, state, self.status.options)
+            self._recorded = fast_path_torch._CompiledRunner(self._step, state, self.status.options)
             # The check must not run on the state the step was recorded on, so
             # that a recording that kept a value of that state (or mixed up two
             # of its tensors) shows.
@@ -352,7 +261,12 @@ class StepLoop:
         return self._compare(self._recorded, state, self._step(state))
 
     def _compare(self, runner: _Runner, state: State, expected: State) -> State:
-        """The recording's step from ``state`` must match the eager one; then it replays."""
+        """The recording's step from ``state`` must match the eager one; then it replays.
+
+        Only torch runners are compared (a JAX program is the step itself).
+        """
+        from attacks.fast_path_torch import _mismatch
+
         got = runner.run(state, 1)
         mismatch = max(_mismatch(g.raw, e.raw) for g, e in zip(got, expected, strict=True))
         if mismatch > MISMATCH_SHARE:
@@ -365,22 +279,6 @@ class StepLoop:
         self.status.captured = True
         self.status.reason = f"captured ({self.status.kind})"
         return expected
-
-    def _cuda_warmup_step(self, state: State) -> State:
-        """An eager step on a side stream, where waiting for the device raises."""
-        import torch
-
-        device = state[0].raw.device
-        current = torch.cuda.current_stream(device)
-        if self._side_stream is None:
-            self._side_stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
-        self._side_stream.wait_stream(current)
-        with torch.cuda.stream(self._side_stream), _host_syncs_are_errors():
-            new = self._step(state)
-        current.wait_stream(self._side_stream)
-        for t in new:
-            t.raw.record_stream(current)
-        return new
 
     def _fall_back(self, reason: str) -> None:
         self.status.reason = f"capture failed, the step runs eagerly: {reason}"
@@ -405,159 +303,23 @@ def _describe(exc: BaseException) -> str:
     return f"{name}: {first}"
 
 
-def _mismatch(got: Any, expected: Any) -> float:
-    """Share of elements where two tensors differ (beyond a float tolerance)."""
-    import torch
-
-    if got.shape != expected.shape or got.dtype != expected.dtype:
-        return 1.0
-    if got.numel() == 0:
-        return 0.0
-    if got.is_floating_point():
-        close = torch.isclose(got, expected, rtol=RTOL, atol=ATOL, equal_nan=True)
-        differ = ~close
-    else:
-        differ = got != expected
-    return float(differ.float().mean())
-
-
-def _release_cached_memory() -> None:
-    """Return the caching allocator's free blocks, so that a graph's private pool can use them."""
-    import torch
-
-    torch.cuda.empty_cache()
-
-
-@contextlib.contextmanager
-def _host_syncs_are_errors() -> Iterator[None]:
-    """Within the block, a CUDA operation that waits for the device raises.
-
-    A step that reads a value on the host (``.item()``, ``if tensor:``,
-    ``nonzero``) cannot be captured; finding out in eager mode, before
-    capture, avoids an invalidated capture.
-    """
-    import torch
-
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
-
-
 # ---------------------------------------------------------------------- runners
 
 
 class _Runner:
+    """A captured step: ``run`` replays it ``steps`` times (the runners are per framework)."""
+
     def run(self, state: State, steps: int) -> State:
         raise NotImplementedError
 
 
 def _raw_step(step: Step) -> Callable[..., tuple[Any, ...]]:
-    """``step`` on native torch tensors, for recorders that see only native tensors."""
+    """``step`` on native tensors, for recorders that see only native tensors (torch, JAX)."""
 
     def raw(*tensors: Any) -> tuple[Any, ...]:
         return tuple(t.raw for t in step(tuple(backend.wrap(t) for t in tensors)))
 
     return raw
-
-
-def _distinct(tensors: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The tensors, each with memory of its own (later ones that share memory are copied).
-
-    A recorder sees the state's tensors as inputs; one tensor in two places of
-    the state (an iterate that is also the best point so far) would be one
-    input, read where the other is meant.
-    """
-    seen: set[int] = set()
-    out = []
-    for t in tensors:
-        pointer = t.untyped_storage().data_ptr()
-        out.append(t.clone() if pointer in seen else t)
-        seen.add(pointer)
-    return tuple(out)
-
-
-def _check_shapes(state: tuple[Any, ...], new: tuple[Any, ...]) -> None:
-    if len(new) != len(state) or any(
-        a.shape != b.shape or a.dtype != b.dtype for a, b in zip(state, new, strict=True)
-    ):
-        raise CaptureError("the step changes the shapes or dtypes of the attack's state")
-
-
-class _CudaGraphRunner(_Runner):
-    """The step recorded in a ``torch.cuda.CUDAGraph`` that updates its buffers in place."""
-
-    def __init__(self, step: Step, state: State) -> None:
-        import torch
-
-        raw_step = _raw_step(step)
-        self._static = tuple(t.raw.clone() for t in state)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            new = raw_step(*self._static)
-            _check_shapes(self._static, new)
-            # An output that shares memory with an input (a state entry passed
-            # through, APGD's previous iterate) is copied first, so that the
-            # write-back below never reads a buffer it has already overwritten.
-            inputs = {t.untyped_storage().data_ptr() for t in self._static}
-            new = tuple(t.clone() if t.untyped_storage().data_ptr() in inputs else t for t in new)
-            for buffer, value in zip(self._static, new, strict=True):
-                buffer.copy_(value)
-
-    def run(self, state: State, steps: int) -> State:
-        for buffer, value in zip(self._static, state, strict=True):
-            if buffer.data_ptr() != value.raw.data_ptr():
-                buffer.copy_(value.raw)
-        for _ in range(steps):
-            self._graph.replay()
-        return tuple(backend.wrap(t.clone()) for t in self._static)
-
-
-class _CompiledRunner(_Runner):
-    """The step recorded by ``make_fx`` (aten ops only), then ``torch.compile``-d."""
-
-    def __init__(self, step: Step, state: State, options: Mapping[str, Any]) -> None:
-        import torch
-        from torch.fx.experimental.proxy_tensor import make_fx
-
-        raws = _distinct(tuple(t.raw for t in state))
-        try:
-            tracer = make_fx(_raw_step(step), tracing_mode="fake", _allow_non_fake_inputs=True)
-        except TypeError:  # a torch without the keyword: constants must then be fake too
-            tracer = make_fx(_raw_step(step), tracing_mode="fake")
-        graph = tracer(*raws)
-        random_ops = sorted(
-            {
-                str(node.target)
-                for node in graph.graph.nodes
-                if node.op == "call_function"
-                and torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
-            }
-        )
-        if random_ops:
-            raise CaptureError(
-                f"the step draws random numbers ({', '.join(random_ops)}); a captured step "
-                "would not be the model the eager path attacks"
-            )
-        arguments = {"fullgraph": True, "dynamic": False, **options}
-        self._compiled = torch.compile(graph, **arguments)
-        self._cuda_graphs = "reduce-overhead" in str(arguments.get("mode", ""))
-
-    def run(self, state: State, steps: int) -> State:
-        import torch
-
-        raws = tuple(t.raw for t in state)
-        for _ in range(steps):
-            if self._cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
-            new = tuple(self._compiled(*raws))
-            _check_shapes(raws, new)
-            raws = new
-        if self._cuda_graphs:  # outputs live in the graph's memory: copy them out
-            raws = tuple(t.clone() for t in raws)
-        return tuple(backend.wrap(t) for t in raws)
 
 
 def finish(loop: StepLoop | None) -> FastPathStatus:
@@ -568,48 +330,3 @@ def finish(loop: StepLoop | None) -> FastPathStatus:
     if status.kind != EAGER and not status.captured:
         status.kind, status.reason = EAGER, "the run was too short to capture the step"
     return status
-
-
-class _JaxJitRunner(_Runner):
-    """The step as one ``jax.jit`` program; ``steps`` steps in a ``lax.fori_loop``.
-
-    Why: EagerPy runs JAX op by op, and XLA compiles every operation once per
-    shape (about 50 ms each on XLA:CPU) and dispatches it from Python at every
-    step; compiled whole, a run of steps is one device call with nothing read
-    back to the host in between. The step is traced twice first: if the two
-    programs differ (the model draws from ``np.random`` or a Python-side key)
-    compiling would freeze one draw, so the loop stays eager.
-    """
-
-    def __init__(self, step: Step, state: State) -> None:
-        import jax
-
-        from attacks.jaxjit import same_trace
-
-        raw_step = _raw_step(step)
-        raws = tuple(t.raw for t in state)
-        first = jax.make_jaxpr(lambda *r: raw_step(*r))(*raws)
-        second = jax.make_jaxpr(lambda *r: raw_step(*r))(*raws)
-        if not same_trace(first, second):
-            raise CaptureError(
-                "two traces of the step differ (hidden randomness or state in the model, "
-                "e.g. np.random): a compiled step would freeze one draw"
-            )
-        out = first.out_avals
-        if len(out) != len(raws) or any(
-            tuple(a.shape) != tuple(r.shape) or a.dtype != r.dtype
-            for a, r in zip(out, raws, strict=True)
-        ):
-            raise CaptureError("the step changes the shapes or dtypes of the attack's state")
-
-        def body(_: Any, carry: tuple[Any, ...]) -> tuple[Any, ...]:
-            return tuple(raw_step(*carry))
-
-        def loop(carry: tuple[Any, ...], steps: Any) -> tuple[Any, ...]:
-            return tuple(jax.lax.fori_loop(0, steps, body, carry))
-
-        self._loop = jax.jit(loop)
-
-    def run(self, state: State, steps: int) -> State:
-        raws = self._loop(tuple(t.raw for t in state), steps)
-        return tuple(backend.wrap(t) for t in raws)

@@ -199,10 +199,12 @@ def test_a_wrong_recording_is_caught_and_the_attack_runs_eagerly(
     """A replay that does not advance the state (a stale recording) fails the capture check."""
     model, x, y = digits
 
+    from attacks import fast_path_torch  # imports torch: only once the fixture found it
+
     def stale(self: Any, state: fast_path.State, steps: int) -> fast_path.State:
         return state
 
-    monkeypatch.setattr(fast_path._CompiledRunner, "run", stale)
+    monkeypatch.setattr(fast_path_torch._CompiledRunner, "run", stale)
     with pytest.warns(RuntimeWarning, match="disagrees with the eager step"):
         eager, fast, status = run_both(ATTACKS["pgd-linf"], model, x, y)
     assert status.kind == "eager"
