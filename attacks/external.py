@@ -41,7 +41,7 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from attacks import backend, seeding
+from attacks import backend, frameworks, seeding
 from attacks.base import Attack, RunContext
 from attacks.geometry import atleast_kd
 from attacks.models import Model
@@ -113,9 +113,7 @@ def _adopt_result(x: ep.Tensor, out: Any, who: str) -> ep.Tensor:
             f"{who} returned a {source} for {framework} inputs; return a {framework} tensor "
             "or a NumPy array"
         )
-    if framework == "torch":
-        out = out.detach().to(x.raw.device)
-    result = backend.wrap(out)
+    result = backend.wrap(frameworks.named(framework).adopt(out, x.raw))
     if tuple(result.shape) != tuple(x.shape):
         raise ValueError(f"{who} returned shape {tuple(result.shape)}, expected {tuple(x.shape)}")
     result = result.astype(x.dtype)

@@ -52,6 +52,10 @@ class Framework(abc.ABC):
         """The widest float this framework computes in here (float64; JAX without x64: float32)."""
         return self.dtype("float64")
 
+    def index_dtype(self) -> Any:
+        """The integer dtype for indices into a batch (int64; JAX without x64: int32)."""
+        return self.dtype("int64")
+
     def device(self, raw: Any) -> Any:
         """The device to create tensors like ``raw`` on, or None where the framework places them."""
         return None

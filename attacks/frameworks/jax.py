@@ -65,6 +65,9 @@ class Jax(Framework):
     def widest_float(self) -> Any:
         return jnp.float64 if x64_enabled() else jnp.float32
 
+    def index_dtype(self) -> Any:
+        return jnp.int64 if x64_enabled() else jnp.int32
+
     def free_memory_bytes(self, raw: Any) -> int | None:
         """The allocator's limit minus its use, on an accelerator."""
         device = next(iter(raw.devices()))

@@ -30,7 +30,7 @@ from typing import Any, ParamSpec
 import eagerpy as ep
 import numpy as np
 
-from attacks import backend, seeding
+from attacks import backend, frameworks, seeding
 from attacks import progress as attack_progress
 from attacks.base import Attack, check_gradient_support, check_inputs
 from attacks.geometry import atleast_kd
@@ -1055,8 +1055,8 @@ def _itemsize(x: ep.Tensor) -> int:
 
 
 def _index_dtype(x: ep.Tensor) -> Any:
-    """Sample indices: int64, but int32 on JAX (int64 needs x64 there)."""
-    return backend.dtype_like(x, "int32" if backend.tensor_framework(x) == "jax" else "int64")
+    """Sample indices: int64 where the framework computes in it (JAX needs x64 for that)."""
+    return frameworks.of(x).index_dtype()
 
 
 def _examples(x: ep.Tensor, x_adv: ep.Tensor, bounds: tuple[float, float]) -> list[dict[str, Any]]:

@@ -144,11 +144,8 @@ def fit_readouts(
 
 def _float32_only(features: ep.Tensor) -> bool:
     """JAX without x64: no float64 on the device, and float32 solves lose separability."""
-    if backend.tensor_framework(features) != "jax":
-        return False
-    from attacks.frameworks import jax as jax_framework
-
-    return not jax_framework.x64_enabled()
+    fw = frameworks.of(features)
+    return bool(fw.widest_float() != fw.dtype("float64"))
 
 
 def _fit_on_host(
