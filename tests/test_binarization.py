@@ -428,5 +428,7 @@ def test_automatic_chunk_size_uses_a_jax_accelerators_free_memory(monkeypatch: A
 
     fake = mock.Mock(wraps=x)
     fake.raw, fake.shape, fake.dtype = OnGpu(), x.shape, x.dtype
-    monkeypatch.setattr(engine.backend, "tensor_framework", lambda t: "jax")
+    from attacks import frameworks
+
+    monkeypatch.setattr(frameworks, "name_of", lambda t: "jax")
     assert engine.auto_chunk_size(fake, points) == (20 * 2**30) // per_sample == 58
