@@ -183,6 +183,8 @@ def test_bench_runs_every_defense_against_every_attack(bench_run: Any) -> None:
     result, path = bench_run
     # 9 zoo defenses x 2 attacks, -k keeps 2 x 2; the project's own test is deselected.
     result.assert_outcomes(passed=4, deselected=15)
+    # The cells count as collected, so the header's "selected" is what runs.
+    assert "collected 19 items / 15 deselected / 4 selected" in "\n".join(result.outlines)
     document = json.loads((path / "out/bench.json").read_text())
     assert document["attacks"] == ["PGD(steps=10)", "bench_user_attacks:fgsm"]
     assert document["defenses"] == ["plain", "quantized"]
