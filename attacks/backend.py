@@ -49,29 +49,8 @@ def tensor_framework(t: Any) -> str:
 
 
 def model_framework(model: Any) -> str | None:
-    """The framework a native model belongs to, or None for a plain callable.
-
-    A plain Python function could be NumPy, JAX or anything else; its framework
-    is then taken from the inputs it is called with, or given explicitly.
-    """
-    if "torch" in sys.modules:
-        import torch
-
-        if isinstance(model, torch.nn.Module):
-            return "torch"
-    if "keras" in sys.modules:
-        # A subclassed Keras model's class lives in the user's module: ask Keras.
-        import keras
-
-        if isinstance(model, keras.layers.Layer):
-            name = str(keras.backend.backend())
-            return name if name in FRAMEWORKS else None
-    module = type(model).__module__.split(".")[0]
-    if module in ("keras", "tf_keras") or (module == "tensorflow" and hasattr(model, "layers")):
-        return "tensorflow"
-    if module == "flax":
-        return "jax"
-    return None
+    """The framework a native model belongs to, or None for a plain callable."""
+    return frameworks.model_name_of(model)
 
 
 def torch_device(model: Any) -> Any:

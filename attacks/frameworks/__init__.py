@@ -11,13 +11,23 @@ first time one of its tensors is met, so NumPy users never import torch.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 import eagerpy as ep
 
 from attacks.frameworks.base import Framework, Generator, LossFn
 
-__all__ = ["FRAMEWORKS", "Framework", "Generator", "LossFn", "name_of", "named", "of"]
+__all__ = [
+    "FRAMEWORKS",
+    "Framework",
+    "Generator",
+    "LossFn",
+    "model_name_of",
+    "name_of",
+    "named",
+    "of",
+]
 
 #: The frameworks' names, as ``attacks.Model(framework=...)`` takes them.
 FRAMEWORKS = ("numpy", "torch", "tensorflow", "jax")
@@ -41,6 +51,32 @@ def name_of(t: Any) -> str:
     raise TypeError(
         f"expected a NumPy array or a PyTorch, TensorFlow or JAX tensor, got {type(t).__name__}"
     )
+
+
+def model_name_of(model: Any) -> str | None:
+    """The framework a native model belongs to, or None for a plain callable.
+
+    A plain Python function could be NumPy, JAX or anything else; its framework
+    is then taken from the inputs it is called with, or given explicitly.
+    """
+    if "torch" in sys.modules:
+        import torch
+
+        if isinstance(model, torch.nn.Module):
+            return "torch"
+    if "keras" in sys.modules:
+        # A subclassed Keras model's class lives in the user's module: ask Keras.
+        import keras
+
+        if isinstance(model, keras.layers.Layer):
+            name = str(keras.backend.backend())
+            return name if name in FRAMEWORKS else None
+    module = type(model).__module__.split(".")[0]
+    if module in ("keras", "tf_keras") or (module == "tensorflow" and hasattr(model, "layers")):
+        return "tensorflow"
+    if module == "flax":
+        return "jax"
+    return None
 
 
 def named(name: str) -> Framework:
