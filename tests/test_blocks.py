@@ -150,3 +150,24 @@ def test_claim_measurement_survives_out_of_memory() -> None:
     assert limited.largest <= 5
     assert small == full
     assert full["n_clean_correct"] > full["n_robust"]  # the attack does something here
+
+
+def test_claim_measurement_sizes_its_forward_blocks_from_free_device_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The claim gate's verification passes are sized like the test's: from free device memory."""
+    from helpers import identity  # no forward pass of its own: every pass is a check
+
+    from pytest_attacktest.engine import blocks
+
+    x_np, y_np = held_out(24)
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    kwargs: dict[str, Any] = {"attack": identity, "epsilon": EPS, "p": np.inf}
+    full = measure_robust_accuracy(torch_mlp(), x, y, **kwargs)
+    per_input = x_np[0].size * 4 * (1 + blocks.ACTIVATION_FACTOR) / blocks.DEVICE_BLOCK_SHARE
+    monkeypatch.setattr(blocks, "free_device_bytes", lambda t: int(5 * per_input) + 1)
+    model = OutOfMemoryAbove(torch_mlp(), limit=24).eval()
+    sized = measure_robust_accuracy(model, x, y, **kwargs)
+    assert model.largest == 5  # a fixed input budget would pass all 24 at once
+    assert sized == full
+    assert full["n_clean_correct"] == full["n_robust"] > 0  # the identity attack breaks nothing

@@ -17,9 +17,9 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 import pytest
+from framework_support import framework_params, to_native, to_numpy
 
 from attacks import frameworks
-from tests.framework_support import framework_params, to_native, to_numpy
 
 pytestmark = pytest.mark.parametrize("name", framework_params())
 

@@ -382,7 +382,7 @@ def measure_robust_accuracy(
     from attacks.base import Attack, check_inputs
     from attacks.models import Model, as_model
     from pytest_attacktest.engine.binarization import _itemsize
-    from pytest_attacktest.engine.blocks import Blocks, block_size_for
+    from pytest_attacktest.engine.blocks import Blocks, forward_blocks
     from pytest_attacktest.engine.verification import admissibility
 
     if y is None:
@@ -409,7 +409,7 @@ def measure_robust_accuracy(
         return wrapped.adopt(out)[0]
 
     adv = Blocks(n).gather(attack_part, n)
-    blocks = Blocks(block_size_for(x_.shape[1:], _itemsize(x_)))
+    blocks = forward_blocks(x_, _itemsize(x_))  # sized from free device memory, as the test's
     if tuple(adv.shape) != tuple(x_.shape):
         raise ValueError(
             f"the attack returned shape {tuple(adv.shape)} for inputs of shape {tuple(x_.shape)}"
