@@ -461,3 +461,13 @@ def test_weak_attack_still_fails_under_gpu_like_numerics(name: str) -> None:
         weak = defense.run(defense.weak, model=model)
     assert weak.verdict != "passed", weak.summary()
     assert weak.settings["forward_noise_max"] > 0
+    if weak.n_inconclusive == len(weak.samples):
+        # Not passing because nothing could be set up proves nothing about the
+        # attack, so it is allowed only where the noise is known to swamp the
+        # readout: k-WTA's discontinuous activations turn 1e-4 into a different
+        # winner set, and the noise entry's own randomness plus TF32 needs more
+        # than the 64 averaged passes auto takes. Each says so in its reason.
+        assert name in ("kwta", "noise"), weak.summary()
+        assert all(s.reason.startswith("forward-pass noise") for s in weak.samples)
+    else:
+        assert weak.n_inconclusive < len(weak.samples) // 4, weak.summary()
