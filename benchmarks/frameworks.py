@@ -39,6 +39,7 @@ Usage (from the repository root)::
     python -m benchmarks.frameworks --framework jax                     # CPU smoke
     python -m benchmarks.frameworks --framework jax --device cuda --json jax.json
     python -m benchmarks.frameworks --framework tensorflow --device cuda
+    python -m benchmarks.frameworks --framework jax --part jit-model --samples 16 --steps 5
 
 Figures are kept in ``benchmarks/RESULTS.md``.
 """
@@ -46,8 +47,10 @@ Figures are kept in ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -359,6 +362,52 @@ def whole_test(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def jit_model(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The JAX whole test with the model and features eager vs under ``jax.jit``.
+
+    Each in a fresh process (the engine's own compiled programs would
+    otherwise be shared), three runs: ``n`` samples, then ``1.5 n`` (new
+    shapes: everything compiles again), then ``1.5 n`` again (compiled).
+    """
+    n = args.samples
+    print(f"\nJAX whole test, model eager vs jax.jit, {n} then {n * 3 // 2} samples twice:")
+    rows = []
+    for variant in ("eager", "jit"):
+        command = [sys.executable, "-m", "benchmarks.frameworks", "--framework", "jax"]
+        command += ["--part", "_jit-model-child", "--model", variant, "--device", args.device]
+        command += ["--samples", str(n), "--steps", str(args.steps), "--seed", str(args.seed)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        runs = ", ".join(f"{r['samples']} samples {r['total_s']:.2f} s" for r in row["runs"])
+        print(f"  {variant}: {runs}", flush=True)
+    return rows
+
+
+def _jit_model_child(args: argparse.Namespace) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+    from convnets import weights
+
+    model, features = jax_convnet(weights())
+    if args.model == "jit":
+        model, features = jax.jit(model), jax.jit(features)
+    x_np, y_np = images(args.samples * 3 // 2)
+    x, y = jnp.asarray(x_np), jnp.asarray(y_np)
+    attack = attacks.PGD("linf", steps=args.steps)
+    runs = []
+    for n in (args.samples, args.samples * 3 // 2, args.samples * 3 // 2):
+        start = time.perf_counter()
+        report = binarization_test(
+            model, x[:n], y[:n], attack=attack, features=features, epsilon=EPS, seed=args.seed
+        )
+        jax.block_until_ready(jnp.zeros(()))
+        runs.append(
+            {"samples": n, "total_s": time.perf_counter() - start, "verdict": report.verdict}
+        )
+    return {"model": args.model, "runs": runs}
+
+
 # ---------------------------------------------------------------------- output
 
 
@@ -393,7 +442,12 @@ def decision(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--framework", choices=("jax", "tensorflow"), required=True)
-    parser.add_argument("--part", choices=("pgd", "e2e", "all"), default="all")
+    parser.add_argument(
+        "--part", choices=("pgd", "e2e", "jit-model", "all", "_jit-model-child"), default="all"
+    )
+    parser.add_argument(
+        "--model", choices=("eager", "jit"), default="eager", help=argparse.SUPPRESS
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--batches", default="64,512", help="PGD batch sizes")
     parser.add_argument("--steps", type=int, default=100, help="PGD steps")
@@ -404,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     _setup_environment(args.framework, args.device)
+    if args.part == "_jit-model-child":
+        print(json.dumps(_jit_model_child(args)))
+        return 0
     import torch
 
     if args.threads or not args.device.startswith("cuda"):
@@ -476,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = e2e[0]["total_s"] / torch_total
         extra["whole_test_ratio_to_torch"] = ratio
         print(f"{args.framework} / torch, whole test: {ratio:.3f}x")
+    if args.part == "jit-model" and args.framework == "jax":
+        extra["jit_model"] = jit_model(args)
     common.finish(meta, rows, args.json, **extra)
     return 0
 

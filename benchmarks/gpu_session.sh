@@ -113,6 +113,7 @@ jax | dry)
     ;;&
 jaxe2e | dry)
     run jaxe2e $py -m benchmarks.frameworks --framework jax --part e2e --device cuda --samples 512 --steps 100 --json "$out/jax-e2e.json"
+    run jaxjit $py -m benchmarks.frameworks --framework jax --part jit-model --device cuda --samples 64 --steps 100 --json "$out/jax-jit-model.json"
     ;;&
 tensorflow | dry)
     if [ "$part" = dry ] || $py -c "import tensorflow" 2>/dev/null; then
