@@ -35,6 +35,9 @@ FRAMEWORKS = ("numpy", "torch", "tensorflow", "jax")
 #: The module implementing each framework, under ``attacks.frameworks``.
 _MODULES = {"numpy": "numpy", "torch": "pytorch", "tensorflow": "tensorflow", "jax": "jax"}
 
+#: The frameworks imported so far, by name.
+_LOADED: dict[str, Framework] = {}
+
 
 def name_of(t: Any) -> str:
     """``'numpy'``, ``'torch'``, ``'tensorflow'`` or ``'jax'`` for a native or EagerPy tensor.
@@ -81,10 +84,14 @@ def model_name_of(model: Any) -> str | None:
 
 def named(name: str) -> Framework:
     """The framework called ``name`` (one of :data:`FRAMEWORKS`); imports it on first use."""
+    loaded = _LOADED.get(name)
+    if loaded is not None:  # the hot path: attack steps ask for every operation
+        return loaded
     if name not in _MODULES:
         raise ValueError(f"unknown framework {name!r}: expected one of {FRAMEWORKS}")
     module = importlib.import_module(f"attacks.frameworks.{_MODULES[name]}")
     framework: Framework = module.FRAMEWORK
+    _LOADED[name] = framework
     return framework
 
 
