@@ -175,9 +175,11 @@ def test_native_model_runs_the_function(name: str) -> None:
     def forward(x: Any) -> Any:
         return x * 2
 
-    model = fw.native_model(forward, holds=None)
+    model = fw.native_model(forward, holds=None, name="doubled")
     x = fw.from_numpy(np.ones((2, 3), dtype=np.float32))
     np.testing.assert_array_equal(to_numpy(model(x)), np.full((2, 3), 2.0))
+    if name == "torch":
+        assert repr(model).startswith("doubled(")
 
 
 def test_unknown_tensors_and_names_are_refused(name: str) -> None:

@@ -150,9 +150,11 @@ class Framework(abc.ABC):
 
     # ------------------------------------------------------------------ models
 
-    def native_model(self, forward: Callable[[Any], Any], holds: Any) -> Any:
-        """``forward`` as this framework's kind of model, tracking the user's model ``holds``.
+    def native_model(self, forward: Callable[[Any], Any], holds: Any, name: str) -> Any:
+        """``forward`` as this framework's kind of model called ``name``, tracking ``holds``.
 
-        The default is the function itself (NumPy, JAX: models are functions).
+        ``holds`` is the user's model inside (registered where the framework
+        tracks submodels). The default is the function itself (NumPy, JAX:
+        models are functions).
         """
         return forward

@@ -148,7 +148,7 @@ class PyTorch(Framework):
     def solve(self, a: Any, b: Any) -> Any:
         return torch.linalg.solve(a, b)
 
-    def native_model(self, forward: Callable[[Any], Any], holds: Any) -> Any:
+    def native_model(self, forward: Callable[[Any], Any], holds: Any, name: str) -> Any:
         """An ``nn.Module`` in eval mode that registers ``holds`` (when it is a module).
 
         Registered, the user's module moves with ``.to()`` and shows in
@@ -156,17 +156,21 @@ class PyTorch(Framework):
         an attack's ``.eval()`` (torchattacks and many scripts call it) must
         not switch the user's model out of the mode it was left in.
         """
-        return _FunctionModule(forward, holds).eval()
+        return _FunctionModule(forward, holds, name).eval()
 
 
 class _FunctionModule(torch.nn.Module):
     """A function of native tensors as a module; the user's module registered inside."""
 
-    def __init__(self, forward: Callable[[Any], Any], holds: Any) -> None:
+    def __init__(self, forward: Callable[[Any], Any], holds: Any, name: str) -> None:
         super().__init__()
         self._function = forward
+        self._name = name
         if isinstance(holds, torch.nn.Module):
             self.defended = holds
+
+    def _get_name(self) -> str:  # what repr(module) starts with
+        return self._name
 
     def forward(self, x: Any) -> Any:
         return self._function(x)

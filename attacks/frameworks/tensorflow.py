@@ -98,7 +98,7 @@ class TensorFlow(Framework):
     def solve(self, a: Any, b: Any) -> Any:
         return tf.linalg.solve(a, b)
 
-    def native_model(self, forward: Callable[[Any], Any], holds: Any) -> Any:
+    def native_model(self, forward: Callable[[Any], Any], holds: Any, name: str) -> Any:
         """A ``keras.Model`` around ``forward``; a plain callable if Keras runs another backend.
 
         The Keras model supports ``model(x)``, ``model(x, training=False)``,
@@ -109,7 +109,7 @@ class TensorFlow(Framework):
 
         if keras.backend.backend() != "tensorflow":
             return _TensorFlowCallable(forward)
-        return _keras_class()(forward, holds)
+        return _keras_class()(forward, holds, name)
 
 
 @functools.cache
@@ -124,8 +124,8 @@ def _keras_class() -> Any:
         inference (a defense is tested as it is deployed).
         """
 
-        def __init__(self, forward: Callable[[Any], Any], holds: Any) -> None:
-            super().__init__(name="binarized_model")
+        def __init__(self, forward: Callable[[Any], Any], holds: Any, name: str) -> None:
+            super().__init__(name=name)
             self._function = forward
             if isinstance(holds, keras.layers.Layer):
                 self.defended = holds

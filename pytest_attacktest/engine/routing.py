@@ -134,7 +134,7 @@ class BinarizedModel(Model):
         if self.framework is None or self.framework == "numpy":
             return self._forward_native
         native = frameworks.named(self.framework)
-        return native.native_model(self._forward_native, _defended_native(self))
+        return native.native_model(self._forward_native, _defended_native(self), "binarized_model")
 
 
 def _defended_native(binarized: BinarizedModel) -> Any:
