@@ -349,14 +349,18 @@ def _bounds_as_tensors(x: ep.Tensor, bounds: BoundsLike) -> tuple[Any, Any]:
     return out[0], out[1]
 
 
-def _epsilon_as_column(x: ep.Tensor, epsilon: Any) -> ep.Tensor:
-    """Epsilon as an (N, 1) tensor of x's dtype; scalars are validated on the host."""
-    n = x.shape[0]
+def _checked_epsilon(x: ep.Tensor, epsilon: Any) -> float | ep.Tensor:
+    """Epsilon validated: a positive finite float, or a ``(N,)``/``(1,)`` tensor of x's dtype.
+
+    One rule for both codings of the kernel (the EagerPy program and
+    :mod:`attacks.rescaling_torch`); a number is checked on the host.
+    """
     if isinstance(epsilon, int | float | np.floating | np.integer):
         eps_f = float(epsilon)
         if not math.isfinite(eps_f) or eps_f <= 0:
             raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
-        return eagerpy_fixes.full(x, (n, 1), eps_f)
+        return eps_f
+    n = x.shape[0]
     t = _as_tensor_like(x, epsilon)
     if t.ndim == 0:
         t = t.reshape((1,))
@@ -365,7 +369,16 @@ def _epsilon_as_column(x: ep.Tensor, epsilon: Any) -> ep.Tensor:
             f"epsilon must be a number or have shape ({n},) (one per sample), "
             f"got shape {tuple(t.shape)}"
         )
-    t = t.astype(x.dtype).reshape((-1, 1))
+    return t.astype(x.dtype)
+
+
+def _epsilon_as_column(x: ep.Tensor, epsilon: Any) -> ep.Tensor:
+    """Epsilon as an (N, 1) tensor of x's dtype; scalars are validated on the host."""
+    n = x.shape[0]
+    eps = _checked_epsilon(x, epsilon)
+    if isinstance(eps, float):
+        return eagerpy_fixes.full(x, (n, 1), eps)
+    t = eps.reshape((-1, 1))
     if t.shape[0] == 1 and n != 1:
         t = ep.zeros(x, (n, 1)).astype(x.dtype) + t
     return t

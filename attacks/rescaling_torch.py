@@ -14,10 +14,9 @@ import math
 from typing import Any
 
 import eagerpy as ep
-import numpy as np
 import torch
 
-from attacks.rescaling import BoundsLike, _as_tensor_like, _bounds_as_tensors
+from attacks.rescaling import BoundsLike, _bounds_as_tensors, _checked_epsilon
 
 
 def rescale(
@@ -78,21 +77,8 @@ def applies(x: ep.Tensor, delta: ep.Tensor, epsilon: Any, p: float, bounds: Boun
 
 def _epsilon(x: ep.Tensor, epsilon: Any) -> Any:
     """Epsilon as a Python float (validated) or a ``(N, 1)``/``(1, 1)`` tensor of x's dtype."""
-    if isinstance(epsilon, int | float | np.floating | np.integer):
-        eps_f = float(epsilon)
-        if not math.isfinite(eps_f) or eps_f <= 0:
-            raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
-        return eps_f
-    n = x.shape[0]
-    t = _as_tensor_like(x, epsilon)
-    if t.ndim == 0:
-        t = t.reshape((1,))
-    if t.ndim != 1 or t.shape[0] not in (1, n):
-        raise ValueError(
-            f"epsilon must be a number or have shape ({n},) (one per sample), "
-            f"got shape {tuple(t.shape)}"
-        )
-    return t.astype(x.dtype).raw.reshape(-1, 1)
+    eps = _checked_epsilon(x, epsilon)
+    return eps if isinstance(eps, float) else eps.raw.reshape(-1, 1)
 
 
 def solve(

@@ -135,9 +135,7 @@ def parse_seed(value: str | int) -> int:
         try:
             seed = int(value.strip(), 10)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"invalid seed {value!r}: expected an integer in [0, {SEED_MAX}]"
-            ) from None
+            seed = -1  # refused below, with the same message
     if not 0 <= seed <= SEED_MAX:
         raise argparse.ArgumentTypeError(
             f"invalid seed {value!r}: expected an integer in [0, {SEED_MAX}]"
